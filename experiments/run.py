@@ -1,0 +1,63 @@
+"""Runs one experiment from a config file.
+
+    python -m experiments.run --config=experiments/configs/fmnist_resnet18.py --workdir=runs/r18 \
+        [--config.train.epochs=3 ...]
+
+The logic lives in :mod:`jaxsparse.training`; this is only the command line.
+"""
+
+import json
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxsparse.data import DatasetError
+from jaxsparse.training.train import run_bench, train_and_evaluate
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, TensorBoard events and results.")
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+MODES = {"train": train_and_evaluate, "bench": run_bench}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax and absl are chatty at INFO.
+    config = FLAGS.config
+    if config.mode not in MODES:
+        raise app.UsageError(f"config.mode={config.mode!r} is not valid; use one of "
+                             f"{sorted(MODES)}.")
+    try:
+        results = MODES[config.mode](config, FLAGS.workdir)
+    except (DatasetError, ValueError) as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    summary = {k: results[k] for k in ("accuracy", "images_per_sec") if k in results}
+    print(json.dumps(summary))
+    print(f"Results: {FLAGS.workdir}/results.json  TensorBoard: tensorboard --logdir "
+          f"{FLAGS.workdir}")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """Parses flags; a bad config override is one clear error, not a traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error: {e}\nPass --helpfull to see the flags.")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        msg = str(e.args[0] if e.args else e)
+        while msg[:1] in "'\"" and msg[-1:] == msg[:1]:
+            msg = msg[1:-1].encode().decode("unicode_escape")
+        names = [a[2:].split("=")[0] for a in argv if a.startswith("--config.")]
+        bad = [n for n in names if n.rsplit(".", 1)[-1] in msg] or names
+        sys.exit(f"error: invalid config override {', '.join(bad)}: {' '.join(msg.split())}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,1 @@
+"""Training, evaluation, checkpointing, logging and benchmarking of experiments."""

@@ -1,0 +1,108 @@
+"""Run records: TensorBoard event files (tensorboardX) and the machine-readable results.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax
+import jaxlib
+import numpy as np
+import tensorboardX
+from tensorboardX.summary import hparams as hparams_summary
+
+
+def environment() -> dict[str, Any]:
+    """Device kind and count plus the versions that decide a measurement."""
+    dev = jax.devices()[0]
+    return {
+        "platform": dev.platform,
+        "device_kind": dev.device_kind,
+        "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "python": platform.python_version(),
+        "host_cpu_count": os.cpu_count(),
+    }
+
+
+def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class Writer:
+    """TensorBoard writer for one run; a no-op on every process but the first.
+
+    Args:
+        logdir: folder for the event files (the run's workdir).
+    """
+
+    def __init__(self, logdir: str):
+        self._tb = tensorboardX.SummaryWriter(logdir) if jax.process_index() == 0 else None
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """Writes ``{tag: value}`` scalars at ``step``."""
+        if self._tb is not None:
+            for tag, value in values.items():
+                self._tb.add_scalar(tag, float(value), int(step))
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        """Writes markdown text (shown in TensorBoard's Text tab)."""
+        if self._tb is not None:
+            self._tb.add_text(tag, text, step)
+
+    def image(self, tag: str, image: np.ndarray, step: int = 0) -> None:
+        """Writes an (H, W, 3) uint8 image."""
+        if self._tb is not None:
+            self._tb.add_image(tag, image, step, dataformats="HWC")
+
+    def hparams(self, config: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """Records the run's flattened config as HParams, so runs compare side by side."""
+        if self._tb is None:
+            return
+        flat = {k: (v if isinstance(v, int | float | str | bool) else str(v))
+                for k, v in _flatten(config).items()}
+        exp, ssi, sei = hparams_summary(flat, dict(metrics))
+        fw = self._tb._get_file_writer()
+        for summary in (exp, ssi, sei):
+            fw.add_summary(summary)
+        for k, v in metrics.items():
+            self._tb.add_scalar(k, float(v), 0)
+
+    def flush(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def write_json(path: str, data: Mapping[str, Any]) -> None:
+    """Writes ``data`` as JSON atomically (temp file + rename), first process only."""
+    if jax.process_index() != 0:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic | jax.Array):
+        return np.asarray(o).tolist()
+    return str(o)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Sets up jaxsparse from nothing: the Fashion-MNIST Debian package (when root), a .venv with the
+# package and its test extras. Safe to rerun: it skips what is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FMNIST_DIR=/usr/share/datasets/fashion-mnist
+if [ ! -f "$FMNIST_DIR/train-images-idx3-ubyte.gz" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing Debian package dataset-fashion-mnist"
+    apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+  else
+    echo "!! Fashion-MNIST is not in $FMNIST_DIR and this is not root: run" \
+         "'sudo apt-get install dataset-fashion-mnist' or set --config.data.dir." >&2
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.jaxsparse-installed
+want="$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "== installing jaxsparse and its dependencies into .venv (first time: a few minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[test]"
+  echo "$want" > "$stamp"
+fi
+echo "== setup done: $(.venv/bin/python -c 'import jax; print("jax", jax.__version__, jax.devices())')"

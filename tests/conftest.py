@@ -1,0 +1,21 @@
+"""Shared fixtures: repository paths and a subprocess runner for the CLI."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+HAS_FMNIST = os.path.isfile(os.path.join(FMNIST_DIR, "train-images-idx3-ubyte.gz"))
+needs_fmnist = pytest.mark.skipif(
+    not HAS_FMNIST, reason=f"Fashion-MNIST not installed in {FMNIST_DIR} "
+    "(bash scripts/setup.sh installs it as root)")
+
+
+def run_cli(args, env=None, timeout=300, **kw):
+    """Runs ``python <args>`` from the repository root; returns the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, capture_output=True,
+                          text=True, timeout=timeout, **kw)
