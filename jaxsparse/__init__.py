@@ -1,3 +1,52 @@
-"""jaxsparse: structured sparsity for JAX."""
+"""jaxsparse: structured sparsity for JAX.
+
+    import jaxsparse as js
+    masks = js.prune(params, "2:4")
+    params = js.apply_masks(params, masks)
+"""
+
+from jaxsparse.pruning import (
+    NM,
+    Block,
+    Channel,
+    Pattern,
+    SkippedLayerWarning,
+    SparsityReport,
+    Unstructured,
+    apply_masks,
+    compute_mask,
+    default_include,
+    layer_densities,
+    parse_pattern,
+    prune,
+    schedules,
+    scores,
+    sparsity,
+    sparsity_report,
+    ste_params,
+)
+from jaxsparse.pruning import transforms as optax
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "NM",
+    "Block",
+    "Channel",
+    "Pattern",
+    "SkippedLayerWarning",
+    "SparsityReport",
+    "Unstructured",
+    "apply_masks",
+    "compute_mask",
+    "default_include",
+    "layer_densities",
+    "optax",
+    "parse_pattern",
+    "prune",
+    "schedules",
+    "scores",
+    "sparsity",
+    "sparsity_report",
+    "ste_params",
+]

@@ -1,0 +1,30 @@
+"""Pruning: patterns, masks, distributions, scores, schedules and optax transformations."""
+
+from jaxsparse.pruning import schedules, scores
+from jaxsparse.pruning.masks import compute_mask
+from jaxsparse.pruning.patterns import NM, Block, Channel, Pattern, Unstructured, parse_pattern
+from jaxsparse.pruning.prune import apply_masks, layer_densities, prune, sparsity
+from jaxsparse.pruning.report import SparsityReport, sparsity_report
+from jaxsparse.pruning.selection import SkippedLayerWarning, default_include
+from jaxsparse.pruning.srste import ste_params
+
+__all__ = [
+    "NM",
+    "Block",
+    "Channel",
+    "Pattern",
+    "SkippedLayerWarning",
+    "SparsityReport",
+    "Unstructured",
+    "apply_masks",
+    "compute_mask",
+    "default_include",
+    "layer_densities",
+    "parse_pattern",
+    "prune",
+    "schedules",
+    "scores",
+    "sparsity",
+    "sparsity_report",
+    "ste_params",
+]

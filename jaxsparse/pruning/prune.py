@@ -1,0 +1,107 @@
+"""Masks for a whole parameter tree: ``prune``, ``apply_masks`` and ``sparsity``.
+
+A masks tree has the structure of the params tree with a bool array for every pruned leaf and
+``None`` for every leaf left dense.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsparse.pruning import distributions
+from jaxsparse.pruning.masks import check_sparsity, compute_mask
+from jaxsparse.pruning.patterns import NM, Pattern, Unstructured, parse_pattern
+from jaxsparse.pruning.selection import Include, select
+from jaxsparse.pruning.tree_paths import map_with_names, named_leaves
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def prune(params: Any, pattern: str | Pattern, sparsity=None, distribution: str = "uniform",
+          include: Include = None, scores: Any = None, *, block_score: str = "l2") -> Any:
+    """Computes pruning masks for every selected weight of ``params``.
+
+    Args:
+        params: any pytree of arrays (e.g. ``variables["params"]`` of a Flax model).
+        pattern: ``"2:4"``, ``"block:16x16"``, ``"channel"``, ``"unstructured"`` or a pattern.
+        sparsity: target fraction removed, in [0, 1); None for N:M (fixed at 1 - N/M). May be
+            traced under ``jax.jit``.
+        distribution: ``"uniform"`` (the same sparsity per layer), ``"erk"`` (Erdos-Renyi-Kernel)
+            or ``"global"`` (one score threshold across layers; unstructured only). Ignored by N:M.
+        include: a regex over parameter paths, a callable ``(path, array) -> bool``, or None for
+            the default (conv and dense kernels except the first conv and the classifier).
+        scores: a pytree like ``params`` of importance scores (default ``|w|``); see
+            :mod:`jaxsparse.pruning.scores`.
+        block_score: how block scores combine (``"l2"``, ``"l1"``, ``"mean"``).
+
+    Returns:
+        A masks tree: bool arrays for pruned leaves, ``None`` for the others.
+
+    Raises:
+        ValueError: for a bad pattern, sparsity, distribution or include, or incompatible shapes.
+    """
+    pattern = parse_pattern(pattern)
+    check_sparsity(pattern, sparsity)
+    if distribution not in distributions.DISTRIBUTIONS:
+        raise ValueError(f"distribution={distribution!r} is not valid; use one of "
+                         f"{distributions.DISTRIBUTIONS}.")
+    if distribution == "global" and not isinstance(pattern, Unstructured | NM):
+        raise ValueError(f"distribution='global' ranks individual weights and so needs the "
+                         f"unstructured pattern; use 'uniform' or 'erk' with {pattern}.")
+    chosen = select(params, pattern, include)
+    score_of = dict(named_leaves(scores)) if scores is not None else {}
+    missing = [p for p in chosen if scores is not None and p not in score_of]
+    if missing:
+        raise ValueError(f"scores has no entry for {missing[0]}; give scores with the structure "
+                         f"of params.")
+    paths = list(chosen)
+    layer_scores = [score_of.get(p) for p in paths]
+    if isinstance(pattern, NM):
+        masks = [compute_mask(chosen[p], pattern, None, s, name=p)
+                 for p, s in zip(paths, layer_scores, strict=True)]
+    elif distribution == "global":
+        full = [jnp.abs(chosen[p]) if s is None else s for p, s in zip(paths, layer_scores,
+                                                                       strict=True)]
+        masks = distributions.global_ranks(full, sparsity)
+    else:
+        spread = distributions.erk if distribution == "erk" else distributions.uniform
+        per_layer = spread([tuple(chosen[p].shape) for p in paths], sparsity)
+        masks = [compute_mask(chosen[p], pattern, s_l, s, block_score=block_score, name=p)
+                 for p, s_l, s in zip(paths, per_layer, layer_scores, strict=True)]
+    by_path = dict(zip(paths, masks, strict=True))
+    return map_with_names(lambda p, x: by_path.get(p), params)
+
+
+def apply_masks(params: Any, masks: Any) -> Any:
+    """Zeroes the pruned weights: ``where(mask, w, 0)`` for masked leaves, others unchanged."""
+    return jax.tree.map(lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros_like(p)),
+                        masks, params, is_leaf=_is_none)
+
+
+def sparsity(tree: Any) -> float:
+    """Fraction of zeros.
+
+    For a masks tree (bool leaves, ``None`` for dense ones): the fraction of False over the
+    masked leaves. For a params tree: the fraction of exact zeros over its kernels (ndim >= 2).
+    """
+    leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, "dtype")]
+    if not leaves:
+        return 0.0
+    if all(x.dtype == jnp.bool_ for x in leaves):
+        total = sum(x.size for x in leaves)
+        return float(sum(int(np.sum(~np.asarray(x))) for x in leaves) / total)
+    kernels = [x for x in leaves if x.ndim >= 2] or leaves
+    total = sum(x.size for x in kernels)
+    return float(sum(int(np.sum(np.asarray(x) == 0)) for x in kernels) / total)
+
+
+def layer_densities(masks: Any) -> dict[str, float]:
+    """``{path: fraction kept}`` of every masked leaf."""
+    return {p: float(np.mean(np.asarray(m))) for p, m in named_leaves(masks, is_leaf=_is_none)
+            if m is not None}
