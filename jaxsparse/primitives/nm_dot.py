@@ -1,0 +1,146 @@
+"""``nm_dot``: ``x @ W`` for an N:M-sparse weight stored packed.
+
+Packed layout (the one sparse tensor cores use): the weight ``W`` of shape ``(K, cout)`` keeps N
+values in every group of M consecutive rows. ``values`` has shape ``(K // M * N, cout)`` (the
+kept values of each group, in row order) and ``indices`` the same shape, ``int8``, holding each
+value's position inside its group (0..M-1; 2 bits of information for 2:4).
+
+The primitive has an abstract eval, a batching rule, JVP and transpose rules (gradients reach
+``values``; ``indices`` are fixed), a pure-jnp reference (:func:`nm_dot_reference`) and an XLA
+lowering on every platform that densifies the packed weight and runs one GEMM (correct, not
+faster; the cuSPARSELt lowering for NVIDIA GPUs is separate work).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+nm_dot_p = Primitive("nm_dot")
+
+
+def pack_nm(w: np.ndarray, mask: np.ndarray, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Packs a ``(K, cout)`` weight whose ``mask`` keeps at most ``n`` of every ``m`` rows.
+
+    Groups that keep fewer than ``n`` store explicit zeros in the remaining slots.
+
+    Returns:
+        ``(values (K//m*n, cout), indices int8 same shape)``.
+
+    Raises:
+        ValueError: if ``K % m`` or a group keeps more than ``n``.
+    """
+    w, mask = np.asarray(w), np.asarray(mask, bool)
+    k, cout = w.shape
+    if k % m:
+        raise ValueError(f"nm pack: K={k} is not divisible by M={m}.")
+    g = mask.reshape(k // m, m, cout)
+    if g.sum(axis=1).max(initial=0) > n:
+        raise ValueError(f"nm pack: a group keeps {g.sum(axis=1).max()} > N={n} weights.")
+    # Kept positions first (stable: in row order), then padding slots taken from dropped rows.
+    order = np.argsort(~g, axis=1, kind="stable")[:, :n, :]
+    wg = np.where(g, w.reshape(k // m, m, cout), 0)
+    values = np.take_along_axis(wg, order, axis=1).reshape(k // m * n, cout)
+    return values.astype(w.dtype), order.reshape(k // m * n, cout).astype(np.int8)
+
+
+def unpack_nm(values: jax.Array, indices: jax.Array, k: int, m: int) -> jax.Array:
+    """The dense ``(K, cout)`` weight of a packed N:M pair."""
+    r, cout = values.shape
+    n = r * m // k
+    v = values.reshape(k // m, n, cout)
+    onehot = indices.reshape(k // m, n, 1, cout).astype(jnp.int32) == \
+        jnp.arange(m, dtype=jnp.int32)[None, None, :, None]
+    dense = jnp.sum(jnp.where(onehot, v[:, :, None, :], jnp.zeros((), values.dtype)), axis=1)
+    return dense.reshape(k, cout)
+
+
+def nm_dot_reference(x: jax.Array, values: jax.Array, indices: jax.Array, *, m: int) -> jax.Array:
+    """Pure-jnp oracle: densify, then ``x @ W``."""
+    w = unpack_nm(values, indices, x.shape[-1], m)
+    return jnp.matmul(x, w.astype(x.dtype), precision=jax.lax.Precision.HIGHEST)
+
+
+def nm_dot(x: jax.Array, values: jax.Array, indices: jax.Array, *, m: int) -> jax.Array:
+    """``x @ W`` for a packed N:M weight ``W`` of shape ``(x.shape[-1], cout)``.
+
+    Args:
+        x: ``(..., K)`` activations.
+        values: ``(K // m * n, cout)`` kept values.
+        indices: ``(K // m * n, cout)`` int8 positions inside each group of ``m``.
+        m: group size M.
+
+    Returns:
+        ``(..., cout)``.
+    """
+    lead = x.shape[:-1]
+    y = nm_dot_p.bind(x.reshape(-1, x.shape[-1]), values, indices, m=m)
+    return y.reshape(*lead, values.shape[-1])
+
+
+def _abstract_eval(x, values, indices, *, m):
+    k = x.shape[-1]
+    if x.ndim != 2 or values.ndim != 2 or indices.shape != values.shape:
+        raise ValueError(f"nm_dot: need x (B, K) and values/indices (R, cout) of one shape; got "
+                         f"{x.shape}, {values.shape}, {indices.shape}.")
+    if k % m or (values.shape[0] * m) % k:
+        raise ValueError(f"nm_dot: K={k} and {values.shape[0]} packed rows do not fit M={m}.")
+    return jax.core.ShapedArray((x.shape[0], values.shape[1]), x.dtype)
+
+
+def _impl(x, values, indices, *, m):
+    return nm_dot_reference(x, values, indices, m=m)
+
+
+def _jvp(primals, tangents, *, m):
+    x, values, indices = primals
+    tx, tv, _ = tangents
+    y = nm_dot_p.bind(x, values, indices, m=m)
+    out = None
+    if type(tx) is not ad.Zero:
+        out = nm_dot_p.bind(tx, values, indices, m=m)
+    if type(tv) is not ad.Zero:
+        t = nm_dot_p.bind(x, tv, indices, m=m)
+        out = t if out is None else out + t
+    return y, (ad.Zero.from_primal_value(y) if out is None else out)
+
+
+def _transpose(ct, x, values, indices, *, m):
+    if type(ct) is ad.Zero:
+        return [None, None, None]
+    if ad.is_undefined_primal(x):
+        k = x.aval.shape[-1]
+        w = unpack_nm(values, indices, k, m).astype(ct.dtype)
+        return [jnp.matmul(ct, w.T, precision=jax.lax.Precision.HIGHEST), None, None]
+    k = x.shape[-1]
+    r, cout = values.aval.shape
+    n = r * m // k
+    dw = jnp.matmul(x.T, ct, precision=jax.lax.Precision.HIGHEST).reshape(k // m, m, cout)
+    dv = jnp.take_along_axis(dw, indices.reshape(k // m, n, cout).astype(jnp.int32), axis=1)
+    return [None, dv.reshape(r, cout).astype(values.aval.dtype), None]
+
+
+def _batch(args, dims, *, m):
+    x, values, indices = args
+    dx, dv, di = dims
+    if dv is None and di is None:
+        x = jnp.moveaxis(x, dx, 0)
+        b, rows, k = x.shape
+        return nm_dot_p.bind(x.reshape(b * rows, k), values, indices, m=m).reshape(
+            b, rows, -1), 0
+    size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
+    x, values, indices = (batching.bdim_at_front(a, d, size) if d is not None else
+                          jnp.broadcast_to(a, (size, *a.shape)) for a, d in zip(args, dims,
+                                                                                strict=True))
+    return jax.vmap(lambda a, v, i: nm_dot_reference(a, v, i, m=m))(x, values, indices), 0
+
+
+nm_dot_p.def_impl(_impl)
+nm_dot_p.def_abstract_eval(_abstract_eval)
+ad.primitive_jvps[nm_dot_p] = _jvp
+ad.primitive_transposes[nm_dot_p] = _transpose
+batching.primitive_batchers[nm_dot_p] = _batch
+mlir.register_lowering(nm_dot_p, mlir.lower_fun(_impl, multiple_results=False))
