@@ -5,6 +5,7 @@
     params = js.apply_masks(params, masks)
 """
 
+from jaxsparse.compiler import SparseModel, compile, unpack
 from jaxsparse.pruning import (
     NM,
     Block,
@@ -35,9 +36,11 @@ __all__ = [
     "Channel",
     "Pattern",
     "SkippedLayerWarning",
+    "SparseModel",
     "SparsityReport",
     "Unstructured",
     "apply_masks",
+    "compile",
     "compute_mask",
     "default_include",
     "layer_densities",
@@ -49,4 +52,5 @@ __all__ = [
     "sparsity",
     "sparsity_report",
     "ste_params",
+    "unpack",
 ]

@@ -104,8 +104,18 @@ def channel_scores(scores: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(jnp.square(scores.reshape(-1, scores.shape[-1])), axis=0))
 
 
+def channel_keep(scores: jax.Array, sparsity, multiple: int = 1) -> jax.Array:
+    """Bool ``(C,)``: the top channels by ``scores``, the count rounded to ``multiple``."""
+    c = scores.shape[0]
+    k = keep_count(c, sparsity)
+    if multiple > 1:
+        k = jnp.round(k / multiple).astype(jnp.int32) * multiple
+    return _keep_top(scores, jnp.clip(k, min(multiple, c), c))
+
+
 def compute_mask(w: jax.Array, pattern: str | Pattern, sparsity=None, scores=None, *,
-                 block_score: str = "l2", name: str = "weight") -> jax.Array:
+                 block_score: str = "l2", name: str = "weight",
+                 channel_multiple: int = 1) -> jax.Array:
     """Boolean mask of ``w.shape`` that keeps the highest-scoring weights under ``pattern``.
 
     Args:
@@ -116,6 +126,7 @@ def compute_mask(w: jax.Array, pattern: str | Pattern, sparsity=None, scores=Non
         scores: importance of each weight (same shape as ``w``); default ``|w|``.
         block_score: how a block's scores combine: ``"l2"`` (default), ``"l1"`` or ``"mean"``.
         name: the weight's name, used in error messages.
+        channel_multiple: channel pattern: round the kept filter count to this multiple.
 
     Returns:
         A bool array, True where the weight is kept. Unstructured, block and channel masks keep
@@ -144,6 +155,4 @@ def compute_mask(w: jax.Array, pattern: str | Pattern, sparsity=None, scores=Non
         keep = _keep_top(bs.ravel(), keep_count(bs.size, sparsity)).reshape(bs.shape)
         return expand_blocks(keep, pattern, w.shape)
     assert isinstance(pattern, Channel)
-    cs = channel_scores(s)
-    keep = _keep_top(cs, jnp.maximum(keep_count(cs.size, sparsity), 1))
-    return jnp.broadcast_to(keep, w.shape)
+    return jnp.broadcast_to(channel_keep(channel_scores(s), sparsity, channel_multiple), w.shape)

@@ -6,6 +6,7 @@ A masks tree has the structure of the params tree with a bool array for every pr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -13,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsparse.pruning import distributions
+from jaxsparse.pruning.grouped import grouped_channel_masks
 from jaxsparse.pruning.masks import check_sparsity, compute_mask
-from jaxsparse.pruning.patterns import NM, Pattern, Unstructured, parse_pattern
+from jaxsparse.pruning.patterns import NM, Channel, Pattern, Unstructured, parse_pattern
 from jaxsparse.pruning.selection import Include, select
 from jaxsparse.pruning.tree_paths import map_with_names, named_leaves
 
@@ -24,7 +26,8 @@ def _is_none(x: Any) -> bool:
 
 
 def prune(params: Any, pattern: str | Pattern, sparsity=None, distribution: str = "uniform",
-          include: Include = None, scores: Any = None, *, block_score: str = "l2") -> Any:
+          include: Include = None, scores: Any = None, *, block_score: str = "l2",
+          groups: Sequence | None = None, channel_multiple: int = 1) -> Any:
     """Computes pruning masks for every selected weight of ``params``.
 
     Args:
@@ -39,6 +42,11 @@ def prune(params: Any, pattern: str | Pattern, sparsity=None, distribution: str 
         scores: a pytree like ``params`` of importance scores (default ``|w|``); see
             :mod:`jaxsparse.pruning.scores`.
         block_score: how block scores combine (``"l2"``, ``"l1"``, ``"mean"``).
+        groups: channel pattern only: coupled groups from :func:`jaxsparse.channel_groups`;
+            each group's kernels and per-channel vectors (BatchNorm scale/bias) lose the same
+            channels, scored by the group's summed filter norms.
+        channel_multiple: channel pattern only: round kept channel counts to this multiple
+            (8 suits GPUs, 128 TPUs).
 
     Returns:
         A masks tree: bool arrays for pruned leaves, ``None`` for the others.
@@ -54,12 +62,24 @@ def prune(params: Any, pattern: str | Pattern, sparsity=None, distribution: str 
     if distribution == "global" and not isinstance(pattern, Unstructured | NM):
         raise ValueError(f"distribution='global' ranks individual weights and so needs the "
                          f"unstructured pattern; use 'uniform' or 'erk' with {pattern}.")
+    if (groups is not None or channel_multiple != 1) and not isinstance(pattern, Channel):
+        raise ValueError(f"groups and channel_multiple apply to the channel pattern, not "
+                         f"{pattern}.")
+    if channel_multiple < 1:
+        raise ValueError(f"channel_multiple={channel_multiple} must be a positive integer.")
+    if groups is not None and distribution != "uniform":
+        raise ValueError(f"groups need distribution='uniform'; got {distribution!r}.")
     chosen = select(params, pattern, include)
     score_of = dict(named_leaves(scores)) if scores is not None else {}
     missing = [p for p in chosen if scores is not None and p not in score_of]
     if missing:
         raise ValueError(f"scores has no entry for {missing[0]}; give scores with the structure "
                          f"of params.")
+    grouped: dict[str, Any] = {}
+    if groups is not None:
+        grouped, handled = grouped_channel_masks(dict(named_leaves(params)), chosen, groups,
+                                                 sparsity, score_of, channel_multiple)
+        chosen = {p: w for p, w in chosen.items() if p not in handled}
     paths = list(chosen)
     layer_scores = [score_of.get(p) for p in paths]
     if isinstance(pattern, NM):
@@ -72,9 +92,10 @@ def prune(params: Any, pattern: str | Pattern, sparsity=None, distribution: str 
     else:
         spread = distributions.erk if distribution == "erk" else distributions.uniform
         per_layer = spread([tuple(chosen[p].shape) for p in paths], sparsity)
-        masks = [compute_mask(chosen[p], pattern, s_l, s, block_score=block_score, name=p)
+        masks = [compute_mask(chosen[p], pattern, s_l, s, block_score=block_score, name=p,
+                              channel_multiple=channel_multiple)
                  for p, s_l, s in zip(paths, per_layer, layer_scores, strict=True)]
-    by_path = dict(zip(paths, masks, strict=True))
+    by_path = {**dict(zip(paths, masks, strict=True)), **grouped}
     return map_with_names(lambda p, x: by_path.get(p), params)
 
 

@@ -1,0 +1,8 @@
+"""The compiler pass: a jaxpr interpreter that turns masked dense functions into sparse ones."""
+
+from jaxsparse.compiler.api import SparseModel, compile
+from jaxsparse.compiler.packed import BlockWeight, DenseWeight, Layout, NMWeight, unpack
+from jaxsparse.compiler.report import CompileReport, LayerRow
+
+__all__ = ["BlockWeight", "CompileReport", "DenseWeight", "LayerRow", "Layout", "NMWeight",
+           "SparseModel", "compile", "unpack"]

@@ -1,0 +1,150 @@
+"""``js.compile``: from a masked dense function to one that skips the zeros."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsparse.compiler import layers
+from jaxsparse.compiler.interpreter import Context, eval_jaxpr
+from jaxsparse.compiler.packed import _is_rewritten
+from jaxsparse.compiler.report import CompileReport
+from jaxsparse.compiler.values import WRef, plain
+from jaxsparse.pruning.tree_paths import named_leaves
+
+BACKENDS = {"auto": "xla", "xla": "xla", "pallas": "pallas",
+            "pallas_interpret": "pallas_interpret"}
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def align_masks(variables: Any, masks: Any) -> dict[str, np.ndarray]:
+    """``{variables path: mask}`` for masks given for ``variables`` or for its ``"params"``.
+
+    Raises:
+        ValueError: if a mask names no leaf of ``variables`` or has another shape.
+    """
+    leaves = dict(named_leaves(variables))
+    out = {}
+    for path, m in named_leaves(masks, is_leaf=_is_none):
+        if m is None:
+            continue
+        target = path if path in leaves else f"params/{path}"
+        if target not in leaves:
+            raise ValueError(f"masks has an entry {path!r} that is no leaf of variables; give "
+                             f"masks with the structure of variables or variables['params'].")
+        if tuple(np.shape(m)) != tuple(np.shape(leaves[target])):
+            raise ValueError(f"mask for {target} has shape {np.shape(m)}, the weight "
+                             f"{np.shape(leaves[target])}.")
+        out[target] = np.asarray(m, bool)
+    return out
+
+
+@dataclasses.dataclass(eq=False)
+class SparseModel:
+    """A compiled sparse function. Call it as ``sp(sp.variables, *args)``; it is jittable.
+
+    Attributes:
+        variables: ``{"model": the variables with packed/sliced weights, "folded": constant
+            bias maps of removed channels}``; a pytree orbax can checkpoint.
+        report: a :class:`CompileReport`, one row per conv/dot layer.
+    """
+
+    variables: dict
+    report: CompileReport
+    _jaxpr: Any
+    _out_tree: Any
+    _plan: dict
+    _options: layers.Options
+
+    def __call__(self, variables: dict, *args: Any) -> Any:
+        leaves = jax.tree_util.tree_flatten_with_path(variables["model"],
+                                                      is_leaf=_is_rewritten)[0]
+        vals = [WRef(_path(p), v, None) if _is_rewritten(v) or np.ndim(v) >= 2 else v
+                for p, v in leaves]
+        ctx = Context(compiling=False, plan=self._plan, apply=layers.apply,
+                      folded=variables.get("folded", {}), options=self._options)
+        flat_args = jax.tree.leaves(args)
+        outs = eval_jaxpr(ctx, self._jaxpr.jaxpr, list(self._jaxpr.consts), vals + flat_args)
+        return jax.tree.unflatten(self._out_tree, [plain(o) for o in outs])
+
+
+def _path(p: tuple) -> str:
+    from jaxsparse.pruning.tree_paths import path_str
+
+    return path_str(p)
+
+
+def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_args: Any,
+            backend: str = "auto", policy: str = "auto") -> SparseModel:
+    """Rewrites the masked function ``apply_fn(variables * masks, *args)`` to skip its zeros.
+
+    Every ``conv_general_dilated`` and ``dot_general`` whose weight is a leaf of ``variables``
+    is visited: removed output channels (all-zero filters) and removed input channels (whose
+    producer removed them) are sliced away, following channels through per-channel ops
+    (BatchNorm, bias, activations, pooling, residual adds); N:M and block-sparse weights are
+    packed and run by :func:`~jaxsparse.primitives.nm_dot` and
+    :func:`~jaxsparse.primitives.block_sparse_dot` when the policy's cost model says so.
+
+    Args:
+        apply_fn: a pure function ``apply_fn(variables, *args)``.
+        variables: its variables pytree (dense weights).
+        masks: a masks tree (from :func:`jaxsparse.prune`) for ``variables`` or for
+            ``variables["params"]``; ``None`` leaves are dense.
+        *example_args: example inputs (their shapes and dtypes are what is compiled for).
+        backend: kernel for block-sparse layers: ``"auto"``/``"xla"`` (XLA gather + batched
+            GEMM, every platform), ``"pallas"`` (GPU/TPU) or ``"pallas_interpret"`` (tests).
+        policy: ``"auto"`` (cost model: small or dense-enough layers stay dense), ``"sparse"``
+            (every eligible layer uses its sparse kernel) or ``"dense"`` (channel slicing only).
+
+    Returns:
+        A :class:`SparseModel` ``sp``; ``sp(sp.variables, *args)`` equals
+        ``apply_fn(apply_masks(variables, masks), *args)``.
+
+    Raises:
+        ValueError: for a bad backend, policy or masks.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not valid; use one of {sorted(BACKENDS)}.")
+    if policy not in layers.POLICIES:
+        raise ValueError(f"policy={policy!r} is not valid; use one of {layers.POLICIES}.")
+    t0 = time.perf_counter()
+    mask_of = align_masks(variables, masks)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
+    paths = [_path(p) for p, _ in flat]
+    leaves = [jnp.asarray(v) * mask_of[p] if p in mask_of else v
+              for p, v in zip(paths, (v for _, v in flat), strict=True)]
+    closed, out_shape = jax.make_jaxpr(
+        lambda leaves, *a: apply_fn(jax.tree.unflatten(treedef, leaves), *a),
+        return_shape=True)(leaves, *example_args)
+    out_tree = jax.tree.structure(out_shape)
+    opts = layers.Options(policy, BACKENDS[backend], jax.devices()[0].platform)
+    forced: frozenset[str] = frozenset()
+    while True:
+        ctx = Context(compiling=True, plan={}, decide=layers.decide, apply=layers.apply,
+                      options=opts, forced_dense=forced)
+        vals = [WRef(p, v, mask_of.get(p)) if np.ndim(v) >= 2 else v
+                for p, v in zip(paths, leaves, strict=True)]
+
+        def trace(*args, ctx=ctx, vals=vals):
+            with jax.ensure_compile_time_eval():
+                return [plain(o) for o in eval_jaxpr(ctx, closed.jaxpr, list(closed.consts),
+                                                     vals + list(args))]
+
+        jax.make_jaxpr(trace)(*jax.tree.leaves(example_args))
+        clash = (ctx.conflicts | (ctx.materialized & set(ctx.rewritten))) - forced
+        if not clash:
+            break
+        forced = forced | clash
+    new_leaves = [ctx.rewritten.get(p, v) for p, v in zip(paths, leaves, strict=True)]
+    sp_vars = {"model": jax.tree.unflatten(treedef, new_leaves), "folded": dict(ctx.folded)}
+    report = CompileReport(tuple(ctx.rows), time.perf_counter() - t0, backend, policy)
+    return SparseModel(sp_vars, report, closed, out_tree, ctx.plan, opts)
