@@ -6,6 +6,7 @@
 """
 
 from jaxsparse.compiler import SparseModel, compile, unpack
+from jaxsparse.compiler.groups import ChannelGroup, channel_groups
 from jaxsparse.pruning import (
     NM,
     Block,
@@ -34,12 +35,14 @@ __all__ = [
     "NM",
     "Block",
     "Channel",
+    "ChannelGroup",
     "Pattern",
     "SkippedLayerWarning",
     "SparseModel",
     "SparsityReport",
     "Unstructured",
     "apply_masks",
+    "channel_groups",
     "compile",
     "compute_mask",
     "default_include",

@@ -50,7 +50,9 @@ def align_masks(variables: Any, masks: Any) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass(eq=False)
 class SparseModel:
-    """A compiled sparse function. Call it as ``sp(sp.variables, *args)``; it is jittable.
+    """A compiled sparse function. Call it as ``sp(sp.variables, *args)``; it is jittable
+    and vmappable. It is specialised to the shapes and dtypes of the example inputs given to
+    :func:`compile` (another batch size needs another ``compile``, or ``jax.vmap``).
 
     Attributes:
         variables: ``{"model": the variables with packed/sliced weights, "folded": constant
@@ -73,6 +75,13 @@ class SparseModel:
         ctx = Context(compiling=False, plan=self._plan, apply=layers.apply,
                       folded=variables.get("folded", {}), options=self._options)
         flat_args = jax.tree.leaves(args)
+        expected = [(v.aval.shape, v.aval.dtype) for v in
+                    self._jaxpr.jaxpr.invars[len(leaves):]]
+        got = [(tuple(np.shape(a)), jnp.result_type(a)) for a in flat_args]
+        if got != expected:
+            raise ValueError(f"this SparseModel was compiled for inputs {expected} (shape, dtype) "
+                             f"but got {got}; call js.compile again with example inputs of the "
+                             f"new shape (jax.vmap over extra leading axes works).")
         outs = eval_jaxpr(ctx, self._jaxpr.jaxpr, list(self._jaxpr.consts), vals + flat_args)
         return jax.tree.unflatten(self._out_tree, [plain(o) for o in outs])
 
@@ -120,8 +129,10 @@ def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_a
     mask_of = align_masks(variables, masks)
     flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
     paths = [_path(p) for p, _ in flat]
-    leaves = [jnp.asarray(v) * mask_of[p] if p in mask_of else v
-              for p, v in zip(paths, (v for _, v in flat), strict=True)]
+    # Masking in numpy: eager jnp ops would compile one XLA program per weight shape.
+    leaves = [np.where(mask_of[p], np.asarray(v), np.zeros((), np.asarray(v).dtype))
+              if p in mask_of else np.asarray(v) for p, v in zip(paths, (v for _, v in flat),
+                                                               strict=True)]
     closed, out_shape = jax.make_jaxpr(
         lambda leaves, *a: apply_fn(jax.tree.unflatten(treedef, leaves), *a),
         return_shape=True)(leaves, *example_args)
@@ -135,9 +146,10 @@ def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_a
                 for p, v in zip(paths, leaves, strict=True)]
 
         def trace(*args, ctx=ctx, vals=vals):
-            with jax.ensure_compile_time_eval():
-                return [plain(o) for o in eval_jaxpr(ctx, closed.jaxpr, list(closed.consts),
-                                                     vals + list(args))]
+            # Weights stay concrete numpy (closure constants), inputs are traced: the layer
+            # rules read weights and channel constants directly.
+            return [plain(o) for o in eval_jaxpr(ctx, closed.jaxpr, list(closed.consts),
+                                                 vals + list(args))]
 
         jax.make_jaxpr(trace)(*jax.tree.leaves(example_args))
         clash = (ctx.conflicts | (ctx.materialized & set(ctx.rewritten))) - forced
@@ -145,6 +157,7 @@ def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_a
             break
         forced = forced | clash
     new_leaves = [ctx.rewritten.get(p, v) for p, v in zip(paths, leaves, strict=True)]
-    sp_vars = {"model": jax.tree.unflatten(treedef, new_leaves), "folded": dict(ctx.folded)}
+    sp_vars = jax.tree.map(jnp.asarray, {"model": jax.tree.unflatten(treedef, new_leaves),
+                                         "folded": dict(ctx.folded)})
     report = CompileReport(tuple(ctx.rows), time.perf_counter() - t0, backend, policy)
     return SparseModel(sp_vars, report, closed, out_tree, ctx.plan, opts)

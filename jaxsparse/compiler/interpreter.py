@@ -13,7 +13,6 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -81,7 +80,7 @@ def eval_jaxpr(ctx: Context, jaxpr, consts: list, args: list) -> list:
             rule = RULES.get(eqn.primitive, default_rule)
             outvals = rule(ctx, eqn, invals)
         else:
-            outvals = bind(eqn, invals)
+            outvals = (ctx.compiling and numpy_eval(eqn, invals)) or bind(eqn, invals)
         for var, val in zip(eqn.outvars, outvals, strict=True):
             env[var] = val
     return [read(v) for v in jaxpr.outvars]
@@ -123,15 +122,67 @@ def _convert(ctx: Context, eqn, invals: list) -> list:
     return _elementwise(ctx, eqn, invals)
 
 
-def _channel_vector(v: Any, axis: int, full: int, ndim: int) -> jax.Array | None:
+def _channel_vector(v: Any, axis: int, full: int, ndim: int) -> Any:
     """``v`` as a ``(full,)`` vector if it is constant except along ``axis``, else None."""
-    v = jnp.asarray(v)
-    if v.ndim == 0:
-        return None
-    if v.ndim != ndim or v.shape[axis] != full or \
-            any(d != 1 for i, d in enumerate(v.shape) if i != axis):
+    if np.ndim(v) != ndim or np.shape(v)[axis] != full or \
+            any(d != 1 for i, d in enumerate(np.shape(v)) if i != axis):
         return None
     return v.reshape(full)
+
+
+def _concrete(v: Any) -> bool:
+    """A host (numpy) constant: only compile time produces these."""
+    return isinstance(v, np.ndarray | np.generic | int | float | bool)
+
+
+def _bdim(a, shape, broadcast_dimensions, **_):
+    expanded = np.reshape(a, [a.shape[broadcast_dimensions.index(d)] if d in broadcast_dimensions
+                              else 1 for d in range(len(shape))])
+    return np.broadcast_to(expanded, shape)
+
+
+# Constants (functions of the weights only) are computed in numpy at compile time, so the pass
+# neither stages them nor compiles one tiny XLA program per BatchNorm vector.
+_NUMPY = {
+    lax.add_p: np.add, lax.sub_p: np.subtract, lax.mul_p: np.multiply, lax.div_p: np.divide,
+    lax.max_p: np.maximum, lax.min_p: np.minimum, lax.neg_p: np.negative, lax.exp_p: np.exp,
+    lax.log_p: np.log, lax.tanh_p: np.tanh, lax.sqrt_p: np.sqrt, lax.abs_p: np.abs,
+    lax.sign_p: np.sign, lax.log1p_p: np.log1p, lax.expm1_p: np.expm1, lax.square_p: np.square,
+    lax.pow_p: np.power, lax.rsqrt_p: lambda a: 1.0 / np.sqrt(a),
+    lax.logistic_p: lambda a: 1.0 / (1.0 + np.exp(-a)),
+    lax.convert_element_type_p: lambda a, new_dtype, **_: np.asarray(a).astype(new_dtype),
+    lax.integer_pow_p: lambda a, y: np.power(a, y),
+    lax.reshape_p: lambda a, new_sizes, dimensions, **_: (
+        np.reshape(a, new_sizes) if dimensions is None else None),
+    lax.broadcast_in_dim_p: _bdim,
+}
+_PARAMS = {lax.convert_element_type_p: ("new_dtype",), lax.integer_pow_p: ("y",),
+           lax.reshape_p: ("new_sizes", "dimensions"),
+           lax.broadcast_in_dim_p: ("shape", "broadcast_dimensions")}
+
+
+def numpy_eval(eqn, args: list) -> list | None:
+    """Evaluates ``eqn`` in numpy when every input is concrete and numpy knows the op."""
+    fn = _NUMPY.get(eqn.primitive)
+    if fn is None or eqn.primitive.multiple_results or not all(_concrete(a) for a in args):
+        return None
+    kw = {k: eqn.params[k] for k in _PARAMS.get(eqn.primitive, ())}
+    dtype = eqn.outvars[0].aval.dtype if hasattr(eqn.outvars[0], "aval") else None
+    with np.errstate(all="ignore"):
+        out = fn(*[np.asarray(a) for a in args], **kw)
+    if out is None:
+        return None
+    out = np.asarray(out)
+    return [out.astype(dtype) if dtype is not None else out]
+
+
+def _eval_fill(eqn, args: list) -> Any:
+    """The fill constants of an elementwise op: numpy when concrete, else bound."""
+    got = numpy_eval(eqn, args) if all(np.ndim(a) <= 1 for a in args) else None
+    if got is not None:
+        return got[0]
+    subfuns, params = bind_params(eqn)
+    return eqn.primitive.bind(*subfuns, *args, **params)
 
 
 def _elementwise(ctx: Context, eqn, invals: list) -> list:
@@ -152,22 +203,23 @@ def _elementwise(ctx: Context, eqn, invals: list) -> list:
         if isinstance(v, Sliced):
             e = v.expand(keep)
             data_args.append(e.data)
-            fill_args.append(e.fill.astype(e.data.dtype))
+            fill_args.append(e.fill.astype(e.data.dtype))  # numpy or jax, as e.fill is.
             continue
-        arr = jnp.asarray(v)
-        if arr.ndim == 0:
-            data_args.append(arr)
-            fill_args.append(arr)
+        if np.ndim(v) == 0:
+            data_args.append(v)
+            fill_args.append(v)
             continue
-        vec = _channel_vector(arr, axis, full, ndim)
+        vec = _channel_vector(v, axis, full, ndim)
         if vec is None:
             return default_rule(ctx, eqn, invals)
-        data_args.append(jnp.take(arr, keep, axis=axis))
+        data_args.append(np.take(v, keep, axis=axis) if _concrete(v) else
+                         jnp.take(v, keep, axis=axis))
         fill_args.append(vec)
     subfuns, params = bind_params(eqn)
     data = eqn.primitive.bind(*subfuns, *data_args, **params)
-    fill = eqn.primitive.bind(*subfuns, *fill_args, **params)
-    return [Sliced(data, axis, keep, full, jnp.broadcast_to(fill, (full,)))]
+    fill = _eval_fill(eqn, fill_args)
+    fill = np.broadcast_to(fill, (full,)) if _concrete(fill) else jnp.broadcast_to(fill, (full,))
+    return [Sliced(data, axis, keep, full, fill)]
 
 
 def _reduce(ctx: Context, eqn, invals: list) -> list:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from jax import lax
 
@@ -93,9 +93,11 @@ def _fold(eqn, x: Sliced, w_full: np.ndarray, out_keep) -> np.ndarray | None:
     h, wd = eqn.invars[0].aval.shape[1:3]
     image = np.broadcast_to(fill, (1, h, wd, len(removed))).astype(np.float32)
     p = eqn.params
-    return np.asarray(lax.conv_general_dilated(
-        image, w_r.astype(np.float32), p["window_strides"], p["padding"], p["lhs_dilation"],
-        p["rhs_dilation"], p["dimension_numbers"], precision=lax.Precision.HIGHEST))
+    with jax.ensure_compile_time_eval():  # A constant: evaluate it now, do not stage it.
+        return np.asarray(lax.conv_general_dilated(
+            image, w_r.astype(np.float32), p["window_strides"], p["padding"],
+            p["lhs_dilation"], p["rhs_dilation"], p["dimension_numbers"],
+            precision=lax.Precision.HIGHEST))
 
 
 def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
@@ -112,6 +114,8 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
         why = "weight is also read by another operation, so it is kept whole"
     in_keep = x.keep if isinstance(x, Sliced) and x.axis == x.data.ndim - 1 else None
     out_keep = removed_outputs(mask) if why is None else None
+    if out_keep is not None and len(out_keep) == 0:
+        out_keep = np.zeros(1, np.int64)  # Keep one (all-zero) channel: no zero-size arrays.
     if why is not None or (in_keep is None and out_keep is None and w.mask is None):
         action = "dense (unchanged)" if why is None else "dense (unsupported)"
         ctx.rows.append(LayerRow(w.path, kind, shape, "dense" if w.mask is None else "masked",
@@ -133,16 +137,16 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
     gemm_w, gemm_m = kept_w.reshape(k, n), kept_m.reshape(k, n)
     if low == "nm":
         values, idx = pack_nm(gemm_w, gemm_m, pattern.n, pattern.m)
-        weight = NMWeight(jnp.asarray(values), jnp.asarray(idx), pattern.m, layout)
+        weight = NMWeight(values, idx, pattern.m, layout)
         after *= pattern.n / pattern.m
         action = "nm_dot"
     elif low == "block":
         values, brows = pack_block_ell(gemm_w, gemm_m, pattern.bh, pattern.bw)
-        weight = BlockWeight(jnp.asarray(values), jnp.asarray(brows), layout)
+        weight = BlockWeight(values, brows, layout)
         after = lowering.gemm_flops(rows, values.shape[1] * pattern.bh, n)
         action = f"block_sparse_dot ({opts.impl})"
     else:
-        weight = DenseWeight(jnp.asarray(kept_w), layout)
+        weight = DenseWeight(kept_w.astype(np.asarray(w.value).dtype), layout)
         action = "dense"
     if in_keep is not None or out_keep is not None:
         action = f"channel-sliced {kept_w.shape[-2]}/{shape[-2]} in, {n}/{shape[-1]} out + " \
@@ -153,7 +157,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
     fold = _fold(eqn, x, w_full * mask, out_keep) if isinstance(x, Sliced) and \
         in_keep is not None else None
     if fold is not None:
-        ctx.folded[key] = jnp.asarray(fold)
+        ctx.folded[key] = fold.astype(np.float32)
     if w.mask is None:
         label = "dense (input sliced)"
     elif out_keep is not None:
@@ -191,5 +195,5 @@ def apply(ctx: Context, key: str, entry: dict, eqn, x: Any, w: WRef) -> list:
         y = y + ctx.folded[key].astype(out_dtype)
     if out_keep is not None:
         full = weight.layout.shape[-1]
-        return [Sliced(y, y.ndim - 1, np.asarray(out_keep), full, jnp.zeros((full,), out_dtype))]
+        return [Sliced(y, y.ndim - 1, np.asarray(out_keep), full, np.zeros((full,), out_dtype))]
     return [y]

@@ -41,7 +41,8 @@ class Sliced:
         shape[self.axis] = self.full
         full_shape = list(self.data.shape)
         full_shape[self.axis] = self.full
-        base = jnp.broadcast_to(self.fill.astype(self.data.dtype).reshape(shape), full_shape)
+        base = jnp.broadcast_to(jnp.asarray(self.fill, self.data.dtype).reshape(shape),
+                                full_shape)
         index = (slice(None),) * self.axis + (self.keep,)
         return base.at[index].set(self.data)
 
@@ -54,7 +55,8 @@ class Sliced:
         shape[self.axis] = len(keep)
         vshape = [1] * self.data.ndim
         vshape[self.axis] = len(keep)
-        base = jnp.broadcast_to(self.fill[keep].astype(self.data.dtype).reshape(vshape), shape)
+        base = jnp.broadcast_to(jnp.asarray(self.fill[keep], self.data.dtype).reshape(vshape),
+                                shape)
         index = (slice(None),) * self.axis + (pos,)
         return Sliced(base.at[index].set(self.data), self.axis, keep, self.full, self.fill)
 

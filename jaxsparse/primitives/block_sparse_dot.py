@@ -105,6 +105,7 @@ def _abstract_eval(x, values, rows, *, impl):
 
 
 def _impl(x, values, rows, *, impl):
+    values = jnp.where((rows >= 0)[:, :, None, None], values, 0)  # Padding never contributes.
     if impl == "xla":
         return block_sparse_dot_xla(x, values, rows)
     from jaxsparse.kernels.block_sparse import block_sparse_matmul

@@ -48,7 +48,7 @@ def test_functional_equals_module(ctor):
 
 def test_width_multiplier_scales_channels():
     model = models.ResNetTiny(num_classes=10, stem="small", width=0.5, rngs=nnx.Rngs(0))
-    assert model.stem.conv.kernel.value.shape == (3, 3, 3, 32)
+    assert model.stem.conv.kernel.get_value().shape == (3, 3, 3, 32)
 
 
 def test_bfloat16_compute_keeps_f32_params():
