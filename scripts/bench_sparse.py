@@ -31,10 +31,10 @@ from jaxsparse.training.summary import Writer, environment, write_json
 VARIANTS = {
     "channel50": ("channel", 0.5, "auto", True),
     "channel50_interior": ("channel", 0.5, "auto", False),
-    "block90_16": ("block:16x16", 0.9, "auto", False),
-    "block90_32": ("block:32x32", 0.9, "auto", False),
-    "block90_8": ("block:8x8", 0.9, "auto", False),
-    "block75_32": ("block:32x32", 0.75, "auto", False),
+    "block90_16": ("block:16x16", 0.9, "sparse", False),
+    "block90_32": ("block:32x32", 0.9, "sparse", False),
+    "block90_8": ("block:8x8", 0.9, "sparse", False),
+    "block75_32": ("block:32x32", 0.75, "sparse", False),
     "nm24": ("2:4", None, "sparse", False),
     "unstructured90": ("unstructured", 0.9, "auto", False),
 }

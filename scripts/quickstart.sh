@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Sets up from nothing and runs the main job on the embedded Fashion-MNIST default.
+# Sets up from nothing and runs the main job on the embedded Fashion-MNIST default: the short
+# sparsity study (dense baseline + sparse variants, trained, compiled, evaluated, benchmarked).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-WORKDIR=${WORKDIR:-runs/quickstart_resnet18}
-echo "== training ResNet-18 (width 0.25) on Fashion-MNIST: $WORKDIR"
+WORKDIR=${WORKDIR:-runs/study_quickstart}
+echo "== sparsity study on Fashion-MNIST (ResNet-18, width 0.25): $WORKDIR"
 start=$(date +%s)
-.venv/bin/python -m experiments.run --config=experiments/configs/fmnist_resnet18.py \
+.venv/bin/python -m experiments.study --config=experiments/configs/study_quickstart.py \
   --workdir="$WORKDIR" "$@"
 echo "== done in $(( $(date +%s) - start )) s"
-echo "Results: $WORKDIR/results.json"
-echo "TensorBoard: .venv/bin/tensorboard --logdir $(dirname "$WORKDIR")"
+echo "TensorBoard: .venv/bin/tensorboard --logdir $WORKDIR"

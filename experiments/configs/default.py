@@ -64,4 +64,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.sparsity.include = ""  # Regex over parameter paths (empty: conv/dense kernels, not the
     #                          first conv or the classifier).
     c.sparsity.sr_ste_decay = 2e-4  # SR-STE's sparse-refined decay coefficient.
+    c.sparsity.grouped = False  # channel: prune coupled layers (residual streams) together.
     return c

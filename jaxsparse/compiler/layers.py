@@ -28,9 +28,11 @@ from jaxsparse.pruning.patterns import NM, Block, Unstructured
 POLICIES = ("auto", "sparse", "dense")
 # Cost model of policy="auto": the block-sparse kernel pays a gather of the input's row blocks,
 # so it only wins over a dense GEMM well below half density and on layers large enough for the
-# gather to amortise.
+# gather to amortise. On CPU the XLA lowering measured slower than dense even at 90% sparsity
+# (docs/results/bench_sparse_resnet50_cpu_*.md), so "auto" keeps block layers dense there.
 BLOCK_MAX_DENSITY = 0.5
 MIN_SPARSE_FLOPS = 2e7
+BLOCK_SLOWER_PLATFORMS = ("cpu",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,9 @@ def _choose(pattern, density: float, flops: float, opts: Options) -> tuple[str, 
     assert isinstance(pattern, Block)
     if opts.policy == "sparse":
         return "block", "policy='sparse'"
+    if opts.platform in BLOCK_SLOWER_PLATFORMS and opts.impl == "xla":
+        return "dense", (f"block_sparse_dot's XLA lowering measured slower than dense on "
+                         f"{opts.platform}; policy='sparse' forces it")
     if density > BLOCK_MAX_DENSITY:
         return "dense", f"density {density:.2f} > {BLOCK_MAX_DENSITY}: dense GEMM is faster"
     if flops < MIN_SPARSE_FLOPS:

@@ -3,7 +3,13 @@
 from jaxsparse.pruning import schedules, scores
 from jaxsparse.pruning.masks import compute_mask
 from jaxsparse.pruning.patterns import NM, Block, Channel, Pattern, Unstructured, parse_pattern
-from jaxsparse.pruning.prune import apply_masks, layer_densities, prune, sparsity
+from jaxsparse.pruning.prune import (
+    apply_masks,
+    layer_densities,
+    masks_from_zeros,
+    prune,
+    sparsity,
+)
 from jaxsparse.pruning.report import SparsityReport, sparsity_report
 from jaxsparse.pruning.selection import SkippedLayerWarning, default_include
 from jaxsparse.pruning.srste import ste_params
@@ -20,6 +26,7 @@ __all__ = [
     "compute_mask",
     "default_include",
     "layer_densities",
+    "masks_from_zeros",
     "parse_pattern",
     "prune",
     "schedules",

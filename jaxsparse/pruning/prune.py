@@ -126,3 +126,11 @@ def layer_densities(masks: Any) -> dict[str, float]:
     """``{path: fraction kept}`` of every masked leaf."""
     return {p: float(np.mean(np.asarray(m))) for p, m in named_leaves(masks, is_leaf=_is_none)
             if m is not None}
+
+
+def masks_from_zeros(params: Any, min_ndim: int = 2) -> Any:
+    """Masks read back from a pruned model: ``w != 0`` for every weight (ndim >= ``min_ndim``)
+    that holds at least one zero, ``None`` elsewhere. Use it to compile a checkpoint that was
+    saved with its pruned weights set to zero."""
+    return jax.tree.map(lambda w: (np.asarray(w) != 0) if np.ndim(w) >= min_ndim and
+                        np.any(np.asarray(w) == 0) else None, params)

@@ -17,9 +17,8 @@ import optax
 from jaxsparse.pruning.patterns import NM, Pattern, parse_pattern
 from jaxsparse.pruning.prune import apply_masks, prune
 from jaxsparse.pruning.schedules import Schedule
-from jaxsparse.pruning.selection import Include, select
+from jaxsparse.pruning.selection import Include
 from jaxsparse.pruning.srste import sr_ste
-from jaxsparse.pruning.tree_paths import map_with_names
 
 Scorer = Callable[[Any], Any]
 
@@ -32,16 +31,20 @@ class MaskedPruningState(NamedTuple):
     inner_state: Any
 
 
-def initial_masks(params: Any, pattern: Pattern, include: Include = None) -> Any:
-    """All-True masks for the leaves ``prune`` would select (``None`` elsewhere)."""
-    chosen = select(params, pattern, include)
-    return map_with_names(lambda p, x: jnp.ones(x.shape, bool) if p in chosen else None, params)
+def initial_masks(params: Any, pattern: Pattern, include: Include = None,
+                  groups: Any = None) -> Any:
+    """All-True masks with the structure ``prune`` gives (``None`` for dense leaves)."""
+    sparsity = None if isinstance(pattern, NM) else 0.0
+    masks = prune(params, pattern, sparsity, include=include, groups=groups)
+    return jax.tree.map(lambda m: None if m is None else jnp.ones(m.shape, bool), masks,
+                        is_leaf=lambda x: x is None)
 
 
 def masked_pruning(inner: optax.GradientTransformation, pattern: str | Pattern,
                    schedule: Schedule, *, sparsity: float | None = None,
                    distribution: str = "uniform", include: Include = None,
-                   scorer: Scorer | None = None) -> optax.GradientTransformation:
+                   scorer: Scorer | None = None,
+                   groups: Any = None) -> optax.GradientTransformation:
     """Wraps ``inner`` so that training prunes on ``schedule`` and pruned weights stay zero.
 
     Args:
@@ -54,6 +57,8 @@ def masked_pruning(inner: optax.GradientTransformation, pattern: str | Pattern,
         distribution: ``"uniform"``, ``"erk"`` or ``"global"`` (see :func:`prune`).
         include: which parameters to prune (see :func:`prune`).
         scorer: ``params -> scores``; default magnitude.
+        groups: channel pattern: coupled groups from :func:`jaxsparse.channel_groups`, pruned
+            together with their BatchNorm vectors (see :func:`prune`).
 
     Returns:
         An ``optax.GradientTransformation`` whose ``update`` needs ``params``. Its state is a
@@ -69,7 +74,8 @@ def masked_pruning(inner: optax.GradientTransformation, pattern: str | Pattern,
 
     def init(params):
         return MaskedPruningState(jnp.zeros((), jnp.int32),
-                                  initial_masks(params, pattern, include), inner.init(params))
+                                  initial_masks(params, pattern, include, groups),
+                                  inner.init(params))
 
     def update(updates, state, params=None):
         if params is None:
@@ -80,7 +86,8 @@ def masked_pruning(inner: optax.GradientTransformation, pattern: str | Pattern,
 
         def recompute(_):
             scores = scorer(candidate) if scorer is not None else None
-            return prune(candidate, pattern, target(state.count), distribution, include, scores)
+            return prune(candidate, pattern, target(state.count), distribution, include, scores,
+                         groups=groups)
 
         masks = jax.lax.cond(schedule.should_update(state.count), recompute,
                              lambda _: state.masks, None)

@@ -19,7 +19,7 @@ import ml_collections
 import optax
 
 from jaxsparse.pruning import schedules
-from jaxsparse.pruning.patterns import NM, parse_pattern
+from jaxsparse.pruning.patterns import NM, Channel, parse_pattern
 from jaxsparse.pruning.prune import apply_masks, layer_densities, prune, sparsity
 from jaxsparse.pruning.report import sparsity_report
 from jaxsparse.pruning.srste import sr_ste, ste_params
@@ -76,8 +76,11 @@ class PruningSetup:
 
 
 def setup(config: ml_collections.ConfigDict, params: Any, tx: optax.GradientTransformation,
-          num_steps: int) -> PruningSetup:
+          num_steps: int, groups: Any = None) -> PruningSetup:
     """The :class:`PruningSetup` for a config's ``sparsity`` block.
+
+    ``groups`` (from :func:`jaxsparse.channel_groups`) make the channel pattern remove the same
+    channels from coupled layers and their BatchNorm vectors (``sparsity.grouped``).
 
     Raises:
         ValueError: for an unknown method or a method/pattern mismatch (SR-STE needs N:M).
@@ -91,7 +94,10 @@ def setup(config: ml_collections.ConfigDict, params: Any, tx: optax.GradientTran
     include = config.include or None
     # N:M fixes its own sparsity; 0 (the default) means "not given", anything else is checked.
     target = None if isinstance(pattern, NM) and not config.sparsity else config.sparsity
-    prune(params, pattern, target, config.distribution, include)  # Validates everything now.
+    if groups is not None and not isinstance(pattern, Channel):
+        raise ValueError(f"sparsity.grouped=True needs the channel pattern; got "
+                         f"{config.pattern!r}.")
+    prune(params, pattern, target, config.distribution, include, groups=groups)  # Validates.
     if config.method == "sr_ste":
         if not isinstance(pattern, NM):
             raise ValueError(f"sparsity.method='sr_ste' needs an N:M pattern; got "
@@ -107,5 +113,5 @@ def setup(config: ml_collections.ConfigDict, params: Any, tx: optax.GradientTran
         schedule = schedules.gradual(0.0, target or 0.0, config.begin_step, end,
                                      config.frequency)
     wrapped = masked_pruning(tx, pattern, schedule, distribution=config.distribution,
-                             include=include)
+                             include=include, groups=groups)
     return PruningSetup(wrapped, None, lambda p, s: s.masks, str(pattern), config.method)

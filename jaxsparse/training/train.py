@@ -16,6 +16,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from jaxsparse import data as data_lib
+from jaxsparse.compiler.groups import channel_groups
 from jaxsparse.models import create_model, functional
 from jaxsparse.training import optim, steps
 from jaxsparse.training import sparsity as sparsity_lib
@@ -130,7 +131,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                       num_steps / spe, config.train.warmup_epochs)
     base_tx = optim.sgd_nesterov(lr, config.train.momentum, config.train.weight_decay,
                                  config.train.nesterov)
-    pruning = sparsity_lib.setup(config.sparsity, variables["params"], base_tx, num_steps)
+    groups = None
+    if config.sparsity.grouped:
+        example = jnp.zeros((1, *train_split.images.shape[1:]), dtype)
+        groups = channel_groups(apply_fn, variables, example)
+    pruning = sparsity_lib.setup(config.sparsity, variables["params"], base_tx, num_steps,
+                                 groups)
     state = jax.device_put(steps.create_train_state(variables, pruning.tx), dp.replicated)
 
     ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)

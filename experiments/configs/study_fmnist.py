@@ -1,0 +1,43 @@
+"""The sparsity study on Fashion-MNIST (ResNet-18, width 0.25): dense and five sparse variants.
+
+    python -m experiments.study --config=experiments/configs/study_fmnist.py \
+        --workdir=runs/study_fmnist
+
+Trains the dense baseline, fine-tunes each variant from it (NVIDIA ASP's one-shot recipe, or
+SR-STE), compiles each with js.compile, evaluates the compiled model, and benchmarks them all
+back to back. Add a variant with one more entry in `variants`. On an accelerator, use
+`--config.base.model.name=resnet50 --config.base.precision=bfloat16` for the real experiment.
+"""
+
+import ml_collections
+
+from experiments.configs import fmnist_resnet18
+
+
+def variant(name, method, pattern, sparsity=0.0, grouped=False, include="", policy="auto"):
+    """One study variant (see jaxsparse.study.runner)."""
+    return ml_collections.ConfigDict(dict(name=name, method=method, pattern=pattern,
+                                          sparsity=sparsity, grouped=grouped, include=include,
+                                          policy=policy))
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.title = "Fashion-MNIST ResNet-18 (width 0.25) sparsity study"
+    c.base = fmnist_resnet18.get_config()  # The dense baseline's experiment config.
+    c.finetune_epochs = 1.0  # Fine-tuning of each variant from the dense run.
+    c.bench = ml_collections.ConfigDict(dict(batch_size=256, warmup=3, num_batches=20))
+    c.variants = [
+        variant("nm24_oneshot", "one_shot", "2:4"),
+        variant("nm24_srste", "sr_ste", "2:4"),
+        # Coupled channel pruning: every conv, residual streams included.
+        variant("channel50", "one_shot", "channel", 0.5, grouped=True,
+                include=r"conv\w*/kernel$"),
+        variant("block90", "one_shot", "block:16x16", 0.9),
+        variant("unstructured90", "one_shot", "unstructured", 0.9),  # Mask-only reference.
+    ]
+    # Optional grid of sparsities for one pattern, added to the same report and plot
+    # (see scripts/sweep.sh).
+    c.sweep = ml_collections.ConfigDict(dict(pattern="block:16x16", sparsities=(),
+                                             grouped=False, include=""))
+    return c

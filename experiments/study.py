@@ -1,0 +1,41 @@
+"""Runs a sparsity study from a config file: dense and sparse, speed beside accuracy.
+
+    python -m experiments.study --config=experiments/configs/study_fmnist.py \
+        --workdir=runs/study_fmnist
+
+The logic lives in :mod:`jaxsparse.study`; this is only the command line.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments.run import parse_flags
+from jaxsparse.data import DatasetError
+from jaxsparse.study import run_study
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Folder of the study (one subfolder per variant).")
+config_flags.DEFINE_config_file("config", None, "Study config file.", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    try:
+        run_study(FLAGS.config, FLAGS.workdir)
+    except (DatasetError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    with open(f"{FLAGS.workdir}/report.md") as f:
+        print(f.read())
+    print(f"Report: {FLAGS.workdir}/report.md  Plot: {FLAGS.workdir}/pareto.png\n"
+          f"TensorBoard: tensorboard --logdir {FLAGS.workdir}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,50 @@
+"""The study's Pareto plot: accuracy against images/s, dense marked, deltas labelled."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def pareto_plot(report: dict[str, Any], path: str) -> np.ndarray:
+    """Draws the plot to ``path`` (PNG) and returns it as an (H, W, 3) uint8 array.
+
+    Only rows that may claim a speed (measured compiled accuracy, real speedup) are placed by
+    their speed; mask-only rows are drawn at the dense speed with a hollow marker and labelled.
+    """
+    rows = report["rows"]
+    dense = rows[0]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for r in rows:
+        if r["accuracy"] is None:
+            continue
+        is_dense = r["variant"] == "dense"
+        x = r["images_per_sec"] if r["images_per_sec"] is not None else \
+            dense["measured_images_per_sec"]
+        hollow = r["images_per_sec"] is None and not is_dense
+        ax.scatter([x], [100 * r["accuracy"]], s=90 if is_dense else 50,
+                   marker="*" if is_dense else "o", color="black" if is_dense else None,
+                   facecolors="none" if hollow else None, edgecolors="gray" if hollow else None,
+                   zorder=3)
+        delta = "" if is_dense else f" ({100 * r['accuracy_delta']:+.2f} pt)"
+        label = "dense" if is_dense else r["variant"] + (" [mask only]" if hollow else "")
+        ax.annotate(label + delta, (x, 100 * r["accuracy"]), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    ax.set_xlabel(f"images/s ({report['device_kind']}, {report['precision']}, batch "
+                  f"{report['batch_size']})")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{report.get('title', 'sparsity study')}: accuracy vs throughput")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    buf.seek(0)
+    return (plt.imread(buf)[..., :3] * 255).astype(np.uint8)

@@ -1,0 +1,162 @@
+"""``run_study(config, workdir)``: dense and sparse, trained, compiled, measured in one run.
+
+1. Train the dense baseline once (``<workdir>/dense``).
+2. For each variant: fine-tune from the dense run with its pruning method
+   (``<workdir>/<name>``), read the masks back from the pruned weights, ``js.compile`` it, and
+   evaluate the *compiled* model's accuracy on the test set.
+3. Benchmark dense and every compiled variant back to back in this process (alternating).
+4. Write ``report.json``, ``report.md``, ``pareto.png`` and TensorBoard scalars and images.
+
+Every step is resumable: finished runs (``results.json``) and finished evaluations
+(``study.json``) are not redone; a killed fine-tune resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+import jaxsparse as js
+from jaxsparse import data as data_lib
+from jaxsparse.study import plot
+from jaxsparse.study import report as report_lib
+from jaxsparse.training import train
+from jaxsparse.training.bench import benchmark
+from jaxsparse.training.sharding import data_parallel
+from jaxsparse.training.summary import Writer, environment, write_json
+
+
+def variants_of(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+    """The configured variants plus the sweep grid, each with a unique name.
+
+    Raises:
+        ValueError: for duplicate or reserved names.
+    """
+    out = [ml_collections.ConfigDict(v.to_dict()) for v in config.variants]
+    for s in config.sweep.sparsities:
+        name = f"sweep_{config.sweep.pattern.replace(':', '')}_{round(100 * s)}"
+        out.append(ml_collections.ConfigDict(dict(
+            name=name, method="one_shot", pattern=config.sweep.pattern, sparsity=float(s),
+            grouped=config.sweep.grouped, include=config.sweep.include, policy="auto")))
+    names = [v.name for v in out]
+    if "dense" in names or len(set(names)) != len(names):
+        raise ValueError(f"variant names must be unique and not 'dense'; got {names}.")
+    return out
+
+
+def variant_config(config: ml_collections.ConfigDict, v: ml_collections.ConfigDict,
+                   dense_dir: str) -> ml_collections.ConfigDict:
+    """The experiment config that fine-tunes variant ``v`` from the dense run."""
+    c = ml_collections.ConfigDict(config.base.to_dict())
+    c.init_from = dense_dir
+    c.train.epochs = config.finetune_epochs
+    c.train.num_steps = 0
+    c.train.warmup_epochs = 0.0
+    c.bench.enabled = False
+    c.sparsity.method = v.method
+    c.sparsity.pattern = v.pattern
+    c.sparsity.sparsity = v.sparsity
+    c.sparsity.begin_step = 0
+    c.sparsity.grouped = v.grouped
+    c.sparsity.include = v.include
+    return c
+
+
+def run_or_load(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """A finished run's results.json, or the run itself (resuming if it was interrupted)."""
+    path = os.path.join(workdir, "results.json")
+    if os.path.isfile(path):
+        print(f"[study] {workdir}: finished earlier, reusing its results.", flush=True)
+        with open(path) as f:
+            return json.load(f)
+    print(f"[study] {workdir}: training.", flush=True)
+    return train.train_and_evaluate(config, workdir)
+
+
+def compiled_accuracy(sp: js.SparseModel, split: data_lib.Split, batch_size: int,
+                      dtype) -> float:
+    """Test accuracy of a compiled model, over every example."""
+    fn = jax.jit(sp)
+    correct = count = 0.0
+    for b in data_lib.eval_batches(split, batch_size):
+        logits = fn(sp.variables, b["image"].astype(dtype))
+        hit = (jnp.argmax(logits, -1) == b["label"]).astype(jnp.float32) * b["mask"]
+        correct += float(jnp.sum(hit))
+        count += float(jnp.sum(b["mask"]))
+    return correct / count
+
+
+def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) the whole study; returns the report data."""
+    os.makedirs(workdir, exist_ok=True)
+    base = config.base
+    base.bench.enabled = False
+    dtype = train.compute_dtype(base)
+    dense_dir = os.path.join(workdir, "dense")
+    dense_res = run_or_load(base, dense_dir)
+    _, test = train.load_splits(base)
+    image_shape = test.images.shape[1:]
+    apply_fn, template = train.build_model(base, image_shape[-1])
+    dp = data_parallel()
+    bs = config.bench.batch_size
+    example = jnp.zeros((bs, *image_shape), dtype)
+    dense_vars = train.load_final_variables(dense_dir, template, dp)
+    rows = [report_lib.Row("dense", "dense", "none", 0.0, 1.0, dense_res["accuracy"], None,
+                           False)]
+    fns, args, dirs = [jax.jit(lambda v, x: apply_fn(v, x))], [(dense_vars, example)], \
+        [dense_dir]
+    for v in variants_of(config):
+        vdir = os.path.join(workdir, v.name)
+        res = run_or_load(variant_config(config, v, dense_dir), vdir)
+        variables = train.load_final_variables(vdir, template, dp)
+        masks = js.masks_from_zeros(variables["params"])
+        sp = js.compile(apply_fn, variables, masks, example, policy=v.policy)
+        cached = os.path.join(vdir, "study.json")
+        if os.path.isfile(cached):
+            with open(cached) as f:
+                acc = json.load(f)["compiled_accuracy"]
+        else:
+            print(f"[study] {v.name}: evaluating the compiled model.", flush=True)
+            acc = compiled_accuracy(sp, test, bs, dtype)
+            write_json(cached, {"compiled_accuracy": acc, "masked_accuracy": res["accuracy"],
+                                "compile_report": sp.report.as_dict()})
+        ratio = sp.report.flops_ratio
+        rows.append(report_lib.Row(v.name, v.pattern, v.method, res["sparsity"]["achieved"],
+                                   ratio, acc, None, ratio >= report_lib.MASK_ONLY_RATIO))
+        fns.append(jax.jit(sp))
+        args.append((sp.variables, example))
+        dirs.append(vdir)
+    print(f"[study] benchmarking {len(fns)} models back to back, batch {bs}.", flush=True)
+    timings = benchmark(fns, args, bs, warmup=config.bench.warmup,
+                        num_batches=config.bench.num_batches)
+    rows = [dataclasses.replace(r, images_per_sec=t.images_per_sec)
+            for r, t in zip(rows, timings, strict=True)]
+    env = {**environment(), "precision": base.precision, "batch_size": bs,
+           "title": config.title, "model": base.model.to_dict(), "dataset": base.data.name,
+           "finetune_epochs": config.finetune_epochs,
+           "latency_ms_p50": {r.variant: t.latency_ms_p50 for r, t in zip(rows, timings,
+                                                                           strict=True)}}
+    rep = report_lib.build_report(rows, env)
+    write_json(os.path.join(workdir, "report.json"), rep)
+    table = report_lib.markdown(rep)
+    with open(os.path.join(workdir, "report.md"), "w") as f:
+        f.write(f"# {config.title}\n\n{table}\n")
+    image = plot.pareto_plot(rep, os.path.join(workdir, "pareto.png"))
+    writer = Writer(workdir)
+    writer.image("study/pareto", image)
+    writer.text("study/report", table)
+    writer.close()
+    for entry, d in zip(rep["rows"], dirs, strict=True):
+        w = Writer(d)
+        w.scalars(0, {k: v for k, v in {
+            "study/compiled_accuracy": entry["accuracy"], "study/flops_ratio":
+            entry["flops_ratio"], "study/images_per_sec": entry["images_per_sec"],
+            "study/speedup": entry["speedup"]}.items() if v is not None})
+        w.close()
+    return rep

@@ -1,0 +1,95 @@
+"""The study end to end at smoke size, its resumption, and the report's honesty rules."""
+
+import json
+import os
+
+import pytest
+
+from experiments.configs import study_smoke
+from jaxsparse.study import report as report_lib
+from jaxsparse.study import run_study, variants_of
+from tests.conftest import needs_fmnist
+
+
+@needs_fmnist
+def test_smoke_study_end_to_end_and_resume(tmp_path, capsys):
+    config = study_smoke.get_config()
+    rep = run_study(config, str(tmp_path))
+    names = [r["variant"] for r in rep["rows"]]
+    assert names == ["dense", "channel50", "block75"]
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["rows"] == json.loads(json.dumps(rep["rows"]))
+    for row in on_disk["rows"][1:]:
+        study = json.loads((tmp_path / row["variant"] / "study.json").read_text())
+        assert row["accuracy"] == study["compiled_accuracy"]
+        results = json.loads((tmp_path / row["variant"] / "results.json").read_text())
+        assert row["achieved_sparsity"] == results["sparsity"]["achieved"]
+        assert row["speedup"] == pytest.approx(row["images_per_sec"] /
+                                               on_disk["rows"][0]["measured_images_per_sec"])
+    dense = json.loads((tmp_path / "dense" / "results.json").read_text())
+    assert on_disk["rows"][0]["accuracy"] == dense["accuracy"]
+    channel = on_disk["rows"][1]
+    assert channel["flops_ratio"] < 0.5 and not channel["mask_only"]
+    # The compiled model is as accurate as the masked one (the pass is exact).
+    masked = json.loads((tmp_path / "channel50" / "results.json").read_text())["accuracy"]
+    assert channel["accuracy"] == pytest.approx(masked, abs=2e-3)
+    table = (tmp_path / "report.md").read_text()
+    assert "| dense |" in table and "| channel50 |" in table
+    assert (tmp_path / "pareto.png").stat().st_size > 1000
+    # Resume: nothing is trained or evaluated again.
+    capsys.readouterr()
+    run_study(config, str(tmp_path))
+    out = capsys.readouterr().out
+    assert "training" not in out and "evaluating" not in out
+    assert out.count("finished earlier") == 3
+
+
+@needs_fmnist
+def test_killed_variant_is_resumed_and_finished_ones_reused(tmp_path, capsys):
+    config = study_smoke.get_config()
+    config.variants = config.variants[:1]
+    run_study(config, str(tmp_path))
+    os.remove(tmp_path / "channel50" / "results.json")  # As if killed before finishing.
+    os.remove(tmp_path / "channel50" / "study.json")
+    capsys.readouterr()
+    run_study(config, str(tmp_path))
+    out = capsys.readouterr().out
+    assert "dense: finished earlier" in out
+    assert "channel50: training" in out and "Resumed from checkpoint" in out
+
+
+def _row(name, acc, ips, mask_only=False):
+    return report_lib.Row(name, "p", "m", 0.5, 0.5 if not mask_only else 1.0, acc, ips,
+                          mask_only)
+
+
+ENV = {"device_kind": "cpu", "precision": "float32", "batch_size": 8, "jax": "0"}
+
+
+def test_report_refuses_speedup_without_compiled_accuracy():
+    rep = report_lib.build_report([_row("dense", 0.9, 100.0), _row("a", None, 300.0),
+                                   _row("b", 0.8, 100.0, mask_only=True),
+                                   _row("c", 0.85, 200.0)], ENV)
+    by = {r["variant"]: r for r in rep["rows"]}
+    assert by["a"]["speedup"] is None and by["a"]["images_per_sec"] is None
+    assert by["b"]["speedup"] is None
+    assert by["c"]["speedup"] == 2.0 and by["c"]["accuracy_delta"] == pytest.approx(-0.05)
+    table = report_lib.markdown(rep)
+    assert "n/a (compiled accuracy not measured)" in table and "3.00x" not in table
+    assert "b (mask only)" in table and "none (mask only)" in table
+    assert "| c | p |" in table and "2.00x" in table
+
+
+def test_report_needs_dense_first():
+    with pytest.raises(ValueError, match="dense baseline"):
+        report_lib.build_report([_row("a", 0.9, 1.0)], ENV)
+
+
+def test_sweep_adds_named_variants_and_rejects_duplicates():
+    config = study_smoke.get_config()
+    config.sweep.sparsities = (0.5, 0.9)
+    names = [v.name for v in variants_of(config)]
+    assert names[-2:] == ["sweep_block8x8_50", "sweep_block8x8_90"]
+    config.variants = [config.variants[0], config.variants[0]]
+    with pytest.raises(ValueError, match="unique"):
+        variants_of(config)
