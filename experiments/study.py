@@ -11,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.run import parse_flags
+from experiments.cli import parse_flags
 from jaxsparse.data import DatasetError
 from jaxsparse.study import run_study
 

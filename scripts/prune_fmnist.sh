@@ -5,7 +5,7 @@
 #   bash scripts/prune_fmnist.sh [DENSE_WORKDIR] [CONFIG] [FINETUNE_EPOCHS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DENSE=${1:-runs/quickstart_resnet18}
+DENSE=${1:-runs/study_quickstart/dense}
 CONFIG=${2:-experiments/configs/fmnist_resnet18.py}
 EPOCHS=${3:-1}
 [ -f "$DENSE/results.json" ] || { echo "error: $DENSE has no finished run (results.json)" >&2; exit 2; }

@@ -18,3 +18,14 @@ def get_config():
     c.precision = "bfloat16"
     c.bench.batch_size = 256
     return c
+
+
+def pruned(pattern: str, sparsity: float = 0.0):
+    """This config pruned one-shot (NVIDIA ASP's recipe in one run): dense for the first two
+    thirds, magnitude-pruned at ``sparsity.begin_step``, fine-tuned with the mask fixed."""
+    c = get_config()
+    c.sparsity.method = "one_shot"
+    c.sparsity.pattern = pattern
+    c.sparsity.sparsity = sparsity
+    c.sparsity.begin_step = int(c.train.epochs * 2 / 3) * (60000 // c.train.batch_size)
+    return c

@@ -19,6 +19,8 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from jaxsparse.primitives.rules import bilinear_jvp, rows_batcher
+
 block_sparse_dot_p = Primitive("block_sparse_dot")
 IMPLS = ("xla", "pallas", "pallas_interpret")
 
@@ -113,19 +115,6 @@ def _impl(x, values, rows, *, impl):
     return block_sparse_matmul(x, values, rows, interpret=impl == "pallas_interpret")
 
 
-def _jvp(primals, tangents, *, impl):
-    x, values, rows = primals
-    tx, tv, _ = tangents
-    y = block_sparse_dot_p.bind(x, values, rows, impl=impl)
-    out = None
-    if type(tx) is not ad.Zero:
-        out = block_sparse_dot_p.bind(tx, values, rows, impl=impl)
-    if type(tv) is not ad.Zero:
-        t = block_sparse_dot_p.bind(x, tv, rows, impl=impl)
-        out = t if out is None else out + t
-    return y, (ad.Zero.from_primal_value(y) if out is None else out)
-
-
 def _transpose(ct, x, values, rows, *, impl):
     if type(ct) is ad.Zero:
         return [None, None, None]
@@ -151,24 +140,10 @@ def _transpose(ct, x, values, rows, *, impl):
     return [None, dv.astype(values.aval.dtype), None]
 
 
-def _batch(args, dims, *, impl):
-    x, values, rows = args
-    dx, dv, dr = dims
-    if dv is None and dr is None:
-        x = jnp.moveaxis(x, dx, 0)
-        b, n, k = x.shape
-        out = block_sparse_dot_p.bind(x.reshape(b * n, k), values, rows, impl=impl)
-        return out.reshape(b, n, -1), 0
-    size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
-    x, values, rows = (batching.bdim_at_front(a, d, size) if d is not None else
-                       jnp.broadcast_to(a, (size, *a.shape)) for a, d in zip(args, dims,
-                                                                             strict=True))
-    return jax.vmap(block_sparse_dot_reference)(x, values, rows), 0
-
-
 block_sparse_dot_p.def_impl(_impl)
 block_sparse_dot_p.def_abstract_eval(_abstract_eval)
-ad.primitive_jvps[block_sparse_dot_p] = _jvp
+ad.primitive_jvps[block_sparse_dot_p] = bilinear_jvp(block_sparse_dot_p)
 ad.primitive_transposes[block_sparse_dot_p] = _transpose
-batching.primitive_batchers[block_sparse_dot_p] = _batch
+batching.primitive_batchers[block_sparse_dot_p] = rows_batcher(
+    block_sparse_dot_p, lambda x, v, r, impl: block_sparse_dot_reference(x, v, r))
 mlir.register_lowering(block_sparse_dot_p, mlir.lower_fun(_impl, multiple_results=False))

@@ -19,6 +19,8 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from jaxsparse.primitives.rules import bilinear_jvp, rows_batcher
+
 nm_dot_p = Primitive("nm_dot")
 
 
@@ -95,19 +97,6 @@ def _impl(x, values, indices, *, m):
     return nm_dot_reference(x, values, indices, m=m)
 
 
-def _jvp(primals, tangents, *, m):
-    x, values, indices = primals
-    tx, tv, _ = tangents
-    y = nm_dot_p.bind(x, values, indices, m=m)
-    out = None
-    if type(tx) is not ad.Zero:
-        out = nm_dot_p.bind(tx, values, indices, m=m)
-    if type(tv) is not ad.Zero:
-        t = nm_dot_p.bind(x, tv, indices, m=m)
-        out = t if out is None else out + t
-    return y, (ad.Zero.from_primal_value(y) if out is None else out)
-
-
 def _transpose(ct, x, values, indices, *, m):
     if type(ct) is ad.Zero:
         return [None, None, None]
@@ -123,24 +112,9 @@ def _transpose(ct, x, values, indices, *, m):
     return [None, dv.reshape(r, cout).astype(values.aval.dtype), None]
 
 
-def _batch(args, dims, *, m):
-    x, values, indices = args
-    dx, dv, di = dims
-    if dv is None and di is None:
-        x = jnp.moveaxis(x, dx, 0)
-        b, rows, k = x.shape
-        return nm_dot_p.bind(x.reshape(b * rows, k), values, indices, m=m).reshape(
-            b, rows, -1), 0
-    size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
-    x, values, indices = (batching.bdim_at_front(a, d, size) if d is not None else
-                          jnp.broadcast_to(a, (size, *a.shape)) for a, d in zip(args, dims,
-                                                                                strict=True))
-    return jax.vmap(lambda a, v, i: nm_dot_reference(a, v, i, m=m))(x, values, indices), 0
-
-
 nm_dot_p.def_impl(_impl)
 nm_dot_p.def_abstract_eval(_abstract_eval)
-ad.primitive_jvps[nm_dot_p] = _jvp
+ad.primitive_jvps[nm_dot_p] = bilinear_jvp(nm_dot_p)
 ad.primitive_transposes[nm_dot_p] = _transpose
-batching.primitive_batchers[nm_dot_p] = _batch
+batching.primitive_batchers[nm_dot_p] = rows_batcher(nm_dot_p, nm_dot_reference)
 mlir.register_lowering(nm_dot_p, mlir.lower_fun(_impl, multiple_results=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from typing import Any
 
 import matplotlib
@@ -39,7 +40,8 @@ def pareto_plot(report: dict[str, Any], path: str) -> np.ndarray:
     ax.set_xlabel(f"images/s ({report['device_kind']}, {report['precision']}, batch "
                   f"{report['batch_size']})")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{report.get('title', 'sparsity study')}: accuracy vs throughput")
+    title = f"{report.get('title', 'sparsity study')}: accuracy vs throughput"
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

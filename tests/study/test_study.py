@@ -93,3 +93,12 @@ def test_sweep_adds_named_variants_and_rejects_duplicates():
     config.variants = [config.variants[0], config.variants[0]]
     with pytest.raises(ValueError, match="unique"):
         variants_of(config)
+
+
+def test_study_cli_rejects_a_typo(tmp_path):
+    from tests.conftest import run_cli
+
+    proc = run_cli(["-m", "experiments.study", "--config=experiments/configs/study_smoke.py",
+                    f"--workdir={tmp_path}", "--config.finetune_epoch=1"])
+    assert proc.returncode != 0 and "finetune_epoch" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,52 @@
+"""AD and batching rules shared by the sparse-weight primitives.
+
+Both ``nm_dot`` and ``block_sparse_dot`` take ``(x, values, index)``: bilinear in ``x`` and
+``values``, with a fixed integer ``index``; ``x`` is ``(rows, K)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching
+
+
+def bilinear_jvp(prim: Primitive) -> Callable:
+    """JVP rule: ``d(x W) = dx W + x dW`` (the index gets no tangent)."""
+
+    def jvp(primals, tangents, **params):
+        x, values, index = primals
+        tx, tv, _ = tangents
+        y = prim.bind(x, values, index, **params)
+        out = None
+        if type(tx) is not ad.Zero:
+            out = prim.bind(tx, values, index, **params)
+        if type(tv) is not ad.Zero:
+            t = prim.bind(x, tv, index, **params)
+            out = t if out is None else out + t
+        return y, (ad.Zero.from_primal_value(y) if out is None else out)
+
+    return jvp
+
+
+def rows_batcher(prim: Primitive, reference: Callable) -> Callable:
+    """Batching rule: a batched ``x`` folds into its rows (the sparse kernel still runs); a
+    batched weight falls back to ``vmap`` of the pure-jnp ``reference``."""
+
+    def batch(args, dims, **params):
+        x, values, index = args
+        dx, dv, di = dims
+        if dv is None and di is None:
+            x = jnp.moveaxis(x, dx, 0)
+            b, rows, k = x.shape
+            out = prim.bind(x.reshape(b * rows, k), values, index, **params)
+            return out.reshape(b, rows, -1), 0
+        size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
+        args = [batching.bdim_at_front(a, d, size) if d is not None else
+                jnp.broadcast_to(a, (size, *a.shape)) for a, d in zip(args, dims, strict=True)]
+        return jax.vmap(lambda *a: reference(*a, **params))(*args), 0
+
+    return batch
