@@ -16,7 +16,7 @@ from jaxsparse.compiler.interpreter import Context, eval_jaxpr
 from jaxsparse.compiler.packed import _is_rewritten
 from jaxsparse.compiler.report import CompileReport
 from jaxsparse.compiler.values import WRef, plain
-from jaxsparse.pruning.tree_paths import named_leaves
+from jaxsparse.pruning.tree_paths import named_leaves, path_str
 
 BACKENDS = {"auto": "xla", "xla": "xla", "pallas": "pallas",
             "pallas_interpret": "pallas_interpret"}
@@ -70,7 +70,7 @@ class SparseModel:
     def __call__(self, variables: dict, *args: Any) -> Any:
         leaves = jax.tree_util.tree_flatten_with_path(variables["model"],
                                                       is_leaf=_is_rewritten)[0]
-        vals = [WRef(_path(p), v, None) if _is_rewritten(v) or np.ndim(v) >= 2 else v
+        vals = [WRef(path_str(p), v, None) if _is_rewritten(v) or np.ndim(v) >= 2 else v
                 for p, v in leaves]
         ctx = Context(compiling=False, plan=self._plan, apply=layers.apply,
                       folded=variables.get("folded", {}), options=self._options)
@@ -84,12 +84,6 @@ class SparseModel:
                              f"new shape (jax.vmap over extra leading axes works).")
         outs = eval_jaxpr(ctx, self._jaxpr.jaxpr, list(self._jaxpr.consts), vals + flat_args)
         return jax.tree.unflatten(self._out_tree, [plain(o) for o in outs])
-
-
-def _path(p: tuple) -> str:
-    from jaxsparse.pruning.tree_paths import path_str
-
-    return path_str(p)
 
 
 def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_args: Any,
@@ -128,7 +122,7 @@ def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_a
     t0 = time.perf_counter()
     mask_of = align_masks(variables, masks)
     flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
-    paths = [_path(p) for p, _ in flat]
+    paths = [path_str(p) for p, _ in flat]
     # Masking in numpy: eager jnp ops would compile one XLA program per weight shape.
     leaves = [np.where(mask_of[p], np.asarray(v), np.zeros((), np.asarray(v).dtype))
               if p in mask_of else np.asarray(v) for p, v in zip(paths, (v for _, v in flat),
