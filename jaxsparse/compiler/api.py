@@ -16,14 +16,11 @@ from jaxsparse.compiler.interpreter import Context, eval_jaxpr
 from jaxsparse.compiler.packed import _is_rewritten
 from jaxsparse.compiler.report import CompileReport
 from jaxsparse.compiler.values import WRef, plain
+from jaxsparse.pruning.prune import named_masks
 from jaxsparse.pruning.tree_paths import named_leaves, path_str
 
 BACKENDS = {"auto": "xla", "xla": "xla", "pallas": "pallas",
             "pallas_interpret": "pallas_interpret"}
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
 
 
 def align_masks(variables: Any, masks: Any) -> dict[str, np.ndarray]:
@@ -34,9 +31,7 @@ def align_masks(variables: Any, masks: Any) -> dict[str, np.ndarray]:
     """
     leaves = dict(named_leaves(variables))
     out = {}
-    for path, m in named_leaves(masks, is_leaf=_is_none):
-        if m is None:
-            continue
+    for path, m in named_masks(masks):
         target = path if path in leaves else f"params/{path}"
         if target not in leaves:
             raise ValueError(f"masks has an entry {path!r} that is no leaf of variables; give "

@@ -109,7 +109,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
     """Compile-time decision for one layer; fills ``ctx.rewritten``, ``ctx.folded``, rows."""
     opts: Options = ctx.options
     kind = "conv" if eqn.primitive is lax.conv_general_dilated_p else "dot"
-    w_full = np.asarray(w.value, np.float32)
+    w_full = np.asarray(w.value, np.float32)  # compile() hands over weights already masked.
     shape = w_full.shape
     why, rows = _layer_shape(eqn, w)
     k_full = int(np.prod(shape[:-1]))
@@ -126,8 +126,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
         ctx.rows.append(LayerRow(w.path, kind, shape, "dense" if w.mask is None else "masked",
                                  action, before, before, why or "no mask"))
         return {"lowering": "unchanged"}
-    kept_w = w_full * mask
-    kept_m = mask
+    kept_w, kept_m = w_full, mask
     if in_keep is not None:
         kept_w, kept_m = kept_w[..., in_keep, :], kept_m[..., in_keep, :]
     if out_keep is not None:
@@ -159,7 +158,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
     if w.path in ctx.rewritten:
         ctx.conflicts.add(w.path)
     ctx.rewritten[w.path] = weight
-    fold = _fold(eqn, x, w_full * mask, out_keep) if isinstance(x, Sliced) and \
+    fold = _fold(eqn, x, w_full, out_keep) if isinstance(x, Sliced) and \
         in_keep is not None else None
     if fold is not None:
         ctx.folded[key] = fold.astype(np.float32)

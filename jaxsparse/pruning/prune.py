@@ -25,6 +25,17 @@ def _is_none(x: Any) -> bool:
     return x is None
 
 
+def map_masks(fn, masks: Any, *trees: Any) -> Any:
+    """``jax.tree.map`` over a masks tree (``None`` leaves included) and trees shaped like it:
+    ``fn(mask_or_None, *leaves)``."""
+    return jax.tree.map(fn, masks, *trees, is_leaf=_is_none)
+
+
+def named_masks(masks: Any) -> list[tuple[str, Any]]:
+    """``[(path, mask), ...]`` of the masked leaves of a masks tree (``None`` leaves skipped)."""
+    return [(p, m) for p, m in named_leaves(masks, is_leaf=_is_none) if m is not None]
+
+
 def prune(params: Any, pattern: str | Pattern, sparsity=None, distribution: str = "uniform",
           include: Include = None, scores: Any = None, *, block_score: str = "l2",
           groups: Sequence | None = None, channel_multiple: int = 1) -> Any:
@@ -101,8 +112,8 @@ def prune(params: Any, pattern: str | Pattern, sparsity=None, distribution: str 
 
 def apply_masks(params: Any, masks: Any) -> Any:
     """Zeroes the pruned weights: ``where(mask, w, 0)`` for masked leaves, others unchanged."""
-    return jax.tree.map(lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros_like(p)),
-                        masks, params, is_leaf=_is_none)
+    return map_masks(lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros_like(p)),
+                     masks, params)
 
 
 def sparsity(tree: Any) -> float:
@@ -124,8 +135,7 @@ def sparsity(tree: Any) -> float:
 
 def layer_densities(masks: Any) -> dict[str, float]:
     """``{path: fraction kept}`` of every masked leaf."""
-    return {p: float(np.mean(np.asarray(m))) for p, m in named_leaves(masks, is_leaf=_is_none)
-            if m is not None}
+    return {p: float(np.mean(np.asarray(m))) for p, m in named_masks(masks)}
 
 
 def masks_from_zeros(params: Any, min_ndim: int = 2) -> Any:

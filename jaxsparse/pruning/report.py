@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxsparse.pruning.prune import named_masks
 from jaxsparse.pruning.tree_paths import named_leaves
 
 
@@ -53,7 +54,7 @@ def sparsity_report(params: Any, masks: Any, pattern: str | None = None) -> Spar
         masks: their masks tree (``None`` leaves are dense).
         pattern: the pattern's name to print for masked layers (``"masked"`` when omitted).
     """
-    mask_of = dict(named_leaves(masks, is_leaf=lambda x: x is None))
+    mask_of = dict(named_masks(masks))
     rows, kept, total = [], 0, 0
     for name, w in named_leaves(params):
         if getattr(w, "ndim", 0) < 2:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxsparse.pruning.patterns import NM, Pattern, parse_pattern
-from jaxsparse.pruning.prune import apply_masks, prune
+from jaxsparse.pruning.prune import apply_masks, map_masks, prune
 from jaxsparse.pruning.selection import Include
 
 
@@ -67,9 +67,9 @@ def sr_ste(inner: optax.GradientTransformation, pattern: str | Pattern = "2:4",
         if params is None:
             raise ValueError("sr_ste needs params: call tx.update(grads, state, params).")
         masks = prune(params, pattern, include=include)
-        refined = jax.tree.map(
+        refined = map_masks(
             lambda m, g, w: g if m is None else g + decay * jnp.where(m, 0.0, w).astype(g.dtype),
-            masks, updates, params, is_leaf=lambda x: x is None)
+            masks, updates, params)
         new_updates, inner_state = inner.update(refined, state.inner_state, params)
         return new_updates, SRSTEState(inner_state)
 

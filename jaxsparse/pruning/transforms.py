@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxsparse.pruning.patterns import NM, Pattern, parse_pattern
-from jaxsparse.pruning.prune import apply_masks, prune
+from jaxsparse.pruning.prune import apply_masks, map_masks, prune
 from jaxsparse.pruning.schedules import Schedule
 from jaxsparse.pruning.selection import Include
 from jaxsparse.pruning.srste import sr_ste
@@ -36,8 +36,7 @@ def initial_masks(params: Any, pattern: Pattern, include: Include = None,
     """All-True masks with the structure ``prune`` gives (``None`` for dense leaves)."""
     sparsity = None if isinstance(pattern, NM) else 0.0
     masks = prune(params, pattern, sparsity, include=include, groups=groups)
-    return jax.tree.map(lambda m: None if m is None else jnp.ones(m.shape, bool), masks,
-                        is_leaf=lambda x: x is None)
+    return map_masks(lambda m: None if m is None else jnp.ones(m.shape, bool), masks)
 
 
 def masked_pruning(inner: optax.GradientTransformation, pattern: str | Pattern,
@@ -91,8 +90,8 @@ def masked_pruning(inner: optax.GradientTransformation, pattern: str | Pattern,
 
         masks = jax.lax.cond(schedule.should_update(state.count), recompute,
                              lambda _: state.masks, None)
-        final = jax.tree.map(lambda m, u, p: u if m is None else jnp.where(m, u, -p),
-                             masks, inner_updates, params, is_leaf=lambda x: x is None)
+        final = map_masks(lambda m, u, p: u if m is None else jnp.where(m, u, -p),
+                          masks, inner_updates, params)
         return final, MaskedPruningState(state.count + 1, masks, inner_state)
 
     return optax.GradientTransformationExtraArgs(init, update)
