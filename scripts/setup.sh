@@ -22,11 +22,17 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.jaxsparse-installed
-want="$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)"
+# Reinstall when the metadata or the C++ kernels change (the install builds them).
+want="$(cat setup.cfg pyproject.toml setup.py jaxsparse/kernels/csrc/* | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "== installing jaxsparse and its dependencies into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[test]"
   echo "$want" > "$stamp"
 fi
-echo "== setup done: $(.venv/bin/python -c 'import jax; print("jax", jax.__version__, jax.devices())')"
+echo "== setup done: $(.venv/bin/python -c '
+import jax
+from jaxsparse.kernels import cpu_library
+st = cpu_library.status()
+print("jax", jax.__version__, jax.devices(), "| CPU sparse kernels:",
+      "built" if st.available else "NOT available (" + st.reason + ")")')"

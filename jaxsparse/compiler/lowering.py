@@ -2,17 +2,18 @@
 
 A conv with an HWIO kernel becomes ``patches @ W`` with ``patches`` the im2col matrix in
 ``(kh, kw, cin)`` order (cin fastest, matching the GEMM view the patterns are defined on); a
-1x1 stride-1 unpadded conv needs no im2col at all.
+1x1 stride-1 unpadded conv needs no im2col at all, and block-sparse weights skip it altogether
+(the primitive takes the conv window).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxsparse.compiler.packed import BlockWeight, DenseWeight, NMWeight, Rewritten
+from jaxsparse.kernels.window import ConvWindow, im2col
 from jaxsparse.primitives.block_sparse_dot import block_sparse_dot
 from jaxsparse.primitives.nm_dot import nm_dot
 
@@ -34,24 +35,6 @@ def conv_supported(params: dict) -> str | None:
     return None
 
 
-def im2col(x: jax.Array, kernel_hw: tuple[int, int], params: dict) -> jax.Array:
-    """``(B, OH, OW, kh*kw*C)`` patches of an NHWC input, ``(kh, kw, C)`` order."""
-    kh, kw = kernel_hw
-    sh, sw = params["window_strides"]
-    dh, dw = params["rhs_dilation"]
-    pad = params["padding"]
-    if kh == kw == 1 and sh == sw == 1 and all(p == (0, 0) for p in pad):
-        return x
-    xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (*pad[0], 0), (*pad[1], 0), (0, 0, 0)])
-    oh = (xp.shape[1] - (kh - 1) * dh - 1) // sh + 1
-    ow = (xp.shape[2] - (kw - 1) * dw - 1) // sw + 1
-    taps = [lax.slice(xp, (0, i * dh, j * dw, 0),
-                      (xp.shape[0], i * dh + (oh - 1) * sh + 1, j * dw + (ow - 1) * sw + 1,
-                       xp.shape[3]), (1, sh, sw, 1))
-            for i in range(kh) for j in range(kw)]
-    return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
-
-
 def gemm(x2d: jax.Array, weight: Rewritten, impl: str) -> jax.Array:
     """``x2d @ W`` for a rewritten weight (dense, N:M-packed or blocked-ELL)."""
     if isinstance(weight, NMWeight):
@@ -63,15 +46,19 @@ def gemm(x2d: jax.Array, weight: Rewritten, impl: str) -> jax.Array:
 
 
 def conv(x: jax.Array, weight: Rewritten, params: dict, impl: str) -> jax.Array:
-    """An NHWC conv with a rewritten HWIO weight; dense weights use XLA's own conv."""
+    """An NHWC conv with a rewritten HWIO weight; dense weights use XLA's own conv, blocked-ELL
+    weights the windowed ``block_sparse_dot`` (implicit GEMM where the kernel has one)."""
     if isinstance(weight, DenseWeight):
         return lax.conv_general_dilated(
             x, weight.kernel.astype(x.dtype), params["window_strides"], params["padding"],
             params["lhs_dilation"], params["rhs_dilation"], params["dimension_numbers"],
             precision=params["precision"],
             preferred_element_type=params["preferred_element_type"])
-    kh, kw = weight.layout.shape[:2]
-    patches = im2col(x, (kh, kw), params)
+    window = ConvWindow.from_conv_params(weight.layout.shape[:2], params)
+    if isinstance(weight, BlockWeight):
+        return block_sparse_dot(x, weight.values.astype(x.dtype), weight.rows, window=window,
+                                impl=impl)
+    patches = im2col(x, window)
     b, oh, ow, k = patches.shape
     y = gemm(patches.reshape(b * oh * ow, k), weight, impl)
     return y.reshape(b, oh, ow, -1)
@@ -80,8 +67,3 @@ def conv(x: jax.Array, weight: Rewritten, params: dict, impl: str) -> jax.Array:
 def gemm_flops(rows: int, k: int, n: int) -> float:
     """Multiply-add FLOPs of a ``(rows, k) @ (k, n)`` product."""
     return 2.0 * rows * k * n
-
-
-def conv_rows(out_shape: tuple[int, ...]) -> int:
-    """GEMM rows of an NHWC conv output: batch * height * width."""
-    return int(np.prod(out_shape[:-1]))

@@ -1,14 +1,24 @@
-"""``block_sparse_dot``: ``x @ W`` for a block-sparse weight in blocked-ELL layout.
+"""``block_sparse_dot``: ``x @ W`` (or a convolution) for a weight in blocked-ELL layout.
 
 Layout: ``W`` of shape ``(K, cout)`` is tiled in ``bh x bw`` blocks. For every block column
 ``j`` (``cout // bw`` of them) the same static number ``maxk`` of blocks is stored:
 ``values (cout//bw, maxk, bh, bw)`` and ``rows (cout//bw, maxk) int32`` (each block's row-block
 index). Columns with fewer stored blocks are padded with zero blocks whose row index is -1, so
 the number of stored blocks (and every shape) is static; padding never receives gradient.
+Unstructured sparsity is the special case of 1x1 blocks (ELL by output channel).
 
-Lowerings: ``impl="xla"`` (every platform) gathers only the stored row blocks of ``x`` and runs one
-batched GEMM over block columns, so its work is proportional to the stored blocks;
-``impl="pallas"`` runs :mod:`jaxsparse.kernels.block_sparse` (GPU/TPU, or interpret mode on CPU).
+With ``window`` (a :class:`~jaxsparse.kernels.window.ConvWindow`), ``x`` is an NHWC image and
+``W`` the ``(kh*kw*cin, cout)`` view of an HWIO kernel: the result is the convolution.
+
+Implementations (``impl``):
+
+* ``"xla"`` (every platform): im2col (convs), then a gather of the stored row blocks of ``x``
+  and one batched GEMM over block columns;
+* ``"cpu"``: the C++ kernels of :mod:`jaxsparse.kernels.cpu_sparse_conv` on the ``cpu``
+  platform (implicit GEMM, no im2col), registered as that platform's lowering; other platforms
+  lower the ``"xla"`` way;
+* ``"pallas"`` / ``"pallas_interpret"``: :mod:`jaxsparse.kernels.block_sparse` (GPU/TPU, or
+  interpret mode on CPU).
 """
 
 from __future__ import annotations
@@ -19,15 +29,19 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from jaxsparse.kernels import cpu_sparse_conv
+from jaxsparse.kernels.window import ConvWindow, im2col
 from jaxsparse.primitives.rules import bilinear_jvp, rows_batcher
 
 block_sparse_dot_p = Primitive("block_sparse_dot")
-IMPLS = ("xla", "pallas", "pallas_interpret")
+IMPLS = ("xla", "cpu", "pallas", "pallas_interpret")
 
 
 def pack_block_ell(w: np.ndarray, mask: np.ndarray, bh: int, bw: int,
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Packs a ``(K, cout)`` weight whose ``mask`` is constant on ``bh x bw`` blocks.
+
+    ``bh = bw = 1`` packs any (unstructured) mask.
 
     Returns:
         ``(values (cout//bw, maxk, bh, bw), rows (cout//bw, maxk) int32)`` with ``maxk`` the most
@@ -39,15 +53,17 @@ def pack_block_ell(w: np.ndarray, mask: np.ndarray, bh: int, bw: int,
         raise ValueError(f"block pack: ({k}, {cout}) is not tiled by {bh}x{bw} blocks.")
     kb, cb = k // bh, cout // bw
     blocks = w.reshape(kb, bh, cb, bw).transpose(2, 0, 1, 3)  # (cb, kb, bh, bw)
-    keep = mask.reshape(kb, bh, cb, bw).any(axis=(1, 3)).T  # (cb, kb)
-    maxk = max(1, int(keep.sum(axis=1).max(initial=0)))
-    values = np.zeros((cb, maxk, bh, bw), w.dtype)
-    rows = np.full((cb, maxk), -1, np.int32)
     bmask = mask.reshape(kb, bh, cb, bw).transpose(2, 0, 1, 3)
-    for j in range(cb):
-        idx = np.flatnonzero(keep[j])
-        rows[j, :len(idx)] = idx
-        values[j, :len(idx)] = np.where(bmask[j, idx], blocks[j, idx], 0)
+    keep = bmask.any(axis=(2, 3))  # (cb, kb)
+    counts = keep.sum(axis=1)
+    maxk = max(1, int(counts.max(initial=0)))
+    # Stored blocks of each column in row order, then padding: a stable sort of ~keep.
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :maxk]
+    valid = np.arange(maxk)[None, :] < counts[:, None]
+    rows = np.where(valid, order, -1).astype(np.int32)
+    cols = np.arange(cb)[:, None]
+    values = np.where(bmask[cols, order], blocks[cols, order], 0)
+    values = np.where(valid[:, :, None, None], values, 0).astype(w.dtype)
     return values, rows
 
 
@@ -59,14 +75,20 @@ def unpack_block_ell(values: jax.Array, rows: jax.Array, k: int) -> jax.Array:
     return dense.reshape(k, cb * bw)
 
 
-def block_sparse_dot_reference(x: jax.Array, values: jax.Array, rows: jax.Array) -> jax.Array:
-    """Pure-jnp oracle: densify, then ``x @ W``."""
-    w = unpack_block_ell(values, rows, x.shape[-1])
-    return jnp.matmul(x, w.astype(x.dtype), precision=jax.lax.Precision.HIGHEST)
+def _gemm_k(x_shape: tuple[int, ...], window: ConvWindow | None) -> int:
+    """The reduction size K of the GEMM view."""
+    return x_shape[-1] * (1 if window is None else window.kernel[0] * window.kernel[1])
+
+
+def block_sparse_dot_reference(x: jax.Array, values: jax.Array, rows: jax.Array,
+                               window: ConvWindow | None = None, **_) -> jax.Array:
+    """Pure-jnp oracle: densify ``W``, then ``x @ W`` (or the convolution)."""
+    w = unpack_block_ell(values, rows, _gemm_k(x.shape, window))
+    return cpu_sparse_conv.sparse_conv_reference(x, w, window)
 
 
 def block_sparse_dot_xla(x: jax.Array, values: jax.Array, rows: jax.Array) -> jax.Array:
-    """Gathers the stored row blocks of ``x`` and runs one batched GEMM per block column."""
+    """Gathers the stored row blocks of a 2-D ``x`` and runs one batched GEMM per column."""
     b, k = x.shape
     cb, maxk, bh, bw = values.shape
     xb = x.reshape(b, k // bh, bh)
@@ -77,67 +99,127 @@ def block_sparse_dot_xla(x: jax.Array, values: jax.Array, rows: jax.Array) -> ja
 
 
 def block_sparse_dot(x: jax.Array, values: jax.Array, rows: jax.Array, *,
-                     impl: str = "xla") -> jax.Array:
-    """``x @ W`` for a blocked-ELL weight ``W`` of shape ``(x.shape[-1], cout)``.
+                     window: ConvWindow | None = None, impl: str = "xla") -> jax.Array:
+    """``x @ W`` for a blocked-ELL weight ``W`` of shape ``(K, cout)``, or a convolution.
 
     Args:
-        x: ``(..., K)`` activations.
+        x: ``(..., K)`` activations, or with ``window`` an NHWC image ``(B, H, W, cin)`` with
+            ``K = kh * kw * cin``.
         values: ``(cout//bw, maxk, bh, bw)`` stored blocks.
-        rows: ``(cout//bw, maxk)`` int32 row-block index of each stored block.
-        impl: ``"xla"``, ``"pallas"`` or ``"pallas_interpret"`` (Pallas on CPU, for tests).
+        rows: ``(cout//bw, maxk)`` int32 row-block index of each stored block (-1: padding).
+        window: the convolution's window; None for a dense layer.
+        impl: ``"xla"``, ``"cpu"`` (C++ kernels on the cpu platform), ``"pallas"`` or
+            ``"pallas_interpret"`` (Pallas on CPU, for tests).
 
     Returns:
-        ``(..., cout)``.
+        ``(..., cout)``, or with ``window`` ``(B, OH, OW, cout)``.
+
+    Raises:
+        ValueError: for an unknown ``impl``, or ``impl="cpu"`` when the CPU kernels are not
+            built or do not support the call (dtype, block shape).
     """
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r} is not valid; use one of {IMPLS}.")
+    if impl == "cpu":
+        from jaxsparse.kernels import cpu_library
+
+        st = cpu_library.status()
+        why = cpu_sparse_conv.unsupported(x.shape, x.dtype, values.shape, window) \
+            if st.available else st.reason
+        if why is not None:
+            raise ValueError(f"block_sparse_dot(impl='cpu'): {why}.")
+    if window is not None:
+        return block_sparse_dot_p.bind(x, values, rows, impl=impl, window=window)
     lead = x.shape[:-1]
-    y = block_sparse_dot_p.bind(x.reshape(-1, x.shape[-1]), values, rows, impl=impl)
+    y = block_sparse_dot_p.bind(x.reshape(-1, x.shape[-1]), values, rows, impl=impl,
+                                window=None)
     return y.reshape(*lead, values.shape[0] * values.shape[-1])
 
 
-def _abstract_eval(x, values, rows, *, impl):
-    if x.ndim != 2 or values.ndim != 4 or rows.shape != values.shape[:2]:
-        raise ValueError(f"block_sparse_dot: need x (B, K), values (cb, maxk, bh, bw), rows "
-                         f"(cb, maxk); got {x.shape}, {values.shape}, {rows.shape}.")
-    if x.shape[1] % values.shape[2]:
-        raise ValueError(f"block_sparse_dot: K={x.shape[1]} not divisible by bh="
-                         f"{values.shape[2]}.")
-    return jax.core.ShapedArray((x.shape[0], values.shape[0] * values.shape[3]), x.dtype)
+def _abstract_eval(x, values, rows, *, impl, window):
+    if values.ndim != 4 or rows.shape != values.shape[:2] or \
+            x.ndim != (2 if window is None else 4):
+        raise ValueError(f"block_sparse_dot: need x (B, K) (or NHWC with a window), values "
+                         f"(cb, maxk, bh, bw), rows (cb, maxk); got {x.shape}, "
+                         f"{values.shape}, {rows.shape}.")
+    k = _gemm_k(x.shape, window)
+    if k % values.shape[2]:
+        raise ValueError(f"block_sparse_dot: K={k} not divisible by bh={values.shape[2]}.")
+    n = values.shape[0] * values.shape[3]
+    if window is None:
+        return jax.core.ShapedArray((x.shape[0], n), x.dtype)
+    return jax.core.ShapedArray((x.shape[0], *window.out_hw(*x.shape[1:3]), n), x.dtype)
 
 
-def _impl(x, values, rows, *, impl):
-    values = jnp.where((rows >= 0)[:, :, None, None], values, 0)  # Padding never contributes.
-    if impl == "xla":
-        return block_sparse_dot_xla(x, values, rows)
+def _gemm(x2d, values, rows, impl):
+    if impl in ("xla", "cpu"):
+        return block_sparse_dot_xla(x2d, values, rows)
     from jaxsparse.kernels.block_sparse import block_sparse_matmul
 
-    return block_sparse_matmul(x, values, rows, interpret=impl == "pallas_interpret")
+    return block_sparse_matmul(x2d, values, rows, interpret=impl == "pallas_interpret")
 
 
-def _transpose(ct, x, values, rows, *, impl):
-    if type(ct) is ad.Zero:
-        return [None, None, None]
-    if ad.is_undefined_primal(x):
-        k = x.aval.shape[-1]
-        cb, maxk, bh, bw = values.shape
-        # ct_x[:, row block r] += ct[:, col block j] @ values[j, m].T for each stored (j, m).
-        ctb = ct.reshape(ct.shape[0], cb, bw)
-        contrib = jnp.einsum("bjw,jmhw->bjmh", ctb, values.astype(ct.dtype),
-                             precision=jax.lax.Precision.HIGHEST)
-        out = jnp.zeros((ct.shape[0], k // bh, bh), ct.dtype)
-        contrib = jnp.where((rows >= 0)[None, :, :, None], contrib, 0)
-        out = out.at[:, jnp.maximum(rows, 0).reshape(-1)].add(
-            contrib.reshape(ct.shape[0], cb * maxk, bh))
-        return [out.reshape(ct.shape[0], k), None, None]
-    cb, maxk, bh, bw = values.aval.shape
-    b, k = x.shape
-    xg = jnp.take(x.reshape(b, k // bh, bh), jnp.maximum(rows, 0).reshape(-1),
+def _impl(x, values, rows, *, impl, window):
+    values = jnp.where((rows >= 0)[:, :, None, None], values, 0)  # Padding never contributes.
+    if window is None:
+        return _gemm(x, values, rows, impl)
+    patches = im2col(x, window)
+    y = _gemm(patches.reshape(-1, patches.shape[-1]), values, rows, impl)
+    return y.reshape(*patches.shape[:-1], y.shape[-1])
+
+
+def _cpu_lowering(ctx, x, values, rows, *, impl, window):
+    """The cpu platform's lowering: the C++ kernel for ``impl="cpu"``, else the portable one."""
+    fn = _impl
+    if impl == "cpu":
+        def fn(x, values, rows, *, impl, window):
+            return cpu_sparse_conv.sparse_conv(x, values, rows, window)
+    return mlir.lower_fun(fn, multiple_results=False)(ctx, x, values, rows, impl=impl,
+                                                      window=window)
+
+
+def _ct_x_gemm(ct, values, rows, k):
+    """Cotangent of a 2-D ``x``: ``ct @ W.T`` over the stored blocks only."""
+    cb, maxk, bh, bw = values.shape
+    ctb = ct.reshape(ct.shape[0], cb, bw)
+    contrib = jnp.einsum("bjw,jmhw->bjmh", ctb, values.astype(ct.dtype),
+                         precision=jax.lax.Precision.HIGHEST)
+    contrib = jnp.where((rows >= 0)[None, :, :, None], contrib, 0)
+    out = jnp.zeros((ct.shape[0], k // bh, bh), ct.dtype)
+    out = out.at[:, jnp.maximum(rows, 0).reshape(-1)].add(
+        contrib.reshape(ct.shape[0], cb * maxk, bh))
+    return out.reshape(ct.shape[0], k)
+
+
+def _ct_values_gemm(x2d, ct, values_aval, rows):
+    """Cotangent of the stored blocks: ``x.T @ ct`` restricted to them (padding stays 0)."""
+    cb, maxk, bh, bw = values_aval.shape
+    b, k = x2d.shape
+    xg = jnp.take(x2d.reshape(b, k // bh, bh), jnp.maximum(rows, 0).reshape(-1),
                   axis=1).reshape(b, cb, maxk, bh)
     dv = jnp.einsum("bjmh,bjw->jmhw", xg, ct.reshape(b, cb, bw),
                     precision=jax.lax.Precision.HIGHEST)
-    dv = jnp.where((rows >= 0)[:, :, None, None], dv, 0)  # Padding blocks stay zero.
-    return [None, dv.astype(values.aval.dtype), None]
+    dv = jnp.where((rows >= 0)[:, :, None, None], dv, 0)
+    return dv.astype(values_aval.dtype)
+
+
+def _transpose(ct, x, values, rows, *, impl, window):
+    if type(ct) is ad.Zero:
+        return [None, None, None]
+    ct2 = ct.reshape(-1, ct.shape[-1])
+    if ad.is_undefined_primal(x):
+        shape = x.aval.shape
+        ct_p = _ct_x_gemm(ct2, values, rows, _gemm_k(shape, window))
+        if window is None:
+            return [ct_p, None, None]
+        oh, ow = window.out_hw(*shape[1:3])
+        (ct_x,) = jax.linear_transpose(lambda a: im2col(a, window),
+                                       jax.ShapeDtypeStruct(shape, ct.dtype))(
+            ct_p.reshape(shape[0], oh, ow, -1))
+        return [ct_x, None, None]
+    patches = x if window is None else im2col(x, window)
+    dv = _ct_values_gemm(patches.reshape(-1, patches.shape[-1]), ct2, values.aval, rows)
+    return [None, dv, None]
 
 
 block_sparse_dot_p.def_impl(_impl)
@@ -145,5 +227,6 @@ block_sparse_dot_p.def_abstract_eval(_abstract_eval)
 ad.primitive_jvps[block_sparse_dot_p] = bilinear_jvp(block_sparse_dot_p)
 ad.primitive_transposes[block_sparse_dot_p] = _transpose
 batching.primitive_batchers[block_sparse_dot_p] = rows_batcher(
-    block_sparse_dot_p, lambda x, v, r, impl: block_sparse_dot_reference(x, v, r))
+    block_sparse_dot_p, block_sparse_dot_reference)
 mlir.register_lowering(block_sparse_dot_p, mlir.lower_fun(_impl, multiple_results=False))
+mlir.register_lowering(block_sparse_dot_p, _cpu_lowering, platform="cpu")

@@ -1,7 +1,8 @@
 """AD and batching rules shared by the sparse-weight primitives.
 
 Both ``nm_dot`` and ``block_sparse_dot`` take ``(x, values, index)``: bilinear in ``x`` and
-``values``, with a fixed integer ``index``; ``x`` is ``(rows, K)``.
+``values``, with a fixed integer ``index``; ``x`` is ``(rows, K)`` (or, for a convolution, an NHWC
+image whose batch axis plays the part of the rows).
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def rows_batcher(prim: Primitive, reference: Callable) -> Callable:
         dx, dv, di = dims
         if dv is None and di is None:
             x = jnp.moveaxis(x, dx, 0)
-            b, rows, k = x.shape
-            out = prim.bind(x.reshape(b * rows, k), values, index, **params)
-            return out.reshape(b, rows, -1), 0
+            b = x.shape[0]
+            out = prim.bind(x.reshape(b * x.shape[1], *x.shape[2:]), values, index, **params)
+            return out.reshape(b, -1, *out.shape[1:]), 0
         size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
         args = [batching.bdim_at_front(a, d, size) if d is not None else
                 jnp.broadcast_to(a, (size, *a.shape)) for a, d in zip(args, dims, strict=True)]

@@ -1,0 +1,110 @@
+// Shared pieces of the jaxsparse CPU kernels: the convolution geometry, the output-pixel
+// walk, CPU feature detection and a parallel-for on XLA's intra-op thread pool.
+//
+// Every kernel computes y = conv(x, W) with x NHWC (B, H, W, C), W in the GEMM view
+// (kh*kw*C, N) whose row index is (i*kw + j)*C + c, and y NHWC (B, OH, OW, N). A dense layer
+// is the 1x1 case with H = W = 1.
+#ifndef JAXSPARSE_CPU_CONV_H_
+#define JAXSPARSE_CPU_CONV_H_
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace jaxsparse {
+
+struct Conv {
+  int64_t B, H, W, C, OH, OW, N;
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+
+  int64_t pixels() const { return B * OH * OW; }
+  int64_t K() const { return kh * kw * C; }
+};
+
+// Builds and checks the geometry from the FFI buffers and attributes; an empty string is OK.
+inline std::string MakeConv(const xla::ffi::Span<const int64_t>& xd,
+                            const xla::ffi::Span<const int64_t>& yd, int64_t kh, int64_t kw,
+                            int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+                            int64_t dw, Conv* g) {
+  if (xd.size() != 4 || yd.size() != 4) return "x and y must be rank 4 (NHWC)";
+  *g = Conv{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3],
+            kh, kw, sh, sw, ph, pw, dh, dw};
+  if (yd[0] != xd[0]) return "batch of x and y differ";
+  if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1)
+    return "kernel size, strides and dilation must be >= 1";
+  return "";
+}
+
+// One output pixel's source: the image and the top-left input coordinate of its window.
+struct Pixel {
+  const float* image;
+  int64_t ih0, iw0;
+};
+
+inline Pixel PixelAt(const Conv& g, const float* x, int64_t p) {
+  const int64_t per_image = g.OH * g.OW;
+  const int64_t b = p / per_image, r = p % per_image;
+  return Pixel{x + b * g.H * g.W * g.C, (r / g.OW) * g.sh - g.ph, (r % g.OW) * g.sw - g.pw};
+}
+
+// Address of x[b, ih, iw, c0] for tap (i, j) of a pixel, or `zeros` in the padding.
+inline const float* TapRow(const Conv& g, const Pixel& px, int64_t i, int64_t j, int64_t c0,
+                           const float* zeros) {
+  const int64_t ih = px.ih0 + i * g.dh, iw = px.iw0 + j * g.dw;
+  if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) return zeros;
+  return px.image + (ih * g.W + iw) * g.C + c0;
+}
+
+inline bool HasAvx2Fma() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// Runs fn(i) for i in [0, n) on the caller and the thread pool's workers (dynamic
+// scheduling). Workers hold only shared state, so one that starts late finds no work and exits.
+template <typename F>
+void ParallelFor(xla::ffi::ThreadPool& pool, int64_t n, const F& fn) {
+  const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
+  const int64_t helpers = std::min<int64_t>(threads, n) - 1;
+  if (helpers <= 0) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto st = std::make_shared<State>();
+  const F* f = &fn;
+  auto work = [st, n, f]() {
+    for (int64_t i; (i = st->next.fetch_add(1)) < n;) {
+      (*f)(i);
+      if (st->done.fetch_add(1) + 1 == n) {
+        std::lock_guard<std::mutex> lock(st->mu);
+        st->cv.notify_all();
+      }
+    }
+  };
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule(decltype(work)(work));
+  work();
+  std::unique_lock<std::mutex> lock(st->mu);
+  st->cv.wait(lock, [&] { return st->done.load() == n; });
+}
+
+}  // namespace jaxsparse
+
+#endif  // JAXSPARSE_CPU_CONV_H_
