@@ -16,11 +16,33 @@ from jaxsparse.compiler.interpreter import Context, eval_jaxpr
 from jaxsparse.compiler.packed import _is_rewritten
 from jaxsparse.compiler.report import CompileReport
 from jaxsparse.compiler.values import WRef, plain
+from jaxsparse.kernels import cpu_library
 from jaxsparse.pruning.prune import named_masks
 from jaxsparse.pruning.tree_paths import named_leaves, path_str
 
-BACKENDS = {"auto": "xla", "xla": "xla", "pallas": "pallas",
-            "pallas_interpret": "pallas_interpret"}
+BACKENDS = ("auto", "cpu", "xla", "pallas", "pallas_interpret")
+
+
+def resolve_backend(backend: str, platform: str) -> tuple[str, str]:
+    """``(impl, note)``: the block/unstructured implementation for ``backend`` on
+    ``platform``, and why the C++ CPU kernels are not used when they are not.
+
+    Raises:
+        ValueError: for an unknown backend, or ``"cpu"`` when the CPU kernels cannot load.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not valid; use one of {BACKENDS}.")
+    st = cpu_library.status()
+    note = "" if st.available else st.reason
+    if backend == "cpu" and not st.available:
+        raise ValueError(f"backend='cpu' needs the jaxsparse CPU kernel library: {st.reason}.")
+    if backend == "auto":
+        return ("cpu" if platform == "cpu" and st.available else "xla"), note
+    return backend, note
+
+
+def _nbytes(tree: Any) -> int:
+    return int(sum(np.asarray(a).nbytes for a in jax.tree.leaves(tree)))
 
 
 def align_masks(variables: Any, masks: Any) -> dict[str, np.ndarray]:
@@ -82,7 +104,8 @@ class SparseModel:
 
 
 def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_args: Any,
-            backend: str = "auto", policy: str = "auto") -> SparseModel:
+            backend: str = "auto", policy: str = "auto",
+            calibrate: bool = False) -> SparseModel:
     """Rewrites the masked function ``apply_fn(variables * masks, *args)`` to skip its zeros.
 
     Every ``conv_general_dilated`` and ``dot_general`` whose weight is a leaf of ``variables``
@@ -98,10 +121,15 @@ def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_a
         masks: a masks tree (from :func:`jaxsparse.prune`) for ``variables`` or for
             ``variables["params"]``; ``None`` leaves are dense.
         *example_args: example inputs (their shapes and dtypes are what is compiled for).
-        backend: kernel for block-sparse layers: ``"auto"``/``"xla"`` (XLA gather + batched
-            GEMM, every platform), ``"pallas"`` (GPU/TPU) or ``"pallas_interpret"`` (tests).
-        policy: ``"auto"`` (cost model: small or dense-enough layers stay dense), ``"sparse"``
+        backend: kernel for block-sparse and unstructured layers: ``"auto"`` (``"cpu"`` on a
+            CPU where the C++ kernels are built, else ``"xla"``), ``"cpu"`` (C++ XLA FFI
+            kernels: block and unstructured), ``"xla"`` (XLA gather + batched GEMM, every
+            platform, block only), ``"pallas"`` (GPU/TPU) or ``"pallas_interpret"`` (tests).
+        policy: ``"auto"`` (cost model: a layer goes sparse where its kernel is predicted
+            faster, from the measured table in ``compiler/cost_tables``), ``"sparse"``
             (every eligible layer uses its sparse kernel) or ``"dense"`` (channel slicing only).
+        calibrate: with ``policy="auto"`` and the CPU kernels, time every candidate layer at
+            its shape (dense vs sparse) and decide from that; the report shows both times.
 
     Returns:
         A :class:`SparseModel` ``sp``; ``sp(sp.variables, *args)`` equals
@@ -110,8 +138,8 @@ def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_a
     Raises:
         ValueError: for a bad backend, policy or masks.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not valid; use one of {sorted(BACKENDS)}.")
+    platform = jax.devices()[0].platform
+    impl, note = resolve_backend(backend, platform)
     if policy not in layers.POLICIES:
         raise ValueError(f"policy={policy!r} is not valid; use one of {layers.POLICIES}.")
     t0 = time.perf_counter()
@@ -126,7 +154,7 @@ def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_a
         lambda leaves, *a: apply_fn(jax.tree.unflatten(treedef, leaves), *a),
         return_shape=True)(leaves, *example_args)
     out_tree = jax.tree.structure(out_shape)
-    opts = layers.Options(policy, BACKENDS[backend], jax.devices()[0].platform)
+    opts = layers.Options(policy, impl, platform, calibrate, note)
     forced: frozenset[str] = frozenset()
     while True:
         ctx = Context(compiling=True, plan={}, decide=layers.decide, apply=layers.apply,
@@ -148,5 +176,8 @@ def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_a
     new_leaves = [ctx.rewritten.get(p, v) for p, v in zip(paths, leaves, strict=True)]
     sp_vars = jax.tree.map(jnp.asarray, {"model": jax.tree.unflatten(treedef, new_leaves),
                                          "folded": dict(ctx.folded)})
-    report = CompileReport(tuple(ctx.rows), time.perf_counter() - t0, backend, policy)
+    kernels = f"impl {impl!r} on {platform}" + (f"; CPU kernels not used: {note}"
+                                                if note and platform == "cpu" else "")
+    report = CompileReport(tuple(ctx.rows), time.perf_counter() - t0, backend, policy, kernels,
+                           _nbytes(variables), _nbytes(sp_vars))
     return SparseModel(sp_vars, report, closed, out_tree, ctx.plan, opts)

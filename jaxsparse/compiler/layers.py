@@ -15,21 +15,24 @@ import jax
 import numpy as np
 from jax import lax
 
-from jaxsparse.compiler import lowering
+from jaxsparse.compiler import costs, lowering
 from jaxsparse.compiler.detect import removed_outputs, sub_pattern
 from jaxsparse.compiler.interpreter import Context, default_rule
 from jaxsparse.compiler.packed import BlockWeight, DenseWeight, Layout, NMWeight
-from jaxsparse.compiler.report import LayerRow
+from jaxsparse.compiler.report import LayerRow, LayerTiming
 from jaxsparse.compiler.values import Sliced, WRef
+from jaxsparse.kernels import cpu_sparse_conv
 from jaxsparse.primitives.block_sparse_dot import pack_block_ell
 from jaxsparse.primitives.nm_dot import pack_nm
 from jaxsparse.pruning.patterns import NM, Block, Unstructured
 
 POLICIES = ("auto", "sparse", "dense")
-# Cost model of policy="auto": the block-sparse kernel pays a gather of the input's row blocks,
-# so it only wins over a dense GEMM well below half density and on layers large enough for the
-# gather to amortise. On CPU the XLA lowering measured slower than dense even at 90% sparsity
-# (docs/results/bench_sparse_resnet50_cpu_*.md), so "auto" keeps block layers dense there.
+# Cost model of policy="auto" for kernels without a measured table (the XLA gather lowering,
+# Pallas): the block-sparse kernel pays a gather of the input's row blocks, so it only wins over
+# a dense GEMM well below half density and on layers large enough for the gather to amortise.
+# On CPU the XLA lowering measured slower than dense even at 90% sparsity
+# (docs/results/bench_sparse_resnet50_cpu_*.md), so "auto" keeps it off there; the C++ kernels
+# (impl "cpu") are chosen from their measured table instead (jaxsparse/compiler/costs.py).
 BLOCK_MAX_DENSITY = 0.5
 MIN_SPARSE_FLOPS = 2e7
 BLOCK_SLOWER_PLATFORMS = ("cpu",)
@@ -37,11 +40,33 @@ BLOCK_SLOWER_PLATFORMS = ("cpu",)
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """Compile options shared by every layer."""
+    """Compile options shared by every layer.
+
+    Attributes:
+        policy: ``"auto"``, ``"sparse"`` or ``"dense"``.
+        impl: block-sparse implementation (``"cpu"``, ``"xla"``, ``"pallas"``, ...).
+        platform: the platform compiled for.
+        calibrate: measure each candidate layer (dense vs sparse) instead of predicting.
+        kernel_note: why the CPU kernels are not used, when they are not (for the report).
+    """
 
     policy: str
     impl: str
     platform: str
+    calibrate: bool = False
+    kernel_note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A kept sub-weight that a sparse kernel could run, and how it would be packed."""
+
+    pattern: Any
+    density: float
+    flops: float  # Dense FLOPs of the kept sub-weight.
+    kernel_hw: tuple[int, int]
+    x_shape: tuple[int, ...]
+    x_dtype: Any
 
 
 def _layer_shape(eqn, w: WRef) -> tuple[str | None, int]:
@@ -58,30 +83,71 @@ def _layer_shape(eqn, w: WRef) -> tuple[str | None, int]:
     return None, int(np.prod(out_shape[:-1]))
 
 
-def _choose(pattern, density: float, flops: float, opts: Options) -> tuple[str, str]:
-    """``(lowering, why)`` for the kept sub-weight by the policy's cost model."""
-    if pattern is None:
-        return "dense", "no zeros left after channel slicing"
-    if isinstance(pattern, Unstructured):
-        return "dense", "unstructured zeros: no kernel can skip them (mask only)"
+def _kernel_key(pattern) -> str:
+    return "unstructured" if isinstance(pattern, Unstructured) else \
+        f"block:{pattern.bh}x{pattern.bw}"
+
+
+def _cpu_kernel_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTiming | None]:
+    """``(lowering, why, timing)`` for a block/unstructured layer with the C++ CPU kernels."""
+    bh, bw = (1, 1) if isinstance(c.pattern, Unstructured) else (c.pattern.bh, c.pattern.bw)
+    why = cpu_sparse_conv.unsupported(c.x_shape, c.x_dtype, (1, 1, bh, bw), None)
+    if why is not None:
+        return "dense", f"no CPU kernel: {why}", None
+    if opts.policy == "sparse":
+        return "block", "policy='sparse'", None
+    table = costs.load_table(opts.platform)
+    key = _kernel_key(c.pattern)
+    pred = table.ratio(key, costs.shape_class(c.kernel_hw), c.density) if table else None
+    timing = LayerTiming(predicted_ratio=None if pred is None else pred[0])
+    if opts.calibrate:
+        return "measure", "", timing
+    if pred is None:
+        return "dense", f"no measured cost table for {key} on {opts.platform}; run " \
+                        f"scripts/calibrate_costs.py or compile with calibrate=True", timing
+    ratio, used = pred
+    src = "" if used == key else f" (table of {used})"
+    if ratio < costs.MAX_RATIO:
+        return "block", f"predicted {1 / ratio:.1f}x faster than dense{src}", timing
+    return "dense", f"predicted sparse/dense time {ratio:.2f} >= {costs.MAX_RATIO}{src}", timing
+
+
+def _choose(c: Candidate | None, opts: Options) -> tuple[str, str, LayerTiming | None]:
+    """``(lowering, why, timing)`` for the kept sub-weight by the policy's cost model.
+
+    ``lowering`` is ``"dense"``, ``"nm"``, ``"block"`` (blocked-ELL, 1x1 blocks for
+    unstructured) or ``"measure"`` (calibrate: decided after timing both).
+    """
+    if c is None:
+        return "dense", "no zeros left after channel slicing", None
+    pattern = c.pattern
     if opts.policy == "dense":
-        return "dense", "policy='dense'"
+        return "dense", "policy='dense'", None
     if isinstance(pattern, NM):
         if opts.policy == "sparse":
-            return "nm", f"policy='sparse' (portable nm_dot on {opts.platform} densifies)"
+            return "nm", f"policy='sparse' (portable nm_dot on {opts.platform} densifies)", None
         return "dense", (f"no fast {pattern} kernel on {opts.platform}: the portable nm_dot "
-                         f"lowering densifies; policy='sparse' forces it")
+                         f"lowering densifies; policy='sparse' forces it"), None
+    if opts.impl == "cpu":
+        return _cpu_kernel_choice(c, opts)
+    if isinstance(pattern, Unstructured):
+        note = f" ({opts.kernel_note})" if opts.kernel_note else ""
+        return "dense", (f"unstructured zeros: no kernel on {opts.platform} with impl "
+                         f"{opts.impl!r} skips them (mask only){note}"), None
     assert isinstance(pattern, Block)
     if opts.policy == "sparse":
-        return "block", "policy='sparse'"
+        return "block", "policy='sparse'", None
     if opts.platform in BLOCK_SLOWER_PLATFORMS and opts.impl == "xla":
+        note = f"; CPU kernels: {opts.kernel_note}" if opts.kernel_note else ""
         return "dense", (f"block_sparse_dot's XLA lowering measured slower than dense on "
-                         f"{opts.platform}; policy='sparse' forces it")
-    if density > BLOCK_MAX_DENSITY:
-        return "dense", f"density {density:.2f} > {BLOCK_MAX_DENSITY}: dense GEMM is faster"
-    if flops < MIN_SPARSE_FLOPS:
-        return "dense", f"small layer ({flops / 1e6:.1f} MFLOP): dense GEMM is faster"
-    return "block", f"density {density:.2f} <= {BLOCK_MAX_DENSITY} on a large layer"
+                         f"{opts.platform}; policy='sparse' forces it{note}"), None
+    if c.density > BLOCK_MAX_DENSITY:
+        return "dense", f"density {c.density:.2f} > {BLOCK_MAX_DENSITY}: dense GEMM is " \
+                        f"faster", None
+    if c.flops * c.density < MIN_SPARSE_FLOPS:
+        return "dense", f"small layer ({c.flops * c.density / 1e6:.1f} MFLOP): dense GEMM " \
+                        f"is faster", None
+    return "block", f"density {c.density:.2f} <= {BLOCK_MAX_DENSITY} on a large layer", None
 
 
 def _fold(eqn, x: Sliced, w_full: np.ndarray, out_keep) -> np.ndarray | None:
@@ -105,12 +171,53 @@ def _fold(eqn, x: Sliced, w_full: np.ndarray, out_keep) -> np.ndarray | None:
             precision=lax.Precision.HIGHEST))
 
 
+def _nbytes(weight: Any) -> int:
+    return int(sum(np.asarray(a).nbytes for a in jax.tree.leaves(weight)))
+
+
+def _measure(eqn, c: Candidate, weight: BlockWeight, dense_kernel: np.ndarray,
+             opts: Options) -> tuple[float, float]:
+    """Times the layer at its shape: XLA dense conv/dot vs the sparse kernel (ms)."""
+    x = jax.random.normal(jax.random.key(0), c.x_shape, c.x_dtype)
+    if eqn.primitive is lax.conv_general_dilated_p:
+        dense = DenseWeight(dense_kernel, weight.layout)
+        return costs.measure_pair(lambda a: lowering.conv(a, dense, eqn.params, "xla"),
+                                  lambda a: lowering.conv(a, weight, eqn.params, opts.impl), x)
+    x = x.reshape(-1, c.x_shape[-1])
+    k2 = dense_kernel.reshape(-1, dense_kernel.shape[-1])
+    return costs.measure_pair(lambda a: a @ k2,
+                              lambda a: lowering.gemm(a, weight, opts.impl), x)
+
+
+def _pack(low: str, pattern, gemm_w: np.ndarray, gemm_m: np.ndarray, layout: Layout):
+    """The rewritten weight for a lowering, and the fraction of the dense FLOPs it runs."""
+    if low == "nm":
+        values, idx = pack_nm(gemm_w, gemm_m, pattern.n, pattern.m)
+        return NMWeight(values, idx, pattern.m, layout), pattern.n / pattern.m
+    bh, bw = (1, 1) if isinstance(pattern, Unstructured) else (pattern.bh, pattern.bw)
+    values, brows = pack_block_ell(gemm_w, gemm_m, bh, bw)
+    stored = int((brows >= 0).sum()) * bh * bw
+    return BlockWeight(values, brows, layout), stored / gemm_w.size
+
+
+def _action(low: str, pattern, opts: Options) -> str:
+    if low == "nm":
+        return "nm_dot"
+    if low != "block":
+        return "dense"
+    if opts.impl == "cpu":
+        kind = "ell" if isinstance(pattern, Unstructured) else "block"
+        return f"block_sparse_dot (cpu {kind} kernel)"
+    return f"block_sparse_dot ({opts.impl})"
+
+
 def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
     """Compile-time decision for one layer; fills ``ctx.rewritten``, ``ctx.folded``, rows."""
     opts: Options = ctx.options
     kind = "conv" if eqn.primitive is lax.conv_general_dilated_p else "dot"
     w_full = np.asarray(w.value, np.float32)  # compile() hands over weights already masked.
     shape = w_full.shape
+    dense_bytes = _nbytes(w.value)
     why, rows = _layer_shape(eqn, w)
     k_full = int(np.prod(shape[:-1]))
     before = lowering.gemm_flops(rows, k_full, shape[-1]) if rows else 0.0
@@ -124,7 +231,8 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
     if why is not None or (in_keep is None and out_keep is None and w.mask is None):
         action = "dense (unchanged)" if why is None else "dense (unsupported)"
         ctx.rows.append(LayerRow(w.path, kind, shape, "dense" if w.mask is None else "masked",
-                                 action, before, before, why or "no mask"))
+                                 action, before, before, why or "no mask", dense_bytes,
+                                 dense_bytes))
         return {"lowering": "unchanged"}
     kept_w, kept_m = w_full, mask
     if in_keep is not None:
@@ -133,25 +241,30 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
         kept_w, kept_m = kept_w[..., out_keep], kept_m[..., out_keep]
     pattern = sub_pattern(kept_m)
     k, n = int(np.prod(kept_w.shape[:-1])), kept_w.shape[-1]
-    density = float(kept_m.mean()) if kept_m.size else 1.0
     after = lowering.gemm_flops(rows, k, n)
-    low, reason = _choose(pattern, density, after * density, opts)
+    x_aval = eqn.invars[0].aval
+    x_shape = (*x_aval.shape[:-1], kept_w.shape[-2])
+    cand = None if pattern is None else Candidate(
+        pattern, float(kept_m.mean()) if kept_m.size else 1.0, after,
+        tuple(shape[:2]) if kind == "conv" else (1, 1), x_shape,
+        np.dtype(w.dtype or x_aval.dtype))
+    low, reason, timing = _choose(cand, opts)
     layout = Layout(tuple(shape), None if in_keep is None else tuple(int(i) for i in in_keep),
                     None if out_keep is None else tuple(int(i) for i in out_keep))
     gemm_w, gemm_m = kept_w.reshape(k, n), kept_m.reshape(k, n)
-    if low == "nm":
-        values, idx = pack_nm(gemm_w, gemm_m, pattern.n, pattern.m)
-        weight = NMWeight(values, idx, pattern.m, layout)
-        after *= pattern.n / pattern.m
-        action = "nm_dot"
-    elif low == "block":
-        values, brows = pack_block_ell(gemm_w, gemm_m, pattern.bh, pattern.bw)
-        weight = BlockWeight(values, brows, layout)
-        after = lowering.gemm_flops(rows, values.shape[1] * pattern.bh, n)
-        action = f"block_sparse_dot ({opts.impl})"
-    else:
-        weight = DenseWeight(kept_w.astype(np.asarray(w.value).dtype), layout)
-        action = "dense"
+    dense = DenseWeight(kept_w.astype(np.asarray(w.value).dtype), layout)
+    weight, frac = dense, 1.0
+    if low in ("nm", "block", "measure"):
+        weight, frac = _pack("nm" if low == "nm" else "block", pattern, gemm_w, gemm_m, layout)
+    if low == "measure":
+        td, ts = _measure(eqn, cand, weight, dense.kernel, opts)
+        timing = dataclasses.replace(timing, measured_dense_ms=td, measured_sparse_ms=ts)
+        low = "block" if ts < costs.MAX_RATIO * td else "dense"
+        reason = f"measured {td:.2f} ms dense vs {ts:.2f} ms sparse (calibrate=True)"
+        if low == "dense":
+            weight, frac = dense, 1.0
+    after *= frac
+    action = _action(low, pattern, opts)
     if in_keep is not None or out_keep is not None:
         action = f"channel-sliced {kept_w.shape[-2]}/{shape[-2]} in, {n}/{shape[-1]} out + " \
                  f"{action}"
@@ -168,7 +281,8 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
         label = "channel" if pattern is None else f"channel+{pattern}"
     else:
         label = str(pattern) if pattern is not None else "dense"
-    ctx.rows.append(LayerRow(w.path, kind, shape, label, action, before, after, reason))
+    ctx.rows.append(LayerRow(w.path, kind, shape, label, action, before, after, reason,
+                             dense_bytes, _nbytes(weight), timing))
     return {"lowering": low, "in_keep": in_keep, "out_keep": out_keep, "fold": fold is not None,
             "kind": kind}
 

@@ -29,7 +29,26 @@ def environment() -> dict[str, Any]:
         "flax": flax.__version__,
         "python": platform.python_version(),
         "host_cpu_count": os.cpu_count(),
+        **_host_cpu(),
     }
+
+
+def _host_cpu() -> dict[str, str]:
+    """The host CPU's model name and its SIMD extensions that the kernels care about."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "fma", "avx512f", "neon", "asimd") if f in flags]
+    return {"host_cpu": model, "host_simd": ",".join(simd) or "unknown"}
 
 
 def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:

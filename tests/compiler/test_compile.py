@@ -243,8 +243,8 @@ def test_policy_auto_and_report():
     rows = [r for r in sp.report.rows if r.pattern == "2:4"]
     assert rows and all(r.action == "dense" and "no fast 2:4 kernel" in r.why for r in rows)
     assert "| params/layer1/0/conv1/kernel | conv |" in str(sp.report)
-    sp = js.compile(apply_fn, variables,
-                    js.prune(variables["params"], "unstructured", 0.9), x, policy="sparse")
+    sp = js.compile(apply_fn, variables, js.prune(variables["params"], "unstructured", 0.9),
+                    x, policy="sparse", backend="xla")
     assert all("mask only" in r.why for r in sp.report.rows if r.pattern == "unstructured")
 
 

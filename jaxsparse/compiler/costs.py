@@ -1,0 +1,161 @@
+"""The policy's cost model: measured tables of sparse-kernel time over dense time.
+
+A table (``cost_tables/<platform>.json``) is written by ``scripts/calibrate_costs.py``, which
+times each sparse kernel against XLA's dense conv on ResNet-50 layer shapes, in one process,
+alternating, after warm-up, at several densities. An entry is keyed by kernel (``block:16x16``,
+``block:32x32``, ``unstructured``, ...) and shape class (``pointwise``: 1x1 convs and dense
+layers; ``spatial``: larger windows) and holds the median ratio per density. ``policy="auto"``
+runs a layer sparse when the predicted ratio is below :data:`MAX_RATIO`.
+
+``js.compile(..., calibrate=True)`` measures every candidate layer at its real shape with
+:func:`measure_layer` instead and decides from that; the report shows both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from jax import lax
+
+TABLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cost_tables")
+MAX_RATIO = 0.9  # Go sparse only where the kernel is predicted >= ~1.1x faster than dense.
+
+
+@dataclasses.dataclass(frozen=True)
+class CostTable:
+    """Measured ``sparse time / dense time`` by (kernel, shape class), per density."""
+
+    platform: str
+    machine: str
+    entries: dict[str, dict[str, list[list[float]]]]  # kernel -> class -> [[density, ratio]]
+
+    def ratio(self, kernel: str, shape_class: str, density: float) -> tuple[float, str] | None:
+        """``(predicted ratio, table key used)``, interpolated in density; None if unknown.
+
+        A block shape that was not measured uses the measured block shape of nearest area.
+        """
+        key = kernel
+        if key not in self.entries and kernel.startswith("block:"):
+            area = _area(kernel)
+            blocks = [k for k in self.entries if k.startswith("block:")]
+            if not blocks:
+                return None
+            key = min(blocks, key=lambda k: abs(np.log(_area(k) / area)))
+        points = self.entries.get(key, {}).get(shape_class)
+        if not points:
+            return None
+        d, r = np.asarray(points, np.float64).T
+        return float(np.interp(density, d, r)), key
+
+
+def _area(kernel: str) -> float:
+    bh, bw = kernel.split(":")[1].split("x")
+    return float(bh) * float(bw)
+
+
+def shape_class(kernel_hw: tuple[int, int]) -> str:
+    """``"pointwise"`` for 1x1 convs and dense layers, ``"spatial"`` otherwise."""
+    return "pointwise" if tuple(kernel_hw) == (1, 1) else "spatial"
+
+
+@functools.cache
+def load_table(platform: str) -> CostTable | None:
+    """The shipped table for ``platform`` (None when there is none)."""
+    path = os.path.join(TABLE_DIR, f"{platform}.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        data = json.load(f)
+    return CostTable(data["platform"], data["machine"], data["entries"])
+
+
+def _once(fn: Callable, x: jax.Array) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(x))
+    return 1e3 * (time.perf_counter() - t0)
+
+
+def measure_pair(dense: Callable, sparse: Callable, x: jax.Array, reps: int = 5,
+                 ) -> tuple[float, float]:
+    """``(dense ms, sparse ms)`` medians: both jitted and warmed up, then timed alternately."""
+    dense, sparse = jax.jit(dense), jax.jit(sparse)
+    jax.block_until_ready(dense(x))
+    jax.block_until_ready(sparse(x))
+    td, ts = [], []
+    for _ in range(reps):
+        td.append(_once(dense, x))
+        ts.append(_once(sparse, x))
+    return float(np.median(td)), float(np.median(ts))
+
+
+# ResNet-50 (v1.5, 224 px) conv shapes, (H, W, cin, cout, k, stride), for calibration.
+RESNET50_SHAPES = (
+    (56, 56, 64, 256, 1, 1), (56, 56, 256, 64, 1, 1), (28, 28, 512, 128, 1, 1),
+    (14, 14, 256, 1024, 1, 1), (7, 7, 2048, 512, 1, 1),
+    (56, 56, 64, 64, 3, 1), (28, 28, 128, 128, 3, 1), (14, 14, 256, 256, 3, 1),
+    (7, 7, 512, 512, 3, 1), (56, 56, 128, 128, 3, 2),
+)
+
+
+def calibrate(kernels: tuple[str, ...], densities: tuple[float, ...], batch: int,
+              shapes: tuple[tuple[int, ...], ...] = RESNET50_SHAPES, reps: int = 3,
+              log: Callable[[str], None] = print) -> dict:
+    """Measures ``sparse / dense`` time ratios of the CPU kernels; returns a table dict.
+
+    For each kernel (``"block:BHxBW"`` or ``"unstructured"``), density and conv shape it
+    prunes a random float32 weight to that density (magnitude), packs it, and times XLA's
+    dense conv against the kernel (:func:`measure_pair`). The table holds, per kernel and
+    shape class, the median ratio over the shapes at each density, plus every measurement.
+    """
+    from jaxsparse.compiler import lowering  # Local: lowering imports the primitives.
+    from jaxsparse.compiler.packed import BlockWeight, DenseWeight, Layout
+    from jaxsparse.primitives.block_sparse_dot import pack_block_ell
+    from jaxsparse.pruning.masks import compute_mask
+    from jaxsparse.pruning.patterns import parse_pattern
+
+    rng = np.random.default_rng(0)
+    raw: list[dict] = []
+    for h, w, cin, cout, k, s in shapes:
+        params = {"window_strides": (s, s), "padding": ((k // 2, k // 2),) * 2,
+                  "lhs_dilation": (1, 1), "rhs_dilation": (1, 1),
+                  "dimension_numbers": lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1),
+                                                                (0, 3, 1, 2)),
+                  "precision": None, "preferred_element_type": None}
+        kernel = rng.standard_normal((k, k, cin, cout)).astype(np.float32)
+        x = jax.random.normal(jax.random.key(0), (batch, h, w, cin), np.float32)
+        layout = Layout((k, k, cin, cout), None, None)
+        for name in kernels:
+            pattern = parse_pattern(name)
+            bh, bw = (1, 1) if name == "unstructured" else (pattern.bh, pattern.bw)
+            for d in densities:
+                mask = np.asarray(compute_mask(kernel, pattern, sparsity=1.0 - d))
+                gemm_w = (kernel * mask).reshape(-1, cout)
+                values, rows = pack_block_ell(gemm_w, mask.reshape(-1, cout), bh, bw)
+                sparse = BlockWeight(values, rows, layout)
+                dense = DenseWeight(kernel * mask, layout)
+                td, ts = measure_pair(
+                    functools.partial(lowering.conv, weight=dense, params=params, impl="xla"),
+                    functools.partial(lowering.conv, weight=sparse, params=params, impl="cpu"),
+                    x, reps)
+                raw.append({"kernel": name, "class": shape_class((k, k)), "density": d,
+                            "shape": [batch, h, w, cin, cout, k, s], "dense_ms": td,
+                            "sparse_ms": ts, "ratio": ts / td})
+                log(f"{name:>12} d={d:.2f} {h}x{w}x{cin}->{cout} k{k}s{s}: dense {td:7.2f} "
+                    f"ms, sparse {ts:7.2f} ms, ratio {ts / td:.2f}")
+    entries: dict[str, dict[str, list[list[float]]]] = {}
+    for name in kernels:
+        for cls in ("pointwise", "spatial"):
+            pts = [[d, float(np.median([r["ratio"] for r in raw if r["kernel"] == name and
+                                        r["class"] == cls and r["density"] == d]))]
+                   for d in densities if any(r["kernel"] == name and r["class"] == cls
+                                             for r in raw)]
+            if pts:
+                entries.setdefault(name, {})[cls] = pts
+    return {"entries": entries, "measurements": raw, "batch": batch}
