@@ -1,13 +1,17 @@
 """Dense vs compiled-sparse inference of one model, in one process, alternating.
 
     python scripts/bench_sparse.py --model=resnet50 --image_size=224 --batch_size=16 \
-        --variants=channel50,block90_16,block90_32,nm24 --out=docs/results
+        --variants=block90_32,block90_16,unstructured90,unstructured80,channel50 \
+        --layer_table --out=docs/results
 
 For each variant: prune the (randomly initialised) model, run ``js.compile`` (timing the pass),
 check the compiled output against the masked dense model, then time every
 variant and the dense model back to back (compile and warm-up first, medians of interleaved
-batches). Writes ``<out>/bench_sparse_<model>_<platform>_<date>.json`` and a markdown table,
-and TensorBoard scalars under ``--logdir``.
+batches). Every variant uses ``policy="auto"`` (the measured cost table decides layer by layer)
+unless its entry says otherwise. ``--layer_table`` also compiles each variant with
+``calibrate=True`` and adds the measured per-layer table (dense XLA vs sparse kernel GFLOP/s).
+Writes ``<out>/bench_sparse_<model>_<platform>_<date>.json`` and a markdown table, and
+TensorBoard scalars under ``--logdir``.
 """
 
 import datetime
@@ -31,12 +35,13 @@ from jaxsparse.training.summary import Writer, environment, write_json
 VARIANTS = {
     "channel50": ("channel", 0.5, "auto", True),
     "channel50_interior": ("channel", 0.5, "auto", False),
-    "block90_16": ("block:16x16", 0.9, "sparse", False),
-    "block90_32": ("block:32x32", 0.9, "sparse", False),
-    "block90_8": ("block:8x8", 0.9, "sparse", False),
-    "block75_32": ("block:32x32", 0.75, "sparse", False),
+    "block90_16": ("block:16x16", 0.9, "auto", False),
+    "block90_32": ("block:32x32", 0.9, "auto", False),
+    "block90_8": ("block:8x8", 0.9, "auto", False),
+    "block75_32": ("block:32x32", 0.75, "auto", False),
     "nm24": ("2:4", None, "sparse", False),
     "unstructured90": ("unstructured", 0.9, "auto", False),
+    "unstructured80": ("unstructured", 0.8, "auto", False),
 }
 
 flags.DEFINE_string("model", "resnet50", "Model name.")
@@ -46,6 +51,7 @@ flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Compute dtyp
 flags.DEFINE_list("variants", "channel50,block90_16,block90_32,nm24",
                   f"Variants to compare with dense: {sorted(VARIANTS)}.")
 flags.DEFINE_string("backend", "auto", "js.compile backend for block-sparse layers.")
+flags.DEFINE_bool("layer_table", False, "Also measure every sparse layer (calibrate=True).")
 flags.DEFINE_integer("warmup", 2, "Untimed batches after compilation.")
 flags.DEFINE_integer("num_batches", 10, "Timed batches per variant.")
 flags.DEFINE_string("out", "docs/results", "Folder for the JSON and markdown results.")
@@ -54,7 +60,8 @@ FLAGS = flags.FLAGS
 
 
 def build_variant(name, apply_fn, variables, example):
-    """Prunes and compiles one variant; returns (SparseModel, masks, pass seconds)."""
+    """Prunes and compiles one variant; returns (SparseModel, masks, pass seconds, per-layer
+    timing table or None)."""
     pattern, sparsity, policy, grouped = VARIANTS[name]
     if grouped:
         groups = js.channel_groups(apply_fn, variables, example)
@@ -64,7 +71,12 @@ def build_variant(name, apply_fn, variables, example):
         masks = js.prune(variables["params"], pattern, sparsity)
     t0 = time.perf_counter()
     sp = js.compile(apply_fn, variables, masks, example, backend=FLAGS.backend, policy=policy)
-    return sp, masks, time.perf_counter() - t0
+    pass_s = time.perf_counter() - t0
+    table = None
+    if FLAGS.layer_table and pattern != "channel":
+        table = js.compile(apply_fn, variables, masks, example, backend=FLAGS.backend,
+                           policy="auto", calibrate=True).report.timing_markdown()
+    return sp, masks, pass_s, table
 
 
 def max_error(apply_fn, variables, masks, sp, x):
@@ -90,7 +102,7 @@ def main(argv):
                                               FLAGS.image_size, 3), dtype)
     fns, args, rows = [jax.jit(lambda v, x: apply_fn(v, x))], [(variables, x)], []
     for name in FLAGS.variants:
-        sp, masks, pass_s = build_variant(name, apply_fn, variables, x)
+        sp, masks, pass_s, layer_table = build_variant(name, apply_fn, variables, x)
         err = max_error(apply_fn, variables, masks, sp, x)
         print(f"{name}: pass {pass_s:.2f} s, FLOPs ratio {sp.report.flops_ratio:.3f}, "
               f"max rel. error {err:.2e}", flush=True)
@@ -99,7 +111,8 @@ def main(argv):
         rows.append({"variant": name, "pattern": VARIANTS[name][0],
                      "sparsity": VARIANTS[name][1], "policy": VARIANTS[name][2],
                      "pass_seconds": pass_s, "flops_ratio": sp.report.flops_ratio,
-                     "max_rel_error": err, "report": sp.report.as_dict()})
+                     "max_rel_error": err, "report": sp.report.as_dict(),
+                     "layer_table": layer_table})
     results = benchmark(fns, args, FLAGS.batch_size, warmup=FLAGS.warmup,
                         num_batches=FLAGS.num_batches)
     dense = results[0].as_dict()
@@ -114,14 +127,20 @@ def main(argv):
     lines = [f"{FLAGS.model} {FLAGS.image_size}px, batch {FLAGS.batch_size}, "
              f"{FLAGS.precision}, {out['device_kind']} x{out['device_count']}, "
              f"jax {jax.__version__} ({date})", "",
-             "| variant | pattern | FLOPs ratio | images/s | speedup vs dense | p50 ms | pass s |",
-             "|---|---|---|---|---|---|---|",
-             f"| dense | - | 1.000 | {dense['images_per_sec']:.2f} | 1.00x | "
-             f"{dense['latency_ms_p50']:.1f} | - |"]
+             f"Command: `{out['command']}`", "",
+             "| variant | pattern | FLOPs ratio | weights MiB | images/s | speedup vs dense "
+             "| p50 ms | pass s |", "|---|---|---|---|---|---|---|---|",
+             f"| dense | - | 1.000 | {rows[0]['report']['bytes_before'] / 2**20:.1f} | "
+             f"{dense['images_per_sec']:.2f} | 1.00x | {dense['latency_ms_p50']:.1f} | - |"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['pattern']} | {r['flops_ratio']:.3f} | "
+                     f"{r['report']['bytes_after'] / 2**20:.1f} | "
                      f"{r['images_per_sec']:.2f} | {r['speedup']:.2f}x | "
                      f"{r['latency_ms_p50']:.1f} | {r['pass_seconds']:.2f} |")
+    for r in rows:
+        if r["layer_table"]:
+            lines += ["", f"### {r['variant']}: per layer, measured (calibrate=True)", "",
+                      r["layer_table"]]
     table = "\n".join(lines)
     print(table)
     stem_name = f"bench_sparse_{FLAGS.model}_{platform}_{date}"

@@ -258,7 +258,8 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
         weight, frac = _pack("nm" if low == "nm" else "block", pattern, gemm_w, gemm_m, layout)
     if low == "measure":
         td, ts = _measure(eqn, cand, weight, dense.kernel, opts)
-        timing = dataclasses.replace(timing, measured_dense_ms=td, measured_sparse_ms=ts)
+        timing = dataclasses.replace(timing, measured_dense_ms=td, measured_sparse_ms=ts,
+                                     sparse_flops=after * frac)
         low = "block" if ts < costs.MAX_RATIO * td else "dense"
         reason = f"measured {td:.2f} ms dense vs {ts:.2f} ms sparse (calibrate=True)"
         if low == "dense":

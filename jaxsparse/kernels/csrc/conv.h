@@ -72,6 +72,15 @@ inline bool HasAvx2Fma() {
 #endif
 }
 
+inline bool HasAvx512() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool ok = __builtin_cpu_supports("avx512f");
+  return ok;
+#else
+  return false;
+#endif
+}
+
 // Runs fn(i) for i in [0, n) on the caller and the thread pool's workers (dynamic
 // scheduling). Workers hold only shared state, so one that starts late finds no work and exits.
 template <typename F>

@@ -6,11 +6,13 @@
 // For each tile of TP output pixels the kernel builds the tile's transposed input panel
 // (K, TP) in a per-thread buffer (the implicit im2col of TP pixels only, 8x8 AVX transposes),
 // then for every output channel accumulates value * panel[row] over its stored weights (TP
-// pixels in TP/8 vector registers, two independent accumulator sets to hide FMA latency), and
+// pixels in AVX-512 or AVX2 registers, two independent accumulator sets to hide FMA latency;
+// scalar code on other CPUs), and
 // transposes the (N, TP) result back into the NHWC output. This is the sparse-times-dense
 // scheme of mobile sparse-inference engines, with the layout change done in cache.
 #include <immintrin.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -22,6 +24,24 @@ namespace jaxsparse {
 namespace {
 
 constexpr int64_t TP = 32;  // Pixels per tile: 4 AVX registers.
+
+// A growable 64-byte aligned float buffer (panel rows are whole cache lines).
+class AlignedBuffer {
+ public:
+  ~AlignedBuffer() { std::free(data_); }
+  float* Get(int64_t n) {
+    if (n > size_) {
+      std::free(data_);
+      size_ = n;
+      data_ = static_cast<float*>(std::aligned_alloc(64, ((n * sizeof(float) + 63) / 64) * 64));
+    }
+    return data_;
+  }
+
+ private:
+  float* data_ = nullptr;
+  int64_t size_ = 0;
+};
 
 struct EllWeight {
   const float* values;  // (N, maxk)
@@ -136,6 +156,38 @@ __attribute__((target("avx2,fma"))) void ChannelsAvx2(const Conv& g, const EllWe
   }
 }
 
+__attribute__((target("avx512f"))) void ChannelsAvx512(const Conv& g, const EllWeight& w,
+                                                       const float* panel, float* out) {
+  static_assert(TP == 32, "two 16-float registers per panel row");
+  for (int64_t n = 0; n < g.N; ++n) {
+    const int32_t* rows = w.rows + n * w.maxk;
+    const float* vals = w.values + n * w.maxk;
+    // Four independent accumulator pairs: FMA latency and L2 latency overlap.
+    __m512 acc[4][2];
+    for (auto& a : acc) a[0] = a[1] = _mm512_setzero_ps();
+    int64_t m = 0;
+    for (; m + 3 < w.maxk && rows[m + 3] >= 0; m += 4) {
+      for (int u = 0; u < 4; ++u) {
+        const float* pr = panel + rows[m + u] * TP;
+        const __m512 v = _mm512_set1_ps(vals[m + u]);
+        acc[u][0] = _mm512_fmadd_ps(v, _mm512_load_ps(pr), acc[u][0]);
+        acc[u][1] = _mm512_fmadd_ps(v, _mm512_load_ps(pr + 16), acc[u][1]);
+      }
+    }
+    for (; m < w.maxk; ++m) {
+      if (rows[m] < 0) continue;
+      const float* pr = panel + rows[m] * TP;
+      const __m512 v = _mm512_set1_ps(vals[m]);
+      acc[0][0] = _mm512_fmadd_ps(v, _mm512_load_ps(pr), acc[0][0]);
+      acc[0][1] = _mm512_fmadd_ps(v, _mm512_load_ps(pr + 16), acc[0][1]);
+    }
+    for (int h = 0; h < 2; ++h)
+      _mm512_storeu_ps(out + n * TP + 16 * h,
+                       _mm512_add_ps(_mm512_add_ps(acc[0][h], acc[1][h]),
+                                     _mm512_add_ps(acc[2][h], acc[3][h])));
+  }
+}
+
 __attribute__((target("avx2,fma"))) void StoreAvx2(const Conv& g, const float* out, int64_t p0,
                                                    int64_t npx, float* y) {
   if (npx < TP || g.N % 8) {
@@ -154,26 +206,29 @@ __attribute__((target("avx2,fma"))) void StoreAvx2(const Conv& g, const float* o
 void Run(ffi::ThreadPool& pool, const Conv& g, const EllWeight& w, const float* x, float* y) {
   const int64_t P = g.pixels(), tiles = (P + TP - 1) / TP;
   const std::vector<float> zeros(g.C, 0.0f);
-  const bool avx2 = HasAvx2Fma();
+  const bool avx2 = HasAvx2Fma(), avx512 = avx2 && HasAvx512();
   ParallelFor(pool, tiles, [&](int64_t t) {
-    thread_local std::vector<float> panel, out;
-    panel.resize(g.K() * TP);
-    out.resize(g.N * TP);
+    thread_local AlignedBuffer panel_buf, out_buf;
+    float* const panel_ptr = panel_buf.Get(g.K() * TP);
+    float* const out_ptr = out_buf.Get(g.N * TP);
     const int64_t p0 = t * TP, npx = std::min<int64_t>(TP, P - p0);
     Pixel px[TP];
     for (int64_t p = 0; p < TP; ++p)
       px[p] = p < npx ? PixelAt(g, x, p0 + p) : Pixel{zeros.data(), -(1 << 30), -(1 << 30)};
 #if defined(__x86_64__)
     if (avx2) {
-      BuildPanelAvx2(g, px, zeros.data(), panel.data());
-      ChannelsAvx2(g, w, panel.data(), out.data());
-      StoreAvx2(g, out.data(), p0, npx, y);
+      BuildPanelAvx2(g, px, zeros.data(), panel_ptr);
+      if (avx512)
+        ChannelsAvx512(g, w, panel_ptr, out_ptr);
+      else
+        ChannelsAvx2(g, w, panel_ptr, out_ptr);
+      StoreAvx2(g, out_ptr, p0, npx, y);
       return;
     }
 #endif
-    BuildPanelScalar(g, px, zeros.data(), panel.data());
-    ChannelsScalar(g, w, panel.data(), out.data());
-    StoreScalar(g, out.data(), p0, npx, y);
+    BuildPanelScalar(g, px, zeros.data(), panel_ptr);
+    ChannelsScalar(g, w, panel_ptr, out_ptr);
+    StoreScalar(g, out_ptr, p0, npx, y);
   });
 }
 

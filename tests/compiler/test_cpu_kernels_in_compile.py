@@ -1,0 +1,137 @@
+"""js.compile with the C++ CPU kernels: block and unstructured layers equal the masked model
+(rtol 1e-5 f32), really call the FFI kernels, store fewer bytes, and fall back clearly."""
+
+import json
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import jaxsparse as js
+from jaxsparse.compiler import costs
+from tests.compiler.test_compile import assert_close, masked_reference, resnet
+from tests.conftest import run_cli
+
+
+def conv_net(seed=0):
+    """Plain JAX: strided, padded and dilated 3x3 convs, a 1x1 conv and a dense head."""
+    rng = np.random.default_rng(seed)
+    p = {"c1": rng.standard_normal((3, 3, 16, 32)), "c2": rng.standard_normal((3, 3, 32, 32)),
+         "c3": rng.standard_normal((1, 1, 32, 48)), "fc": rng.standard_normal((48, 32))}
+    p = {k: jnp.asarray(v * 0.2, jnp.float32) for k, v in p.items()}
+
+    def fn(p, x):
+        dn = ("NHWC", "HWIO", "NHWC")
+        y = jax.nn.relu(lax.conv_general_dilated(x, p["c1"], (2, 2), ((1, 1), (1, 1)),
+                                                 dimension_numbers=dn))
+        y = jax.nn.relu(lax.conv_general_dilated(y, p["c2"], (1, 1), ((2, 2), (2, 2)),
+                                                 rhs_dilation=(2, 2), dimension_numbers=dn))
+        y = lax.conv_general_dilated(y, p["c3"], (1, 1), "VALID", dimension_numbers=dn)
+        return jnp.mean(y, axis=(1, 2)) @ p["fc"]
+
+    return fn, p
+
+
+@pytest.mark.parametrize("pattern,sparsity", [("unstructured", 0.9), ("unstructured", 0.6),
+                                              ("block:16x16", 0.9), ("block:8x8", 0.75)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_plain_net_equals_masked_and_calls_the_kernels(pattern, sparsity, batch):
+    fn, p = conv_net()
+    x = jax.random.normal(jax.random.key(0), (batch, 15, 15, 16))
+    masks = js.prune(p, pattern, sparsity, include=lambda path, w: True)
+    sp = js.compile(fn, p, masks, x, policy="sparse")
+    assert_close(jax.jit(sp)(sp.variables, x), fn(js.apply_masks(p, masks), x))
+    kind = "ell" if pattern == "unstructured" else "block"
+    assert all(f"cpu {kind} kernel" in r.action for r in sp.report.rows), sp.report
+    hlo = jax.jit(sp).lower(sp.variables, x).as_text()
+    assert f"jaxsparse_{kind}_sparse_conv_f32" in hlo
+    if sparsity >= 0.75:
+        assert sp.report.bytes_after < 0.6 * sp.report.bytes_before
+        assert sp.report.model_bytes_after < sp.report.model_bytes_before
+
+
+def test_vmap_over_a_compiled_model():
+    fn, p = conv_net()
+    x = jax.random.normal(jax.random.key(0), (2, 3, 15, 15, 16))
+    masks = js.prune(p, "unstructured", 0.8, include=lambda path, w: True)
+    sp = js.compile(fn, p, masks, x[0], policy="sparse")
+    got = jax.jit(jax.vmap(lambda a: sp(sp.variables, a)))(x)
+    assert_close(got, jax.vmap(lambda a: fn(js.apply_masks(p, masks), a))(x))
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "block:16x16"])
+def test_resnet_with_cpu_kernels_equals_masked(pattern):
+    apply_fn, variables, x = resnet(True, "imagenet")
+    masks = js.prune(variables["params"], pattern, 0.9)
+    sp = js.compile(apply_fn, variables, masks, x, policy="sparse")
+    assert_close(jax.jit(sp)(sp.variables, x), masked_reference(apply_fn, variables, masks)(x))
+    assert any("cpu" in r.action for r in sp.report.rows)
+    assert "stored: weights" in str(sp.report)
+
+
+def test_gradients_through_the_ffi_path():
+    fn, p = conv_net()
+    x = jax.random.normal(jax.random.key(0), (2, 15, 15, 16))
+    masks = js.prune(p, "unstructured", 0.8, include=lambda path, w: True)
+    sp = js.compile(fn, p, masks, x, policy="sparse")
+    g = jax.jit(jax.grad(lambda a: jnp.sum(sp(sp.variables, a) ** 2)))(x)
+    ref = jax.grad(lambda a: jnp.sum(fn(js.apply_masks(p, masks), a) ** 2))(x)
+    assert_close(g, ref, rtol=1e-4)
+
+
+def test_auto_policy_uses_the_measured_table_and_calibrate_measures():
+    table = costs.load_table("cpu")
+    assert table is not None, "jaxsparse/compiler/cost_tables/cpu.json ships with the package"
+    assert {"unstructured", "block:16x16", "block:32x32"} <= set(table.entries)
+    fn, p = conv_net()
+    x = jax.random.normal(jax.random.key(0), (4, 15, 15, 16))
+    masks = js.prune(p, "unstructured", 0.9, include=lambda path, w: True)
+    sp = js.compile(fn, p, masks, x)
+    for r in sp.report.rows:
+        assert r.timing is not None and r.timing.predicted_ratio is not None
+        assert "predicted" in r.why, r.why
+    assert_close(sp(sp.variables, x), fn(js.apply_masks(p, masks), x))
+    sp = js.compile(fn, p, masks, x, calibrate=True)
+    assert all(r.timing.measured_ratio is not None and "measured" in r.why
+               for r in sp.report.rows)
+    assert sp.report.timing_markdown().count("\n") == len(sp.report.rows) + 1
+    assert_close(sp(sp.variables, x), fn(js.apply_masks(p, masks), x))
+
+
+def test_interpolation_and_nearest_block_shape():
+    t = costs.CostTable("cpu", "test", {"block:16x16": {"spatial": [[0.1, 0.2], [0.5, 1.0]]}})
+    assert t.ratio("block:16x16", "spatial", 0.3) == (pytest.approx(0.6), "block:16x16")
+    assert t.ratio("block:32x16", "spatial", 0.1) == (pytest.approx(0.2), "block:16x16")
+    assert t.ratio("unstructured", "spatial", 0.1) is None
+    assert t.ratio("block:16x16", "pointwise", 0.1) is None
+
+
+def test_without_the_library_layers_fall_back_and_say_why():
+    """In a process where the kernels are disabled: mask-only unstructured layers, a reason
+    in the report, the same results, and backend='cpu' is a clear error."""
+    code = textwrap.dedent("""
+        import json, jax, numpy as np, jaxsparse as js
+        from tests.compiler.test_cpu_kernels_in_compile import conv_net
+        fn, p = conv_net()
+        x = jax.random.normal(jax.random.key(0), (2, 15, 15, 16))
+        masks = js.prune(p, "unstructured", 0.9, include=lambda path, w: True)
+        sp = js.compile(fn, p, masks, x)
+        err = float(np.abs(sp(sp.variables, x) - fn(js.apply_masks(p, masks), x)).max())
+        try:
+            js.compile(fn, p, masks, x, backend="cpu")
+            msg = ""
+        except ValueError as e:
+            msg = str(e)
+        print(json.dumps({"whys": [r.why for r in sp.report.rows],
+                          "kernels": sp.report.kernels, "err": err, "msg": msg}))
+    """)
+    proc = run_cli(["-c", code], env={"JAXSPARSE_DISABLE_CPU_KERNELS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all("mask only" in w and "disabled" in w for w in out["whys"]), out
+    assert "disabled by JAXSPARSE_DISABLE_CPU_KERNELS" in out["kernels"]
+    assert out["err"] < 1e-4
+    assert "backend='cpu' needs the jaxsparse CPU kernel library" in out["msg"]
