@@ -177,16 +177,22 @@ def _nbytes(weight: Any) -> int:
 
 def _measure(eqn, c: Candidate, weight: BlockWeight, dense_kernel: np.ndarray,
              opts: Options) -> tuple[float, float]:
-    """Times the layer at its shape: XLA dense conv/dot vs the sparse kernel (ms)."""
-    x = jax.random.normal(jax.random.key(0), c.x_shape, c.x_dtype)
-    if eqn.primitive is lax.conv_general_dilated_p:
-        dense = DenseWeight(dense_kernel, weight.layout)
-        return costs.measure_pair(lambda a: lowering.conv(a, dense, eqn.params, "xla"),
-                                  lambda a: lowering.conv(a, weight, eqn.params, opts.impl), x)
-    x = x.reshape(-1, c.x_shape[-1])
-    k2 = dense_kernel.reshape(-1, dense_kernel.shape[-1])
-    return costs.measure_pair(lambda a: a @ k2,
-                              lambda a: lowering.gemm(a, weight, opts.impl), x)
+    """Times the layer at its shape: XLA dense conv/dot vs the sparse kernel (ms).
+
+    ``decide`` runs while the model is traced; the measurement must run for real, so it is
+    evaluated eagerly (``ensure_compile_time_eval``) on concrete inputs.
+    """
+    x = np.random.default_rng(0).standard_normal(c.x_shape).astype(c.x_dtype)
+    with jax.ensure_compile_time_eval():
+        if eqn.primitive is lax.conv_general_dilated_p:
+            dense = DenseWeight(dense_kernel, weight.layout)
+            return costs.measure_pair(
+                lambda a: lowering.conv(a, dense, eqn.params, "xla"),
+                lambda a: lowering.conv(a, weight, eqn.params, opts.impl), x)
+        k2 = dense_kernel.reshape(-1, dense_kernel.shape[-1])
+        return costs.measure_pair(lambda a: a @ k2,
+                                  lambda a: lowering.gemm(a, weight, opts.impl),
+                                  x.reshape(-1, c.x_shape[-1]))
 
 
 def _pack(low: str, pattern, gemm_w: np.ndarray, gemm_m: np.ndarray, layout: Layout):
