@@ -240,21 +240,34 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
                                  action, before, before, why or "no mask", dense_bytes,
                                  dense_bytes))
         return {"lowering": "unchanged"}
-    kept_w, kept_m = w_full, mask
-    if in_keep is not None:
-        kept_w, kept_m = kept_w[..., in_keep, :], kept_m[..., in_keep, :]
-    if out_keep is not None:
-        kept_w, kept_m = kept_w[..., out_keep], kept_m[..., out_keep]
-    pattern = sub_pattern(kept_m)
-    k, n = int(np.prod(kept_w.shape[:-1])), kept_w.shape[-1]
-    after = lowering.gemm_flops(rows, k, n)
     x_aval = eqn.invars[0].aval
-    x_shape = (*x_aval.shape[:-1], kept_w.shape[-2])
-    cand = None if pattern is None else Candidate(
-        pattern, float(kept_m.mean()) if kept_m.size else 1.0, after,
-        tuple(shape[:2]) if kind == "conv" else (1, 1), x_shape,
-        np.dtype(w.dtype or x_aval.dtype))
-    low, reason, timing = _choose(cand, opts)
+    dtype = np.dtype(w.dtype or x_aval.dtype)
+    kernel_hw = tuple(shape[:2]) if kind == "conv" else (1, 1)
+
+    def kept(out_keep):
+        """The kept sub-weight, its pattern, its candidate and the policy's choice."""
+        kw, km = w_full, mask
+        if in_keep is not None:
+            kw, km = kw[..., in_keep, :], km[..., in_keep, :]
+        if out_keep is not None:
+            kw, km = kw[..., out_keep], km[..., out_keep]
+        pat = sub_pattern(km)
+        flops = lowering.gemm_flops(rows, int(np.prod(kw.shape[:-1])), kw.shape[-1])
+        c = None if pat is None else Candidate(
+            pat, float(km.mean()) if km.size else 1.0, flops, kernel_hw,
+            (*x_aval.shape[:-1], kw.shape[-2]), dtype)
+        return kw, km, pat, flops, c, _choose(c, opts)
+
+    kept_w, kept_m, pattern, after, cand, (low, reason, timing) = kept(out_keep)
+    if low in ("block", "measure") and out_keep is not None:
+        # A block/unstructured kernel skips removed filters by itself (columns with no stored
+        # weights); slicing its output would only add gathers where a residual stream is
+        # widened again. Keep the full output when the kernel still wins on it.
+        alt = kept(None)
+        if alt[-1][0] in ("block", "measure"):
+            out_keep = None
+            kept_w, kept_m, pattern, after, cand, (low, reason, timing) = alt
+    k, n = int(np.prod(kept_w.shape[:-1])), kept_w.shape[-1]
     layout = Layout(tuple(shape), None if in_keep is None else tuple(int(i) for i in in_keep),
                     None if out_keep is None else tuple(int(i) for i in out_keep))
     gemm_w, gemm_m = kept_w.reshape(k, n), kept_m.reshape(k, n)
