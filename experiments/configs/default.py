@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.train_limit = 0  # Use only the first N training examples (0 = all).
     c.data.test_limit = 0  # Use only the first N test examples (0 = all).
     c.data.synthetic_examples = 1024  # Size of each synthetic split.
+    c.data.augment = False  # Training batches: random crop (2 px zero padding) + flip.
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 10.0
@@ -53,13 +54,19 @@ def get_config() -> ml_collections.ConfigDict:
     c.bench.warmup = 3
     c.bench.num_batches = 20
 
+    c.distill = ml_collections.ConfigDict()
+    c.distill.alpha = 0.0  # Knowledge distillation weight a: (1-a) CE + a T^2 KL (0: off).
+    c.distill.temperature = 4.0  # Distillation temperature T.
+    c.distill.teacher = ""  # Workdir of a finished run of the same model: the teacher.
+
     c.sparsity = ml_collections.ConfigDict()
     c.sparsity.method = "none"  # "none", "one_shot", "gradual" or "sr_ste".
     c.sparsity.pattern = "unstructured"  # "N:M", "block:HxW", "channel" or "unstructured".
     c.sparsity.sparsity = 0.0  # Fraction of weights removed (ignored by N:M, fixed at 1 - N/M).
     c.sparsity.distribution = "uniform"  # "uniform", "erk" or "global".
     c.sparsity.begin_step = 0  # one_shot prunes here; gradual starts here.
-    c.sparsity.end_step = -1  # gradual reaches the final sparsity here (-1: 75% of the run).
+    c.sparsity.end_step = -1  # gradual reaches the final sparsity here (-1: end_fraction).
+    c.sparsity.end_fraction = 0.75  # gradual, with end_step=-1: the end as a fraction of the run.
     c.sparsity.frequency = 100  # gradual: steps between mask updates.
     c.sparsity.include = ""  # Regex over parameter paths (empty: conv/dense kernels, not the
     #                          first conv or the classifier).

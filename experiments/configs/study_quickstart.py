@@ -12,7 +12,10 @@ def get_config():
     c.title = "Fashion-MNIST ResNet-18 (width 0.25) sparsity study, quickstart schedule"
     c.base.train.epochs = 1.0
     c.base.train.warmup_epochs = 0.1
-    c.finetune_epochs = 0.25
+    c.finetune.epochs = 0.25
+    c.note = ("Quickstart schedule: 1 dense epoch and 0.25-epoch fine-tunes, too short for the "
+              "sparse rows' accuracy to mean much; run experiments/configs/study_fmnist_cpu.py "
+              "for meaningful accuracy.")
     c.bench.num_batches = 10
     c.variants = [v for v in c.variants if v.name != "nm24_srste"]
     return c

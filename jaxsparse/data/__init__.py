@@ -1,5 +1,6 @@
 """Data: IDX reader, Fashion-MNIST and synthetic datasets, host-side batching."""
 
+from jaxsparse.data.augment import augment_batch
 from jaxsparse.data.datasets import (
     DEFAULT_FASHION_MNIST_DIR,
     DatasetError,
@@ -16,6 +17,7 @@ __all__ = [
     "DatasetError",
     "IDXFormatError",
     "Split",
+    "augment_batch",
     "epoch_permutation",
     "eval_batches",
     "load_dataset",

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
+from jaxsparse.data.augment import augment_batch
 from jaxsparse.data.datasets import Split
 
 
@@ -53,7 +54,8 @@ def prefetch(it: Iterator, size: int = 2) -> Iterator:
 
 
 def train_batches(split: Split, batch_size: int, seed: int, start_step: int, num_steps: int,
-                  sharding=None, prefetch_size: int = 2) -> Iterator[dict[str, jax.Array]]:
+                  sharding=None, prefetch_size: int = 2, augment: bool = False,
+                  ) -> Iterator[dict[str, jax.Array]]:
     """Yields training batches ``{"image", "label"}`` for steps ``start_step..num_steps-1``.
 
     Args:
@@ -64,6 +66,8 @@ def train_batches(split: Split, batch_size: int, seed: int, start_step: int, num
         num_steps: total number of steps of the run.
         sharding: a ``NamedSharding`` for the batch axis, or ``None`` for the default device.
         prefetch_size: batches kept in flight on the devices.
+        augment: random crop (2 px zero padding) and horizontal flip, seeded by
+            ``(seed, epoch, step)`` (see :mod:`jaxsparse.data.augment`).
     """
     spe = steps_per_epoch(split, batch_size)
 
@@ -74,7 +78,10 @@ def train_batches(split: Split, batch_size: int, seed: int, start_step: int, num
             if epoch != perm_epoch:
                 perm, perm_epoch = epoch_permutation(len(split), seed, epoch), epoch
             idx = np.sort(perm[i * batch_size:(i + 1) * batch_size])
-            yield _to_global({"image": split.images[idx], "label": split.labels[idx]}, sharding)
+            images = split.images[idx]
+            if augment:
+                images = augment_batch(images, seed, epoch, step)
+            yield _to_global({"image": images, "label": split.labels[idx]}, sharding)
 
     return prefetch(gen(), prefetch_size)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from typing import Any
 
 import jax
@@ -54,11 +55,18 @@ def variant_config(config: ml_collections.ConfigDict, v: ml_collections.ConfigDi
                    dense_dir: str) -> ml_collections.ConfigDict:
     """The experiment config that fine-tunes variant ``v`` from the dense run."""
     c = ml_collections.ConfigDict(config.base.to_dict())
+    ft = config.finetune
     c.init_from = dense_dir
-    c.train.epochs = config.finetune_epochs
+    c.train.epochs = ft.epochs
     c.train.num_steps = 0
-    c.train.warmup_epochs = 0.0
+    c.train.lr = ft.lr
+    c.train.warmup_epochs = ft.warmup_epochs
     c.bench.enabled = False
+    c.distill.alpha = config.distill.alpha
+    c.distill.temperature = config.distill.temperature
+    c.distill.teacher = dense_dir if config.distill.alpha > 0 else ""
+    c.sparsity.end_step = -1
+    c.sparsity.end_fraction = ft.prune_fraction
     c.sparsity.method = v.method
     c.sparsity.pattern = v.pattern
     c.sparsity.sparsity = v.sparsity
@@ -95,6 +103,8 @@ def compiled_accuracy(sp: js.SparseModel, split: data_lib.Split, batch_size: int
 def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) the whole study; returns the report data."""
     os.makedirs(workdir, exist_ok=True)
+    t_start = time.perf_counter()
+    all_variants = variants_of(config)
     base = config.base
     base.bench.enabled = False
     dtype = train.compute_dtype(base)
@@ -111,7 +121,13 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
                            False)]
     fns, args, dirs = [jax.jit(lambda v, x: apply_fn(v, x))], [(dense_vars, example)], \
         [dense_dir]
-    for v in variants_of(config):
+    print(f"[study] dense: test accuracy {dense_res['accuracy']:.4f}.", flush=True)
+    for i, v in enumerate(all_variants):
+        elapsed = time.perf_counter() - t_start
+        eta = "" if i == 0 else f", about {elapsed / (i + 1) * (len(all_variants) - i) / 60:.0f} " \
+            f"min left"
+        print(f"[study] variant {i + 1}/{len(all_variants)}: {v.name} ({v.method} {v.pattern}); "
+              f"{elapsed / 60:.1f} min elapsed{eta}.", flush=True)
         vdir = os.path.join(workdir, v.name)
         res = run_or_load(variant_config(config, v, dense_dir), vdir)
         variables = train.load_final_variables(vdir, template, dp)
@@ -126,6 +142,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
             acc = compiled_accuracy(sp, test, bs, dtype)
             write_json(cached, {"compiled_accuracy": acc, "masked_accuracy": res["accuracy"],
                                 "compile_report": sp.report.as_dict()})
+        print(f"[study] {v.name}: compiled accuracy {acc:.4f} (masked {res['accuracy']:.4f}), "
+              f"FLOPs ratio {sp.report.flops_ratio:.3f}.", flush=True)
         ratio = sp.report.flops_ratio
         rows.append(report_lib.Row(v.name, v.pattern, v.method, res["sparsity"]["achieved"],
                                    ratio, acc, None, ratio >= report_lib.MASK_ONLY_RATIO))
@@ -139,24 +157,47 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
             for r, t in zip(rows, timings, strict=True)]
     env = {**environment(), "precision": base.precision, "batch_size": bs,
            "title": config.title, "model": base.model.to_dict(), "dataset": base.data.name,
-           "finetune_epochs": config.finetune_epochs,
+           "finetune": config.finetune.to_dict(), "distill": config.distill.to_dict(),
+           "note": config.note,
            "latency_ms_p50": {r.variant: t.latency_ms_p50 for r, t in zip(rows, timings,
                                                                            strict=True)}}
     rep = report_lib.build_report(rows, env)
     write_json(os.path.join(workdir, "report.json"), rep)
     table = report_lib.markdown(rep)
     with open(os.path.join(workdir, "report.md"), "w") as f:
-        f.write(f"# {config.title}\n\n{table}\n")
+        note = f"{config.note}\n\n" if config.note else ""
+        f.write(f"# {config.title}\n\n{note}{table}\n")
     image = plot.pareto_plot(rep, os.path.join(workdir, "pareto.png"))
     writer = Writer(workdir)
     writer.image("study/pareto", image)
     writer.text("study/report", table)
     writer.close()
-    for entry, d in zip(rep["rows"], dirs, strict=True):
+    specs = [None, *all_variants]
+    for entry, d, v in zip(rep["rows"], dirs, specs, strict=True):
         w = Writer(d)
-        w.scalars(0, {k: v for k, v in {
+        metrics = {k: val for k, val in {
             "study/compiled_accuracy": entry["accuracy"], "study/flops_ratio":
             entry["flops_ratio"], "study/images_per_sec": entry["images_per_sec"],
-            "study/speedup": entry["speedup"]}.items() if v is not None})
+            "study/speedup": entry["speedup"]}.items() if val is not None}
+        w.scalars(0, metrics)
+        w.hparams(study_hparams(config, v), {f"hparam/{k.split('/')[1]}": val
+                                             for k, val in metrics.items()})
         w.close()
     return rep
+
+
+def study_hparams(config: ml_collections.ConfigDict, v: ml_collections.ConfigDict | None,
+                  ) -> dict[str, Any]:
+    """The HParams of one study row: the variant as run (dense: no pruning, no distillation)."""
+    if v is None:
+        return {"variant": "dense", "method": "none", "pattern": "dense", "sparsity": 0.0,
+                "division": "closed", "finetune_epochs": 0.0, "finetune_lr": 0.0,
+                "prune_fraction": 0.0, "distill_alpha": 0.0, "distill_temperature": 0.0}
+    return {"variant": v.name, "method": v.method, "pattern": v.pattern,
+            "sparsity": float(v.sparsity), "division": "open",
+            "finetune_epochs": float(config.finetune.epochs),
+            "finetune_lr": float(config.finetune.lr),
+            "prune_fraction": float(config.finetune.prune_fraction) if v.method == "gradual"
+            else 0.0,
+            "distill_alpha": float(config.distill.alpha),
+            "distill_temperature": float(config.distill.temperature)}

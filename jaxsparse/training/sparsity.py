@@ -109,7 +109,8 @@ def setup(config: ml_collections.ConfigDict, params: Any, tx: optax.GradientTran
     if config.method == "one_shot":
         schedule = schedules.one_shot(config.begin_step, target)
     else:
-        end = config.end_step if config.end_step >= 0 else int(0.75 * num_steps)
+        end = config.end_step if config.end_step >= 0 else \
+            int(round(config.end_fraction * num_steps))
         schedule = schedules.gradual(0.0, target or 0.0, config.begin_step, end,
                                      config.frequency)
     wrapped = masked_pruning(tx, pattern, schedule, distribution=config.distribution,

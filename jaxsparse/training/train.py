@@ -155,15 +155,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = state._replace(params=init["params"], batch_stats=init["batch_stats"])
         print(f"Initialised from {config.init_from}.", flush=True)
     start = start or 0
+    teacher = None
+    if config.distill.alpha > 0:
+        if not config.distill.teacher:
+            raise ValueError(f"distill.alpha={config.distill.alpha} needs distill.teacher: the "
+                             f"workdir of a finished run of the same model.")
+        teacher = load_final_variables(config.distill.teacher, {
+            "params": state.params, "batch_stats": state.batch_stats}, dp)
+        print(f"Distilling from {config.distill.teacher} (alpha {config.distill.alpha}, "
+              f"T {config.distill.temperature}).", flush=True)
 
     writer = Writer(workdir)
     writer.text("config", "```\n" + config.to_yaml() + "\n```")
     train_step = jax.jit(
         steps.make_train_step(apply_fn, pruning.tx, config.data.num_classes,
                               label_smoothing=config.train.label_smoothing, compute_dtype=dtype,
-                              forward_params=pruning.forward_params),
-        in_shardings=(dp.replicated, dp.batch), out_shardings=(dp.replicated, dp.replicated),
-        donate_argnums=0)
+                              forward_params=pruning.forward_params,
+                              distill_alpha=config.distill.alpha,
+                              distill_temperature=config.distill.temperature),
+        in_shardings=(dp.replicated, dp.batch, dp.replicated),
+        out_shardings=(dp.replicated, dp.replicated), donate_argnums=0)
     eval_step = jax.jit(steps.make_eval_step(apply_fn, config.data.num_classes, dtype))
 
     def eval_variables(st):
@@ -174,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt.save(int(st.step), {"state": st._asdict(), "data_seed": config.seed}, force=force)
 
     batches = data_lib.train_batches(train_split, config.train.batch_size, config.seed, start,
-                                     num_steps, dp.batch)
+                                     num_steps, dp.batch, augment=config.data.augment)
     window, t_window, train_ips = [], time.perf_counter(), 0.0
     eval_metrics: dict[str, float] = {}
     bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
@@ -182,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     t_train = time.perf_counter()
     try:
         for step, batch in zip(range(start, num_steps), batches, strict=True):
-            state, metrics = train_step(state, batch)
+            state, metrics = train_step(state, batch, teacher)
             window.append(metrics)
             done = step + 1
             if done % config.train.log_every_steps == 0 or done == num_steps:

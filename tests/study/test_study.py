@@ -36,6 +36,17 @@ def test_smoke_study_end_to_end_and_resume(tmp_path, capsys):
     table = (tmp_path / "report.md").read_text()
     assert "| dense |" in table and "| channel50 |" in table
     assert (tmp_path / "pareto.png").stat().st_size > 1000
+    # The gradual variant (distilled from dense) reaches its sparsity exactly at its end step,
+    # half-way through its 16-step fine-tune, and keeps it.
+    block = _scalars(tmp_path / "block75", "sparsity/global")
+    results = json.loads((tmp_path / "block75" / "results.json").read_text())
+    target = results["sparsity"]["achieved"]
+    assert target == pytest.approx(0.75, abs=0.02)
+    assert block[8] < target - 0.01, block  # After steps 0..7.
+    assert all(block[s] == pytest.approx(target, abs=1e-6) for s in range(9, 17)), block
+    out = capsys.readouterr().out
+    assert "variant 2/2: block75 (gradual block:8x8)" in out and "min elapsed" in out
+    assert "block75: compiled accuracy" in out
     # Resume: nothing is trained or evaluated again.
     capsys.readouterr()
     run_study(config, str(tmp_path))
@@ -58,6 +69,14 @@ def test_killed_variant_is_resumed_and_finished_ones_reused(tmp_path, capsys):
     assert "channel50: training" in out and "Resumed from checkpoint" in out
 
 
+def _scalars(logdir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars(tag)}
+
+
 def _row(name, acc, ips, mask_only=False):
     return report_lib.Row(name, "p", "m", 0.5, 0.5 if not mask_only else 1.0, acc, ips,
                           mask_only)
@@ -77,7 +96,26 @@ def test_report_refuses_speedup_without_compiled_accuracy():
     table = report_lib.markdown(rep)
     assert "n/a (compiled accuracy not measured)" in table and "3.00x" not in table
     assert "b (mask only)" in table and "none (mask only)" in table
-    assert "| c | p |" in table and "2.00x" in table
+    assert "| c | open | p |" in table and "2.00x" in table
+    assert "| dense | closed |" in table
+
+
+def test_report_labels_division_and_the_99_percent_bar():
+    rep = report_lib.build_report([_row("dense", 0.90, 100.0), _row("slow_ok", 0.895, 150.0),
+                                   _row("fast_ok", 0.8911, 300.0), _row("fast_bad", 0.85, 400.0),
+                                   _row("masked", 0.9, 100.0, mask_only=True)], ENV)
+    by = {r["variant"]: r for r in rep["rows"]}
+    assert by["dense"]["division"] == "closed" and by["dense"]["meets_99"]
+    assert all(by[n]["division"] == "open" for n in ("slow_ok", "fast_ok", "fast_bad"))
+    assert by["fast_ok"]["meets_99"] and not by["fast_bad"]["meets_99"]
+    assert rep["summary"].startswith("Fastest sparse model within 99% of the dense accuracy: "
+                                     "fast_ok (p, m), 3.00x")
+    assert "sparse model" in rep["summary"] and "Open-division" in rep["summary"]
+    table = report_lib.markdown(rep)
+    assert table.splitlines()[-1] == rep["summary"]
+    assert "| fast_bad | open | p | 0.500 | 0.500 | 0.8500 | -5.00 pt | no |" in table
+    none = report_lib.build_report([_row("dense", 0.9, 100.0), _row("bad", 0.5, 900.0)], ENV)
+    assert none["summary"].startswith("No sparse model both kept 99%")
 
 
 def test_report_needs_dense_first():
