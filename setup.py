@@ -45,7 +45,7 @@ setup(
     ext_modules=[Extension(
         "jaxsparse.kernels._cpu_kernels",
         sources=[os.path.join(CSRC, f) for f in ("block_conv.cc", "ell_conv.cc")],
-        depends=[os.path.join(CSRC, "conv.h")],
+        depends=[os.path.join(CSRC, f) for f in ("conv.h", "block_tile.inc")],
         language="c++",
         extra_compile_args=["-std=c++17", "-O3", "-Wno-attributes"],
         optional=True,

@@ -24,6 +24,12 @@ import jax
 import numpy as np
 from jax import lax
 
+from jaxsparse.compiler import lowering
+from jaxsparse.compiler.packed import BlockWeight, DenseWeight, Layout
+from jaxsparse.primitives.block_sparse_dot import pack_block_ell
+from jaxsparse.pruning.masks import compute_mask
+from jaxsparse.pruning.patterns import parse_pattern
+
 TABLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cost_tables")
 MAX_RATIO = 0.9  # Go sparse only where the kernel is predicted >= ~1.1x faster than dense.
 
@@ -114,12 +120,6 @@ def calibrate(kernels: tuple[str, ...], densities: tuple[float, ...], batch: int
     dense conv against the kernel (:func:`measure_pair`). The table holds, per kernel and
     shape class, the median ratio over the shapes at each density, plus every measurement.
     """
-    from jaxsparse.compiler import lowering  # Local: lowering imports the primitives.
-    from jaxsparse.compiler.packed import BlockWeight, DenseWeight, Layout
-    from jaxsparse.primitives.block_sparse_dot import pack_block_ell
-    from jaxsparse.pruning.masks import compute_mask
-    from jaxsparse.pruning.patterns import parse_pattern
-
     rng = np.random.default_rng(0)
     raw: list[dict] = []
     for h, w, cin, cout, k, s in shapes:

@@ -122,10 +122,12 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     fns, args, dirs = [jax.jit(lambda v, x: apply_fn(v, x))], [(dense_vars, example)], \
         [dense_dir]
     print(f"[study] dense: test accuracy {dense_res['accuracy']:.4f}.", flush=True)
+    t_variants = time.perf_counter()
     for i, v in enumerate(all_variants):
         elapsed = time.perf_counter() - t_start
-        eta = "" if i == 0 else f", about {elapsed / (i + 1) * (len(all_variants) - i) / 60:.0f} " \
-            f"min left"
+        per_variant = (time.perf_counter() - t_variants) / max(i, 1)
+        eta = "" if i == 0 else \
+            f", about {per_variant * (len(all_variants) - i) / 60:.0f} min of variants left"
         print(f"[study] variant {i + 1}/{len(all_variants)}: {v.name} ({v.method} {v.pattern}); "
               f"{elapsed / 60:.1f} min elapsed{eta}.", flush=True)
         vdir = os.path.join(workdir, v.name)

@@ -246,8 +246,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         results["images_per_sec"] = bench["images_per_sec"]
     for tag, text in pruning.texts(state.params, state.opt_state).items():
         writer.text(tag, text, num_steps)
-    writer.hparams(config.to_dict(), {"hparam/accuracy": eval_metrics["accuracy"],
-                                      "hparam/images_per_sec": results.get("images_per_sec", 0.0)})
+    metrics = {"hparam/accuracy": eval_metrics["accuracy"]}
+    if "images_per_sec" in results:  # Only a measured throughput (never a 0.0 placeholder).
+        metrics["hparam/images_per_sec"] = results["images_per_sec"]
+    writer.hparams(config.to_dict(), metrics)
     writer.close()
     ckpt.close()
     save_final_variables(workdir, final_vars)

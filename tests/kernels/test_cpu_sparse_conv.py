@@ -25,7 +25,7 @@ from jaxsparse.primitives.block_sparse_dot import (
     block_sparse_dot_reference,
     pack_block_ell,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 
 def make_case(seed, b, h, w, cin, cout, k, bh, bw, density):
@@ -185,3 +185,36 @@ def test_build_from_source(tmp_path):
     handle = ctypes.cdll.LoadLibrary(str(lib))
     for symbol in cpu_library.TARGETS.values():
         assert getattr(handle, symbol)
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+def test_every_instruction_set_path(isa):
+    """JAXSPARSE_CPU_ISA caps the kernels' instruction set: the scalar and AVX2 code paths
+    (not only the best one of this CPU) equal the masked dense conv too."""
+    code = (
+        "from tests.kernels.test_cpu_sparse_conv import CONV_CASES, make_case, run_cpu, "
+        "dense_conv, assert_close\n"
+        "from jaxsparse.kernels.window import ConvWindow\n"
+        "for b, h, w, cin, cout, k, s, pad, d, bh, bw, dens in CONV_CASES:\n"
+        "    x, kernel, values, rows = make_case(0, b, h, w, cin, cout, k, bh, bw, dens)\n"
+        "    win = ConvWindow((k, k), (s, s), ((pad, pad), (pad, pad)), (d, d))\n"
+        "    assert_close(run_cpu(x, values, rows, win), dense_conv(x, kernel, win))\n"
+        "print('ok', len(CONV_CASES))\n")
+    proc = run_cli(["-c", code], env={"JAXSPARSE_CPU_ISA": isa})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"ok {len(CONV_CASES)}" in proc.stdout
+
+
+@pytest.mark.parametrize("bh,bw", [(16, 16), (1, 1)])
+def test_padding_anywhere_and_out_of_range_rows_are_skipped(bh, bw):
+    """Indices are data the kernel cannot trust: -1 in the middle of a column and rows past K
+    contribute nothing (as in the reference), and nothing is read out of bounds."""
+    x, _, values, rows = make_case(4, 2, 7, 7, 32, 32, 3, bh, bw, 0.5)
+    rows = np.array(rows)
+    k_blocks = 9 * 32 // bh
+    rows[:, 1] = -1
+    rows[:, 2] = k_blocks + 7
+    rows[0, 0] = np.iinfo(np.int32).max
+    window = ConvWindow((3, 3), padding=((1, 1), (1, 1)))
+    want = block_sparse_dot_reference(x, values, rows, window)
+    assert_close(run_cpu(x, values, rows, window), want)

@@ -28,6 +28,7 @@ struct BlockWeight {
   const float* values;  // (cb, maxk, bh, bw)
   const int32_t* rows;  // (cb, maxk)
   int64_t cb, maxk, bh, bw;
+  int64_t kblocks;  // Row blocks of the GEMM view: valid rows are [0, kblocks).
 };
 
 // Input row pointers of MR pixels for the kept block `r` (bh channels of one tap).
@@ -39,85 +40,52 @@ inline void BlockRows(const Conv& g, const Pixel* px, int64_t r, int64_t bh,
   for (int p = 0; p < MR; ++p) out[p] = TapRow(g, px[p], i, j, c0, zeros);
 }
 
-template <int MR, int NV>
-void TileScalar(const Conv& g, const BlockWeight& w, const Pixel* px, int64_t npx,
-                int64_t col, int64_t off, const float* zeros, float* y, int64_t p0) {
-  constexpr int NR = 8 * NV;
-  float acc[MR][NR] = {};
-  const float* xr[MR];
-  for (int64_t m = 0; m < w.maxk; ++m) {
-    const int64_t r = w.rows[col * w.maxk + m];
-    if (r < 0) continue;
-    BlockRows<MR>(g, px, r, w.bh, zeros, xr);
-    const float* wb = w.values + (col * w.maxk + m) * w.bh * w.bw + off;
-    for (int64_t kk = 0; kk < w.bh; ++kk) {
-      const float* wr = wb + kk * w.bw;
-      for (int p = 0; p < MR; ++p) {
-        const float a = xr[p][kk];
-        for (int v = 0; v < NR; ++v) acc[p][v] += a * wr[v];
-      }
-    }
-  }
-  for (int64_t p = 0; p < npx; ++p)
-    std::memcpy(y + (p0 + p) * g.N + col * w.bw + off, acc[p], sizeof(float) * NR);
-}
+// The micro-kernel (block_tile.inc) for each instruction set.
+namespace scalar {
+struct Vec {
+  using T = float;
+  static constexpr int kLanes = 1;
+  static T Zero() { return 0.0f; }
+  static T Load(const float* p) { return *p; }
+  static T Set1(float x) { return x; }
+  static T Fma(T a, T b, T c) { return a * b + c; }
+  static void Store(float* p, T v) { *p = v; }
+};
+#include "block_tile.inc"
+}  // namespace scalar
 
 #if defined(__x86_64__)
-template <int MR, int NV>
-__attribute__((target("avx2,fma"))) void TileAvx2(const Conv& g, const BlockWeight& w,
-                                                  const Pixel* px, int64_t npx, int64_t col,
-                                                  int64_t off, const float* zeros, float* y,
-                                                  int64_t p0) {
-  __m256 acc[MR][NV];
-  for (int p = 0; p < MR; ++p)
-    for (int v = 0; v < NV; ++v) acc[p][v] = _mm256_setzero_ps();
-  const float* xr[MR];
-  for (int64_t m = 0; m < w.maxk; ++m) {
-    const int64_t r = w.rows[col * w.maxk + m];
-    if (r < 0) continue;
-    BlockRows<MR>(g, px, r, w.bh, zeros, xr);
-    const float* wb = w.values + (col * w.maxk + m) * w.bh * w.bw + off;
-    for (int64_t kk = 0; kk < w.bh; ++kk) {
-      __m256 wv[NV];
-      for (int v = 0; v < NV; ++v) wv[v] = _mm256_loadu_ps(wb + kk * w.bw + 8 * v);
-      for (int p = 0; p < MR; ++p) {
-        const __m256 a = _mm256_broadcast_ss(xr[p] + kk);
-        for (int v = 0; v < NV; ++v) acc[p][v] = _mm256_fmadd_ps(a, wv[v], acc[p][v]);
-      }
-    }
-  }
-  for (int64_t p = 0; p < npx; ++p)
-    for (int v = 0; v < NV; ++v)
-      _mm256_storeu_ps(y + (p0 + p) * g.N + col * w.bw + off + 8 * v, acc[p][v]);
-}
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+struct Vec {
+  using T = __m256;
+  static constexpr int kLanes = 8;
+  static T Zero() { return _mm256_setzero_ps(); }
+  static T Load(const float* p) { return _mm256_loadu_ps(p); }
+  static T Set1(float x) { return _mm256_set1_ps(x); }
+  static T Fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static void Store(float* p, T v) { _mm256_storeu_ps(p, v); }
+};
+#include "block_tile.inc"
+}  // namespace avx2
+#pragma GCC pop_options
 
-template <int MR, int NV>
-__attribute__((target("avx512f"))) void TileAvx512(const Conv& g, const BlockWeight& w,
-                                                   const Pixel* px, int64_t npx, int64_t col,
-                                                   int64_t off, const float* zeros, float* y,
-                                                   int64_t p0) {
-  __m512 acc[MR][NV];
-  for (int p = 0; p < MR; ++p)
-    for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_setzero_ps();
-  const float* xr[MR];
-  for (int64_t m = 0; m < w.maxk; ++m) {
-    const int64_t r = w.rows[col * w.maxk + m];
-    if (r < 0) continue;
-    BlockRows<MR>(g, px, r, w.bh, zeros, xr);
-    const float* wb = w.values + (col * w.maxk + m) * w.bh * w.bw + off;
-    for (int64_t kk = 0; kk < w.bh; ++kk) {
-      __m512 wv[NV];
-      for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(wb + kk * w.bw + 16 * v);
-      for (int p = 0; p < MR; ++p) {
-        const __m512 a = _mm512_set1_ps(xr[p][kk]);
-        for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_fmadd_ps(a, wv[v], acc[p][v]);
-      }
-    }
-  }
-  for (int64_t p = 0; p < npx; ++p)
-    for (int v = 0; v < NV; ++v)
-      _mm512_storeu_ps(y + (p0 + p) * g.N + col * w.bw + off + 16 * v, acc[p][v]);
-}
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+namespace avx512 {
+struct Vec {
+  using T = __m512;
+  static constexpr int kLanes = 16;
+  static T Zero() { return _mm512_setzero_ps(); }
+  static T Load(const float* p) { return _mm512_loadu_ps(p); }
+  static T Set1(float x) { return _mm512_set1_ps(x); }
+  static T Fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static void Store(float* p, T v) { _mm512_storeu_ps(p, v); }
+};
+#include "block_tile.inc"
+}  // namespace avx512
+#pragma GCC pop_options
 #endif
 
 // Column slices of `width` channels run by one micro-kernel call, and the call itself.
@@ -133,16 +101,16 @@ struct Plan {
 Plan ChoosePlan(int64_t bw) {
 #if defined(__x86_64__)
   if (HasAvx512()) {
-    if (bw % 32 == 0) return {TileAvx512<12, 2>, 12, 32};
-    if (bw % 16 == 0) return {TileAvx512<14, 1>, 14, 16};
+    if (bw % 32 == 0) return {avx512::Tile<12, 2>, 12, 32};
+    if (bw % 16 == 0) return {avx512::Tile<14, 1>, 14, 16};
   }
   if (HasAvx2Fma()) {
-    if (bw % 16 == 0) return {TileAvx2<6, 2>, 6, 16};
-    return {TileAvx2<12, 1>, 12, 8};
+    if (bw % 16 == 0) return {avx2::Tile<6, 2>, 6, 16};
+    return {avx2::Tile<12, 1>, 12, 8};
   }
 #endif
-  if (bw % 16 == 0) return {TileScalar<6, 2>, 6, 16};
-  return {TileScalar<12, 1>, 12, 8};
+  if (bw % 16 == 0) return {scalar::Tile<6, 16>, 6, 16};
+  return {scalar::Tile<12, 8>, 12, 8};
 }
 
 constexpr int kMaxMR = 14;
@@ -182,18 +150,17 @@ void Run(ffi::ThreadPool& pool, const Conv& g, const BlockWeight& w, const float
 
 ffi::Error BlockSparseConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                            ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> rows,
-                           ffi::ResultBuffer<ffi::F32> y, int64_t kh, int64_t kw, int64_t sh,
-                           int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
+                           ffi::ResultBuffer<ffi::F32> y, ConvWindowAttrs window) {
   Conv g;
-  const std::string bad = MakeConv(x.dimensions(), y->dimensions(), kh, kw, sh, sw, ph, pw,
-                                   dh, dw, &g);
+  const std::string bad = MakeConv(x.dimensions(), y->dimensions(), window, &g);
   if (!bad.empty()) return ffi::Error::InvalidArgument("jaxsparse_block_sparse_conv: " + bad);
   const auto vd = values.dimensions();
   if (vd.size() != 4 || rows.dimensions().size() != 2)
     return ffi::Error::InvalidArgument("jaxsparse_block_sparse_conv: values must be "
                                        "(cb, maxk, bh, bw) and rows (cb, maxk)");
-  const BlockWeight w{values.typed_data(), rows.typed_data(), vd[0], vd[1], vd[2], vd[3]};
-  if (w.bw % 8 || g.C % w.bh || w.cb * w.bw != g.N)
+  const BlockWeight w{values.typed_data(), rows.typed_data(), vd[0], vd[1], vd[2], vd[3],
+                      vd[2] > 0 ? g.K() / vd[2] : 0};
+  if (w.bh < 1 || w.bw < 8 || w.bw % 8 || g.C % w.bh || w.cb * w.bw != g.N)
     return ffi::Error::InvalidArgument(
         "jaxsparse_block_sparse_conv: needs bw % 8 == 0, C % bh == 0 and cb * bw == N; got "
         "bh=" + std::to_string(w.bh) + " bw=" + std::to_string(w.bw) + " C=" +
@@ -206,17 +173,4 @@ ffi::Error BlockSparseConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 }  // namespace jaxsparse
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseBlockSparseConvF32, jaxsparse::BlockSparseConv,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()
-                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
-                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()
-                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()
-                                  .Attr<int64_t>("kh")
-                                  .Attr<int64_t>("kw")
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw")
-                                  .Attr<int64_t>("ph")
-                                  .Attr<int64_t>("pw")
-                                  .Attr<int64_t>("dh")
-                                  .Attr<int64_t>("dw"));
+                              jaxsparse::SparseConvBinding());

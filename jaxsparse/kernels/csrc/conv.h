@@ -11,6 +11,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -29,16 +30,42 @@ struct Conv {
   int64_t K() const { return kh * kw * C; }
 };
 
-// Builds and checks the geometry from the FFI buffers and attributes; an empty string is OK.
+// The convolution window every sparse conv handler takes as attributes.
+struct ConvWindowAttrs {
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+};
+
+}  // namespace jaxsparse
+
+XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(jaxsparse::ConvWindowAttrs,
+                                      StructMember<int64_t>("kh"), StructMember<int64_t>("kw"),
+                                      StructMember<int64_t>("sh"), StructMember<int64_t>("sw"),
+                                      StructMember<int64_t>("ph"), StructMember<int64_t>("pw"),
+                                      StructMember<int64_t>("dh"), StructMember<int64_t>("dw"));
+
+namespace jaxsparse {
+
+// The FFI signature shared by the sparse conv handlers: (thread pool; x NHWC f32, values f32,
+// rows s32) -> y NHWC f32, with the window as attributes.
+inline auto SparseConvBinding() {
+  return xla::ffi::Ffi::Bind()
+      .Ctx<xla::ffi::ThreadPool>()
+      .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
+      .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
+      .Arg<xla::ffi::Buffer<xla::ffi::S32>>()
+      .Ret<xla::ffi::Buffer<xla::ffi::F32>>()
+      .Attrs<ConvWindowAttrs>();
+}
+
+// Builds and checks the geometry from the buffers and the window; "" when it is valid.
 inline std::string MakeConv(const xla::ffi::Span<const int64_t>& xd,
-                            const xla::ffi::Span<const int64_t>& yd, int64_t kh, int64_t kw,
-                            int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
-                            int64_t dw, Conv* g) {
+                            const xla::ffi::Span<const int64_t>& yd, const ConvWindowAttrs& a,
+                            Conv* g) {
   if (xd.size() != 4 || yd.size() != 4) return "x and y must be rank 4 (NHWC)";
   *g = Conv{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3],
-            kh, kw, sh, sw, ph, pw, dh, dw};
+            a.kh, a.kw, a.sh, a.sw, a.ph, a.pw, a.dh, a.dw};
   if (yd[0] != xd[0]) return "batch of x and y differ";
-  if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1)
+  if (a.kh < 1 || a.kw < 1 || a.sh < 1 || a.sw < 1 || a.dh < 1 || a.dw < 1)
     return "kernel size, strides and dilation must be >= 1";
   return "";
 }
@@ -63,23 +90,28 @@ inline const float* TapRow(const Conv& g, const Pixel& px, int64_t i, int64_t j,
   return px.image + (ih * g.W + iw) * g.C + c0;
 }
 
-inline bool HasAvx2Fma() {
+// Instruction sets the kernels have code for, best last.
+enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// The best instruction set this CPU supports (CPUID), capped by the environment variable
+// JAXSPARSE_CPU_ISA ("scalar", "avx2" or "avx512") so tests can run every code path.
+inline Isa BestIsa() {
+  static const Isa isa = [] {
+    Isa best = Isa::kScalar;
 #if defined(__x86_64__) || defined(__i386__)
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
+    if (best == Isa::kAvx2 && __builtin_cpu_supports("avx512f")) best = Isa::kAvx512;
 #endif
+    const char* cap = std::getenv("JAXSPARSE_CPU_ISA");
+    const std::string c = cap == nullptr ? "" : cap;
+    const Isa limit = c == "scalar" ? Isa::kScalar : c == "avx2" ? Isa::kAvx2 : Isa::kAvx512;
+    return std::min(best, limit);
+  }();
+  return isa;
 }
 
-inline bool HasAvx512() {
-#if defined(__x86_64__) || defined(__i386__)
-  static const bool ok = __builtin_cpu_supports("avx512f");
-  return ok;
-#else
-  return false;
-#endif
-}
+inline bool HasAvx2Fma() { return BestIsa() >= Isa::kAvx2; }
+inline bool HasAvx512() { return BestIsa() >= Isa::kAvx512; }
 
 // Runs fn(i) for i in [0, n) on the caller and the thread pool's workers (dynamic
 // scheduling). Workers hold only shared state, so one that starts late finds no work and exits.

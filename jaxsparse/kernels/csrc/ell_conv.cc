@@ -47,7 +47,23 @@ struct EllWeight {
   const float* values;  // (N, maxk)
   const int32_t* rows;  // (N, maxk)
   int64_t maxk;
+  int64_t K;            // Valid rows are [0, K); others (padding -1) are skipped.
+  const int64_t* lead;  // (N,) count of leading valid entries of each channel (fast path).
 };
+
+// Entries [0, lead) of a channel are all valid (packing puts padding last), so the unrolled
+// loops need no checks there; entries after them are checked one by one.
+std::vector<int64_t> LeadingValid(const int32_t* rows, int64_t n, int64_t maxk, int64_t k) {
+  std::vector<int64_t> lead(n, 0);
+  for (int64_t c = 0; c < n; ++c) {
+    int64_t m = 0;
+    while (m < maxk && rows[c * maxk + m] >= 0 && rows[c * maxk + m] < k) ++m;
+    lead[c] = m;
+  }
+  return lead;
+}
+
+inline bool Valid(const EllWeight& w, int32_t r) { return r >= 0 && r < w.K; }
 
 // panel[k * TP + p] = x at GEMM row k for pixel p of the tile (zero in padding / past P).
 void BuildPanelScalar(const Conv& g, const Pixel* px, const float* zeros, float* panel) {
@@ -65,8 +81,8 @@ void ChannelsScalar(const Conv& g, const EllWeight& w, const float* panel, float
   for (int64_t n = 0; n < g.N; ++n) {
     float acc[TP] = {};
     for (int64_t m = 0; m < w.maxk; ++m) {
-      const int64_t r = w.rows[n * w.maxk + m];
-      if (r < 0) continue;
+      const int32_t r = w.rows[n * w.maxk + m];
+      if (!Valid(w, r)) continue;
       const float v = w.values[n * w.maxk + m];
       for (int64_t p = 0; p < TP; ++p) acc[p] += v * panel[r * TP + p];
     }
@@ -137,7 +153,7 @@ __attribute__((target("avx2,fma"))) void ChannelsAvx2(const Conv& g, const EllWe
     __m256 a[4], b[4];
     for (int v = 0; v < 4; ++v) a[v] = b[v] = _mm256_setzero_ps();
     int64_t m = 0;
-    for (; m + 1 < w.maxk && rows[m + 1] >= 0; m += 2) {
+    for (; m + 1 < w.lead[n]; m += 2) {
       const float* pa = panel + rows[m] * TP;
       const float* pb = panel + rows[m + 1] * TP;
       const __m256 va = _mm256_broadcast_ss(vals + m), vb = _mm256_broadcast_ss(vals + m + 1);
@@ -147,7 +163,7 @@ __attribute__((target("avx2,fma"))) void ChannelsAvx2(const Conv& g, const EllWe
       }
     }
     for (; m < w.maxk; ++m) {
-      if (rows[m] < 0) continue;
+      if (!Valid(w, rows[m])) continue;
       const float* pa = panel + rows[m] * TP;
       const __m256 va = _mm256_broadcast_ss(vals + m);
       for (int v = 0; v < 4; ++v) a[v] = _mm256_fmadd_ps(va, _mm256_loadu_ps(pa + 8 * v), a[v]);
@@ -166,7 +182,7 @@ __attribute__((target("avx512f"))) void ChannelsAvx512(const Conv& g, const EllW
     __m512 acc[4][2];
     for (auto& a : acc) a[0] = a[1] = _mm512_setzero_ps();
     int64_t m = 0;
-    for (; m + 3 < w.maxk && rows[m + 3] >= 0; m += 4) {
+    for (; m + 3 < w.lead[n]; m += 4) {
       for (int u = 0; u < 4; ++u) {
         const float* pr = panel + rows[m + u] * TP;
         const __m512 v = _mm512_set1_ps(vals[m + u]);
@@ -175,7 +191,7 @@ __attribute__((target("avx512f"))) void ChannelsAvx512(const Conv& g, const EllW
       }
     }
     for (; m < w.maxk; ++m) {
-      if (rows[m] < 0) continue;
+      if (!Valid(w, rows[m])) continue;
       const float* pr = panel + rows[m] * TP;
       const __m512 v = _mm512_set1_ps(vals[m]);
       acc[0][0] = _mm512_fmadd_ps(v, _mm512_load_ps(pr), acc[0][0]);
@@ -234,17 +250,16 @@ void Run(ffi::ThreadPool& pool, const Conv& g, const EllWeight& w, const float* 
 
 ffi::Error EllSparseConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                          ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> rows,
-                         ffi::ResultBuffer<ffi::F32> y, int64_t kh, int64_t kw, int64_t sh,
-                         int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
+                         ffi::ResultBuffer<ffi::F32> y, ConvWindowAttrs window) {
   Conv g;
-  const std::string bad = MakeConv(x.dimensions(), y->dimensions(), kh, kw, sh, sw, ph, pw,
-                                   dh, dw, &g);
+  const std::string bad = MakeConv(x.dimensions(), y->dimensions(), window, &g);
   if (!bad.empty()) return ffi::Error::InvalidArgument("jaxsparse_ell_sparse_conv: " + bad);
   const auto vd = values.dimensions();
   if (vd.size() != 4 || vd[2] != 1 || vd[3] != 1 || vd[0] != g.N)
     return ffi::Error::InvalidArgument(
         "jaxsparse_ell_sparse_conv: values must be (N, maxk, 1, 1) with N output channels");
-  const EllWeight w{values.typed_data(), rows.typed_data(), vd[1]};
+  const std::vector<int64_t> lead = LeadingValid(rows.typed_data(), g.N, vd[1], g.K());
+  const EllWeight w{values.typed_data(), rows.typed_data(), vd[1], g.K(), lead.data()};
   Run(pool, g, w, x.typed_data(), y->typed_data());
   return ffi::Error::Success();
 }
@@ -253,17 +268,4 @@ ffi::Error EllSparseConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 }  // namespace jaxsparse
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseEllSparseConvF32, jaxsparse::EllSparseConv,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()
-                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
-                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
-                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()
-                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()
-                                  .Attr<int64_t>("kh")
-                                  .Attr<int64_t>("kw")
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw")
-                                  .Attr<int64_t>("ph")
-                                  .Attr<int64_t>("pw")
-                                  .Attr<int64_t>("dh")
-                                  .Attr<int64_t>("dw"));
+                              jaxsparse::SparseConvBinding());
