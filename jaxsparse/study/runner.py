@@ -32,6 +32,8 @@ from jaxsparse.training.bench import benchmark
 from jaxsparse.training.sharding import data_parallel
 from jaxsparse.training.summary import Writer, environment, write_json
 
+HPARAMS_DIR = "hparams"  # <workdir>/hparams/<variant>: the study's HParams runs.
+
 
 def variants_of(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
     """The configured variants plus the sweep grid, each with a unique name.
@@ -176,12 +178,16 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     writer.close()
     specs = [None, *all_variants]
     for entry, d, v in zip(rep["rows"], dirs, specs, strict=True):
-        w = Writer(d)
         metrics = {k: val for k, val in {
             "study/compiled_accuracy": entry["accuracy"], "study/flops_ratio":
             entry["flops_ratio"], "study/images_per_sec": entry["images_per_sec"],
             "study/speedup": entry["speedup"]}.items() if val is not None}
+        w = Writer(d)
         w.scalars(0, metrics)
+        w.close()
+        # One HParams run per study row, apart from the training run (which records its own
+        # experiment config), so TensorBoard's HParams view compares exactly the study's rows.
+        w = Writer(os.path.join(workdir, HPARAMS_DIR, entry["variant"]))
         w.hparams(study_hparams(config, v), {f"hparam/{k.split('/')[1]}": val
                                              for k, val in metrics.items()})
         w.close()

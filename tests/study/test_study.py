@@ -36,6 +36,10 @@ def test_smoke_study_end_to_end_and_resume(tmp_path, capsys):
     table = (tmp_path / "report.md").read_text()
     assert "| dense |" in table and "| channel50 |" in table
     assert (tmp_path / "pareto.png").stat().st_size > 1000
+    for name in names:  # One HParams run per study row.
+        hp = _scalars(tmp_path / "hparams" / name, "hparam/compiled_accuracy")
+        assert hp[0] == pytest.approx(next(r["accuracy"] for r in rep["rows"]
+                                           if r["variant"] == name))
     # The gradual variant (distilled from dense) reaches its sparsity exactly at its end step,
     # half-way through its 16-step fine-tune, and keeps it.
     block = _scalars(tmp_path / "block75", "sparsity/global")
