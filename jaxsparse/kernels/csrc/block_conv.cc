@@ -126,8 +126,7 @@ void RunItem(const Conv& g, const BlockWeight& w, const Plan& plan, const float*
     if (p0 >= P) break;
     const int64_t npx = std::min<int64_t>(plan.mr, P - p0);
     Pixel px[kMaxMR];
-    for (int64_t p = 0; p < plan.mr; ++p)
-      px[p] = p < npx ? PixelAt(g, x, p0 + p) : Pixel{zeros, -(1 << 30), -(1 << 30)};
+    TilePixels(g, x, p0, plan.mr, npx, zeros, px);
     for (int64_t col = col0; col < col1; ++col)
       for (int64_t off = 0; off < w.bw; off += plan.width)
         plan.tile(g, w, px, npx, col, off, zeros, y, p0);
@@ -155,9 +154,9 @@ ffi::Error BlockSparseConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const std::string bad = MakeConv(x.dimensions(), y->dimensions(), window, &g);
   if (!bad.empty()) return ffi::Error::InvalidArgument("jaxsparse_block_sparse_conv: " + bad);
   const auto vd = values.dimensions();
-  if (vd.size() != 4 || rows.dimensions().size() != 2)
-    return ffi::Error::InvalidArgument("jaxsparse_block_sparse_conv: values must be "
-                                       "(cb, maxk, bh, bw) and rows (cb, maxk)");
+  const std::string bad_weight = CheckWeight(vd, rows.dimensions());
+  if (!bad_weight.empty())
+    return ffi::Error::InvalidArgument("jaxsparse_block_sparse_conv: " + bad_weight);
   const BlockWeight w{values.typed_data(), rows.typed_data(), vd[0], vd[1], vd[2], vd[3],
                       vd[2] > 0 ? g.K() / vd[2] : 0};
   if (w.bh < 1 || w.bw < 8 || w.bw % 8 || g.C % w.bh || w.cb * w.bw != g.N)

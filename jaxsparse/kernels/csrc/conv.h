@@ -82,6 +82,22 @@ inline Pixel PixelAt(const Conv& g, const float* x, int64_t p) {
   return Pixel{x + b * g.H * g.W * g.C, (r / g.OW) * g.sh - g.ph, (r % g.OW) * g.sw - g.pw};
 }
 
+// The pixels p0 .. p0+n-1 of a tile; those at or past `valid` (beyond the last output pixel)
+// read only `zeros` and are computed but never stored.
+inline void TilePixels(const Conv& g, const float* x, int64_t p0, int64_t n, int64_t valid,
+                       const float* zeros, Pixel* px) {
+  for (int64_t p = 0; p < n; ++p)
+    px[p] = p < valid ? PixelAt(g, x, p0 + p) : Pixel{zeros, -(1 << 30), -(1 << 30)};
+}
+
+// Checks a blocked-ELL weight's buffers: values (cb, maxk, bh, bw), rows (cb, maxk); "" if OK.
+inline std::string CheckWeight(const xla::ffi::Span<const int64_t>& vd,
+                               const xla::ffi::Span<const int64_t>& rd) {
+  if (vd.size() != 4 || rd.size() != 2 || rd[0] != vd[0] || rd[1] != vd[1])
+    return "values must be (cb, maxk, bh, bw) and rows (cb, maxk)";
+  return "";
+}
+
 // Address of x[b, ih, iw, c0] for tap (i, j) of a pixel, or `zeros` in the padding.
 inline const float* TapRow(const Conv& g, const Pixel& px, int64_t i, int64_t j, int64_t c0,
                            const float* zeros) {

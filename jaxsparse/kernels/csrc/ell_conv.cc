@@ -72,7 +72,7 @@ void BuildPanelScalar(const Conv& g, const Pixel* px, const float* zeros, float*
       float* dst = panel + (i * g.kw + j) * g.C * TP;
       for (int64_t p = 0; p < TP; ++p) {
         const float* src = TapRow(g, px[p], i, j, 0, zeros);
-        for (int64_t c = 0; c < g.C; ++c) dst[c * TP + p] = src == zeros ? 0.0f : src[c];
+        for (int64_t c = 0; c < g.C; ++c) dst[c * TP + p] = src[c];  // zeros has C floats.
       }
     }
 }
@@ -96,7 +96,8 @@ void StoreScalar(const Conv& g, const float* out, int64_t p0, int64_t npx, float
 }
 
 #if defined(__x86_64__)
-// Transposes the 8x8 block at src (row stride ls) into dst (row stride ld).
+// Transposes the 8x8 block of columns [c, c + 8) of the rows src_rows[0..7] into dst
+// (8 rows of stride ld).
 __attribute__((target("avx2,fma"))) inline void Transpose8x8(const float* const* src_rows,
                                                              int64_t c, float* dst,
                                                              int64_t ld) {
@@ -112,8 +113,7 @@ __attribute__((target("avx2,fma"))) inline void Transpose8x8(const float* const*
       r[4 * q + 2 * h + 1] = _mm256_shuffle_ps(t[4 * q + h], t[4 * q + 2 + h], 0xEE);
     }
   // r[0..3] hold channels {0,1,4,5 | 2,3,6,7} of pixels 0-3 per 128-bit lane; combine halves.
-  const int order[4] = {0, 1, 2, 3};
-  for (int q : order) {
+  for (int q = 0; q < 4; ++q) {
     _mm256_storeu_ps(dst + q * ld, _mm256_permute2f128_ps(r[q], r[4 + q], 0x20));
     _mm256_storeu_ps(dst + (q + 4) * ld, _mm256_permute2f128_ps(r[q], r[4 + q], 0x31));
   }
@@ -139,8 +139,7 @@ __attribute__((target("avx2,fma"))) void BuildPanelAvx2(const Conv& g, const Pix
         }
         for (int64_t c = 0; c < c8; c += 8) Transpose8x8(src, c, dst + c * TP + pg, TP);
         for (int64_t c = c8; c < g.C; ++c)
-          for (int q = 0; q < 8; ++q)
-            dst[c * TP + pg + q] = src[q] == zeros ? 0.0f : src[q][c];
+          for (int q = 0; q < 8; ++q) dst[c * TP + pg + q] = src[q][c];
       }
     }
 }
@@ -229,8 +228,7 @@ void Run(ffi::ThreadPool& pool, const Conv& g, const EllWeight& w, const float* 
     float* const out_ptr = out_buf.Get(g.N * TP);
     const int64_t p0 = t * TP, npx = std::min<int64_t>(TP, P - p0);
     Pixel px[TP];
-    for (int64_t p = 0; p < TP; ++p)
-      px[p] = p < npx ? PixelAt(g, x, p0 + p) : Pixel{zeros.data(), -(1 << 30), -(1 << 30)};
+    TilePixels(g, x, p0, TP, npx, zeros.data(), px);
 #if defined(__x86_64__)
     if (avx2) {
       BuildPanelAvx2(g, px, zeros.data(), panel_ptr);
@@ -255,9 +253,11 @@ ffi::Error EllSparseConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const std::string bad = MakeConv(x.dimensions(), y->dimensions(), window, &g);
   if (!bad.empty()) return ffi::Error::InvalidArgument("jaxsparse_ell_sparse_conv: " + bad);
   const auto vd = values.dimensions();
-  if (vd.size() != 4 || vd[2] != 1 || vd[3] != 1 || vd[0] != g.N)
+  const std::string bad_weight = CheckWeight(vd, rows.dimensions());
+  if (!bad_weight.empty() || vd[2] != 1 || vd[3] != 1 || vd[0] != g.N)
     return ffi::Error::InvalidArgument(
-        "jaxsparse_ell_sparse_conv: values must be (N, maxk, 1, 1) with N output channels");
+        "jaxsparse_ell_sparse_conv: values must be (N, maxk, 1, 1) with N output channels "
+        "and rows (N, maxk)");
   const std::vector<int64_t> lead = LeadingValid(rows.typed_data(), g.N, vd[1], g.K());
   const EllWeight w{values.typed_data(), rows.typed_data(), vd[1], g.K(), lead.data()};
   Run(pool, g, w, x.typed_data(), y->typed_data());
