@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxsparse.compiler import layers
 from jaxsparse.compiler.interpreter import Context, eval_jaxpr
-from jaxsparse.compiler.packed import _is_rewritten
+from jaxsparse.compiler.packed import _is_rewritten, nbytes
 from jaxsparse.compiler.report import CompileReport
 from jaxsparse.compiler.values import WRef, plain
 from jaxsparse.kernels import cpu_library
@@ -39,10 +39,6 @@ def resolve_backend(backend: str, platform: str) -> tuple[str, str]:
     if backend == "auto":
         return ("cpu" if platform == "cpu" and st.available else "xla"), note
     return backend, note
-
-
-def _nbytes(tree: Any) -> int:
-    return int(sum(np.asarray(a).nbytes for a in jax.tree.leaves(tree)))
 
 
 def align_masks(variables: Any, masks: Any) -> dict[str, np.ndarray]:
@@ -179,5 +175,5 @@ def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_a
     kernels = f"impl {impl!r} on {platform}" + (f"; CPU kernels not used: {note}"
                                                 if note and platform == "cpu" else "")
     report = CompileReport(tuple(ctx.rows), time.perf_counter() - t0, backend, policy, kernels,
-                           _nbytes(variables), _nbytes(sp_vars))
+                           nbytes(variables), nbytes(sp_vars))
     return SparseModel(sp_vars, report, closed, out_tree, ctx.plan, opts)

@@ -8,11 +8,12 @@ layers; ``spatial``: larger windows) and holds the median ratio per density. ``p
 runs a layer sparse when the predicted ratio is below :data:`MAX_RATIO`.
 
 ``js.compile(..., calibrate=True)`` measures every candidate layer at its real shape with
-:func:`measure_layer` instead and decides from that; the report shows both.
+:func:`measure_pair` instead and decides from that; the report shows both.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -25,7 +26,7 @@ import numpy as np
 from jax import lax
 
 from jaxsparse.compiler import lowering
-from jaxsparse.compiler.packed import BlockWeight, DenseWeight, Layout
+from jaxsparse.compiler.packed import BlockWeight, DenseWeight, Layout, block_shape
 from jaxsparse.primitives.block_sparse_dot import pack_block_ell
 from jaxsparse.pruning.masks import compute_mask
 from jaxsparse.pruning.patterns import parse_pattern
@@ -133,7 +134,7 @@ def calibrate(kernels: tuple[str, ...], densities: tuple[float, ...], batch: int
         layout = Layout((k, k, cin, cout), None, None)
         for name in kernels:
             pattern = parse_pattern(name)
-            bh, bw = (1, 1) if name == "unstructured" else (pattern.bh, pattern.bw)
+            bh, bw = block_shape(pattern)
             for d in densities:
                 mask = np.asarray(compute_mask(kernel, pattern, sparsity=1.0 - d))
                 gemm_w = (kernel * mask).reshape(-1, cout)
@@ -149,13 +150,10 @@ def calibrate(kernels: tuple[str, ...], densities: tuple[float, ...], batch: int
                             "sparse_ms": ts, "ratio": ts / td})
                 log(f"{name:>12} d={d:.2f} {h}x{w}x{cin}->{cout} k{k}s{s}: dense {td:7.2f} "
                     f"ms, sparse {ts:7.2f} ms, ratio {ts / td:.2f}")
+    ratios: dict[tuple[str, str, float], list[float]] = collections.defaultdict(list)
+    for r in raw:
+        ratios[(r["kernel"], r["class"], r["density"])].append(r["ratio"])
     entries: dict[str, dict[str, list[list[float]]]] = {}
-    for name in kernels:
-        for cls in ("pointwise", "spatial"):
-            pts = [[d, float(np.median([r["ratio"] for r in raw if r["kernel"] == name and
-                                        r["class"] == cls and r["density"] == d]))]
-                   for d in densities if any(r["kernel"] == name and r["class"] == cls
-                                             for r in raw)]
-            if pts:
-                entries.setdefault(name, {})[cls] = pts
+    for (name, cls, d), rs in sorted(ratios.items()):  # Ascending density, for interpolation.
+        entries.setdefault(name, {}).setdefault(cls, []).append([d, float(np.median(rs))])
     return {"entries": entries, "measurements": raw, "batch": batch}

@@ -18,7 +18,14 @@ from jax import lax
 from jaxsparse.compiler import costs, lowering
 from jaxsparse.compiler.detect import removed_outputs, sub_pattern
 from jaxsparse.compiler.interpreter import Context, default_rule
-from jaxsparse.compiler.packed import BlockWeight, DenseWeight, Layout, NMWeight
+from jaxsparse.compiler.packed import (
+    BlockWeight,
+    DenseWeight,
+    Layout,
+    NMWeight,
+    block_shape,
+    nbytes,
+)
 from jaxsparse.compiler.report import LayerRow, LayerTiming
 from jaxsparse.compiler.values import Sliced, WRef
 from jaxsparse.kernels import cpu_sparse_conv
@@ -90,8 +97,8 @@ def _kernel_key(pattern) -> str:
 
 def _cpu_kernel_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTiming | None]:
     """``(lowering, why, timing)`` for a block/unstructured layer with the C++ CPU kernels."""
-    bh, bw = (1, 1) if isinstance(c.pattern, Unstructured) else (c.pattern.bh, c.pattern.bw)
-    why = cpu_sparse_conv.unsupported(c.x_shape, c.x_dtype, (1, 1, bh, bw), None)
+    why = cpu_sparse_conv.unsupported(c.x_shape, c.x_dtype, (1, 1, *block_shape(c.pattern)),
+                                      None)
     if why is not None:
         return "dense", f"no CPU kernel: {why}", None
     if opts.policy == "sparse":
@@ -171,10 +178,6 @@ def _fold(eqn, x: Sliced, w_full: np.ndarray, out_keep) -> np.ndarray | None:
             precision=lax.Precision.HIGHEST))
 
 
-def _nbytes(weight: Any) -> int:
-    return int(sum(np.asarray(a).nbytes for a in jax.tree.leaves(weight)))
-
-
 def _measure(eqn, c: Candidate, weight: BlockWeight, dense_kernel: np.ndarray,
              opts: Options) -> tuple[float, float]:
     """Times the layer at its shape: XLA dense conv/dot vs the sparse kernel (ms).
@@ -200,7 +203,7 @@ def _pack(low: str, pattern, gemm_w: np.ndarray, gemm_m: np.ndarray, layout: Lay
     if low == "nm":
         values, idx = pack_nm(gemm_w, gemm_m, pattern.n, pattern.m)
         return NMWeight(values, idx, pattern.m, layout), pattern.n / pattern.m
-    bh, bw = (1, 1) if isinstance(pattern, Unstructured) else (pattern.bh, pattern.bw)
+    bh, bw = block_shape(pattern)
     values, brows = pack_block_ell(gemm_w, gemm_m, bh, bw)
     stored = int((brows >= 0).sum()) * bh * bw
     return BlockWeight(values, brows, layout), stored / gemm_w.size
@@ -223,7 +226,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
     kind = "conv" if eqn.primitive is lax.conv_general_dilated_p else "dot"
     w_full = np.asarray(w.value, np.float32)  # compile() hands over weights already masked.
     shape = w_full.shape
-    dense_bytes = _nbytes(w.value)
+    dense_bytes = nbytes(w.value)
     why, rows = _layer_shape(eqn, w)
     k_full = int(np.prod(shape[:-1]))
     before = lowering.gemm_flops(rows, k_full, shape[-1]) if rows else 0.0
@@ -302,7 +305,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
     else:
         label = str(pattern) if pattern is not None else "dense"
     ctx.rows.append(LayerRow(w.path, kind, shape, label, action, before, after, reason,
-                             dense_bytes, _nbytes(weight), timing))
+                             dense_bytes, nbytes(weight), timing))
     return {"lowering": low, "in_keep": in_keep, "out_keep": out_keep, "fold": fold is not None,
             "kind": kind}
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxsparse.primitives.block_sparse_dot import unpack_block_ell
 from jaxsparse.primitives.nm_dot import unpack_nm
+from jaxsparse.pruning.patterns import Block, Unstructured
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +89,16 @@ class BlockWeight:
 
 
 Rewritten = DenseWeight | NMWeight | BlockWeight
+
+
+def nbytes(tree: Any) -> int:
+    """Bytes stored by every array of a pytree (packed weights: values + indices)."""
+    return int(sum(np.asarray(a).nbytes for a in jax.tree.leaves(tree)))
+
+
+def block_shape(pattern: Block | Unstructured) -> tuple[int, int]:
+    """The blocked-ELL block ``(bh, bw)`` a block or unstructured pattern packs into."""
+    return (1, 1) if isinstance(pattern, Unstructured) else (pattern.bh, pattern.bw)
 
 
 def _is_rewritten(x: Any) -> bool:

@@ -51,6 +51,14 @@ def unsupported(x_shape: tuple[int, ...], dtype, values_shape: tuple[int, ...],
     return None
 
 
+def cannot_run(x_shape: tuple[int, ...], dtype, values_shape: tuple[int, ...],
+               window: ConvWindow | None) -> str | None:
+    """Why this call cannot run on the CPU kernels here: the library is not available, or
+    :func:`unsupported`; None when it can."""
+    st = cpu_library.status()
+    return unsupported(x_shape, dtype, values_shape, window) if st.available else st.reason
+
+
 def sparse_conv(x: jax.Array, values: jax.Array, rows: jax.Array,
                 window: ConvWindow | None) -> jax.Array:
     """Runs the CPU kernel: ``conv(x, W)`` (``window`` given, NHWC) or ``x @ W`` (2-D ``x``).
@@ -58,10 +66,7 @@ def sparse_conv(x: jax.Array, values: jax.Array, rows: jax.Array,
     Raises:
         ValueError: when the library is not available or the call is unsupported.
     """
-    st = cpu_library.status()
-    if not st.available:
-        raise ValueError(f"impl='cpu' needs the jaxsparse CPU kernel library: {st.reason}.")
-    why = unsupported(x.shape, x.dtype, values.shape, window)
+    why = cannot_run(x.shape, x.dtype, values.shape, window)
     if why is not None:
         raise ValueError(f"impl='cpu' cannot run this layer: {why}.")
     kind = kernel_kind(values.shape)

@@ -29,7 +29,7 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from jaxsparse.kernels import cpu_library, cpu_sparse_conv
+from jaxsparse.kernels import cpu_sparse_conv
 from jaxsparse.kernels.window import ConvWindow, im2col
 from jaxsparse.primitives.rules import bilinear_jvp, rows_batcher
 
@@ -121,9 +121,7 @@ def block_sparse_dot(x: jax.Array, values: jax.Array, rows: jax.Array, *,
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r} is not valid; use one of {IMPLS}.")
     if impl == "cpu":
-        st = cpu_library.status()
-        why = cpu_sparse_conv.unsupported(x.shape, x.dtype, values.shape, window) \
-            if st.available else st.reason
+        why = cpu_sparse_conv.cannot_run(x.shape, x.dtype, values.shape, window)
         if why is not None:
             raise ValueError(f"block_sparse_dot(impl='cpu'): {why}.")
     if window is not None:
