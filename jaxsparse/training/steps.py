@@ -44,8 +44,7 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array,
     t = jnp.asarray(temperature, jnp.float32)
     log_p_teacher = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / t)
     log_p_student = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t)
-    kl = jnp.sum(jnp.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
-    return t * t * kl
+    return t * t * optax.losses.kl_divergence_with_log_targets(log_p_student, log_p_teacher)
 
 
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, num_classes: int, *,
