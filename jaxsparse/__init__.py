@@ -5,7 +5,7 @@
     params = js.apply_masks(params, masks)
 """
 
-from jaxsparse.compiler import SparseModel, compile, unpack
+from jaxsparse.compiler import SparseModel, compile, nm_on_kept_channels, unpack
 from jaxsparse.compiler.groups import ChannelGroup, channel_groups
 from jaxsparse.pruning import (
     NM,
@@ -49,6 +49,7 @@ __all__ = [
     "default_include",
     "layer_densities",
     "masks_from_zeros",
+    "nm_on_kept_channels",
     "optax",
     "parse_pattern",
     "prune",

@@ -16,16 +16,39 @@ from jaxsparse.compiler.interpreter import Context, eval_jaxpr
 from jaxsparse.compiler.packed import _is_rewritten, nbytes
 from jaxsparse.compiler.report import CompileReport
 from jaxsparse.compiler.values import WRef, plain
+from jaxsparse.gpu import cusparselt
 from jaxsparse.kernels import cpu_library
 from jaxsparse.pruning.prune import named_masks
 from jaxsparse.pruning.tree_paths import named_leaves, path_str
 
 BACKENDS = ("auto", "cpu", "xla", "pallas", "pallas_interpret")
+PLATFORMS = ("cpu", "cuda", "tpu")
+
+
+def target_platform(platform: str | None) -> str:
+    """The platform to compile for: ``platform``, or the local default device's (``"cuda"``
+    for an NVIDIA GPU).
+
+    Raises:
+        ValueError: for a platform jaxsparse has no lowering choices for.
+    """
+    if platform is None:
+        dev = jax.devices()[0]
+        platform = dev.platform
+        if platform == "gpu":
+            platform = "cuda" if "cuda" in dev.client.platform_version.lower() else "rocm"
+    if platform not in PLATFORMS:
+        raise ValueError(f"platform={platform!r} is not valid; use one of {PLATFORMS} (or None "
+                         f"for the local device).")
+    return platform
 
 
 def resolve_backend(backend: str, platform: str) -> tuple[str, str]:
     """``(impl, note)``: the block/unstructured implementation for ``backend`` on
     ``platform``, and why the C++ CPU kernels are not used when they are not.
+
+    ``"auto"`` is ``"cpu"`` on a CPU with the C++ kernels built, ``"pallas"`` on ``cuda`` and
+    ``tpu`` (each platform's Pallas kernel), else ``"xla"``.
 
     Raises:
         ValueError: for an unknown backend, or ``"cpu"`` when the CPU kernels cannot load.
@@ -37,6 +60,8 @@ def resolve_backend(backend: str, platform: str) -> tuple[str, str]:
     if backend == "cpu" and not st.available:
         raise ValueError(f"backend='cpu' needs the jaxsparse CPU kernel library: {st.reason}.")
     if backend == "auto":
+        if platform in ("cuda", "tpu"):
+            return "pallas", ""
         return ("cpu" if platform == "cpu" and st.available else "xla"), note
     return backend, note
 
@@ -101,7 +126,7 @@ class SparseModel:
 
 def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_args: Any,
             backend: str = "auto", policy: str = "auto",
-            calibrate: bool = False) -> SparseModel:
+            calibrate: bool = False, platform: str | None = None) -> SparseModel:
     """Rewrites the masked function ``apply_fn(variables * masks, *args)`` to skip its zeros.
 
     Every ``conv_general_dilated`` and ``dot_general`` whose weight is a leaf of ``variables``
@@ -120,21 +145,26 @@ def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_a
         backend: kernel for block-sparse and unstructured layers: ``"auto"`` (``"cpu"`` on a
             CPU where the C++ kernels are built, else ``"xla"``), ``"cpu"`` (C++ XLA FFI
             kernels: block and unstructured), ``"xla"`` (XLA gather + batched GEMM, every
-            platform, block only), ``"pallas"`` (GPU/TPU) or ``"pallas_interpret"`` (tests).
+            platform, block only), ``"pallas"`` (the target platform's Pallas kernel: Triton on
+            ``cuda``, Mosaic on ``tpu``) or ``"pallas_interpret"`` (tests).
         policy: ``"auto"`` (cost model: a layer goes sparse where its kernel is predicted
             faster, from the measured table in ``compiler/cost_tables``), ``"sparse"``
             (every eligible layer uses its sparse kernel) or ``"dense"`` (channel slicing only).
         calibrate: with ``policy="auto"`` and the CPU kernels, time every candidate layer at
             its shape (dense vs sparse) and decide from that; the report shows both times.
+        platform: the platform the model will run on: ``"cpu"``, ``"cuda"`` or ``"tpu"``
+            (None: the local default device's). Kernels and the cost model follow it, so a
+            model compiled on a CPU machine for ``"cuda"`` lowers there with cuSPARSELt 2:4 and
+            the Pallas GPU kernel (``jax.jit(sp).trace(...).lower(lowering_platforms=...)``).
 
     Returns:
         A :class:`SparseModel` ``sp``; ``sp(sp.variables, *args)`` equals
         ``apply_fn(apply_masks(variables, masks), *args)``.
 
     Raises:
-        ValueError: for a bad backend, policy or masks.
+        ValueError: for a bad backend, policy, platform or masks.
     """
-    platform = jax.devices()[0].platform
+    platform = target_platform(platform)
     impl, note = resolve_backend(backend, platform)
     if policy not in layers.POLICIES:
         raise ValueError(f"policy={policy!r} is not valid; use one of {layers.POLICIES}.")
@@ -174,6 +204,8 @@ def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_a
                                          "folded": dict(ctx.folded)})
     kernels = f"impl {impl!r} on {platform}" + (f"; CPU kernels not used: {note}"
                                                 if note and platform == "cpu" else "")
+    if platform == "cuda":
+        kernels += f"; cuSPARSELt 2:4: {cusparselt.status().reason}"
     report = CompileReport(tuple(ctx.rows), time.perf_counter() - t0, backend, policy, kernels,
                            nbytes(variables), nbytes(sp_vars))
     return SparseModel(sp_vars, report, closed, out_tree, ctx.plan, opts)

@@ -9,7 +9,8 @@ import numpy as np
 from jaxsparse.pruning.patterns import NM, Block, Pattern, Unstructured
 
 NM_GROUP_SIZES = (4, 8, 16)
-BLOCK_SIZES = ((32, 32), (16, 16), (8, 8), (32, 8), (8, 32), (16, 8), (8, 16), (4, 4))
+BLOCK_SIZES = ((128, 128), (64, 64), (32, 32), (16, 16), (8, 8), (32, 8), (8, 32), (16, 8),
+               (8, 16), (4, 4))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,16 @@ def sub_pattern(mask: np.ndarray) -> Pattern | None:
         if np.all(b.all(axis=(1, 3)) | ~b.any(axis=(1, 3))):
             return Block(bh, bw)
     return Unstructured()
+
+
+def block_views(pattern: Block) -> list[Block]:
+    """``pattern`` and every smaller block of :data:`BLOCK_SIZES` that tiles it, largest
+    first: a mask constant on ``bh x bw`` blocks is also constant on each of these, so a kernel
+    may run whichever it supports best."""
+    smaller = [Block(bh, bw) for bh, bw in BLOCK_SIZES
+               if pattern.bh % bh == 0 and pattern.bw % bw == 0 and (bh, bw) !=
+               (pattern.bh, pattern.bw)]
+    return [pattern, *smaller]
 
 
 def detect(mask: np.ndarray) -> Detected:

@@ -16,7 +16,7 @@ import numpy as np
 from jax import lax
 
 from jaxsparse.compiler import costs, lowering
-from jaxsparse.compiler.detect import removed_outputs, sub_pattern
+from jaxsparse.compiler.detect import block_views, removed_outputs, sub_pattern
 from jaxsparse.compiler.interpreter import Context, default_rule
 from jaxsparse.compiler.packed import (
     BlockWeight,
@@ -29,8 +29,8 @@ from jaxsparse.compiler.packed import (
 from jaxsparse.compiler.report import LayerRow, LayerTiming
 from jaxsparse.compiler.values import Sliced, WRef
 from jaxsparse.kernels import cpu_sparse_conv
-from jaxsparse.primitives.block_sparse_dot import pack_block_ell
-from jaxsparse.primitives.nm_dot import pack_nm
+from jaxsparse.primitives.block_sparse_dot import pack_block_ell, pallas_kernel
+from jaxsparse.primitives.nm_dot import cuda_kernel, pack_nm
 from jaxsparse.pruning.patterns import NM, Block, Unstructured
 
 POLICIES = ("auto", "sparse", "dense")
@@ -43,6 +43,9 @@ POLICIES = ("auto", "sparse", "dense")
 BLOCK_MAX_DENSITY = 0.5
 MIN_SPARSE_FLOPS = 2e7
 BLOCK_SLOWER_PLATFORMS = ("cpu",)
+# cuSPARSELt 2:4 under policy="auto": layers below this many dense FLOPs stay dense (the
+# per-call weight compression and launch are not repaid on small GEMMs).
+NM_MIN_FLOPS = 1e9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +77,7 @@ class Candidate:
     kernel_hw: tuple[int, int]
     x_shape: tuple[int, ...]
     x_dtype: Any
+    gemm_kn: tuple[int, int] = (0, 0)  # (K, cout) of the kept sub-weight's GEMM view.
 
 
 def _layer_shape(eqn, w: WRef) -> tuple[str | None, int]:
@@ -119,6 +123,25 @@ def _cpu_kernel_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTimi
     return "dense", f"predicted sparse/dense time {ratio:.2f} >= {costs.MAX_RATIO}{src}", timing
 
 
+def _nm_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTiming | None]:
+    """``(lowering, why, timing)`` for an N:M layer: cuSPARSELt on ``cuda`` where it runs
+    (large layers under ``policy="auto"``), else the portable ``nm_dot`` only when forced."""
+    pattern = c.pattern
+    kernel, why = (None, f"no {pattern} sparse tensor cores on {opts.platform}")
+    if opts.platform == "cuda":
+        kernel, why = cuda_kernel(c.gemm_kn[0], pattern.n, pattern.m, c.gemm_kn[1], c.x_dtype)
+        why = why if kernel else f"no cuSPARSELt kernel: {why}"
+    if opts.policy == "sparse":
+        detail = why if kernel else f"portable nm_dot densifies; {why}"
+        return "nm", f"policy='sparse' ({detail})", None
+    if kernel is None:
+        return "dense", f"{why}; the portable nm_dot densifies (policy='sparse' forces it)", None
+    if c.flops < NM_MIN_FLOPS:
+        return "dense", (f"small layer ({c.flops / 1e6:.1f} MFLOP < {NM_MIN_FLOPS / 1e6:.0f}): "
+                         f"compressing and launching cost more than 2:4 saves"), None
+    return "nm", f"{why} on a large layer ({c.flops / 1e9:.1f} GFLOP dense)", None
+
+
 def _choose(c: Candidate | None, opts: Options) -> tuple[str, str, LayerTiming | None]:
     """``(lowering, why, timing)`` for the kept sub-weight by the policy's cost model.
 
@@ -131,10 +154,7 @@ def _choose(c: Candidate | None, opts: Options) -> tuple[str, str, LayerTiming |
     if opts.policy == "dense":
         return "dense", "policy='dense'", None
     if isinstance(pattern, NM):
-        if opts.policy == "sparse":
-            return "nm", f"policy='sparse' (portable nm_dot on {opts.platform} densifies)", None
-        return "dense", (f"no fast {pattern} kernel on {opts.platform}: the portable nm_dot "
-                         f"lowering densifies; policy='sparse' forces it"), None
+        return _nm_choice(c, opts)
     if opts.impl == "cpu":
         return _cpu_kernel_choice(c, opts)
     if isinstance(pattern, Unstructured):
@@ -142,6 +162,12 @@ def _choose(c: Candidate | None, opts: Options) -> tuple[str, str, LayerTiming |
         return "dense", (f"unstructured zeros: no kernel on {opts.platform} with impl "
                          f"{opts.impl!r} skips them (mask only){note}"), None
     assert isinstance(pattern, Block)
+    if opts.impl == "pallas":
+        kernel, why = pallas_kernel(opts.platform, pattern.bh, pattern.bw)
+        if kernel is None:
+            if opts.policy == "sparse":
+                return "block", f"policy='sparse' (portable block_sparse_dot: {why})", None
+            return "dense", f"no Pallas kernel on {opts.platform}: {why}", None
     if opts.policy == "sparse":
         return "block", "policy='sparse'", None
     if opts.platform in BLOCK_SLOWER_PLATFORMS and opts.impl == "xla":
@@ -155,6 +181,18 @@ def _choose(c: Candidate | None, opts: Options) -> tuple[str, str, LayerTiming |
         return "dense", f"small layer ({c.flops * c.density / 1e6:.1f} MFLOP): dense GEMM " \
                         f"is faster", None
     return "block", f"density {c.density:.2f} <= {BLOCK_MAX_DENSITY} on a large layer", None
+
+
+def _kernel_block(pattern, opts: Options):
+    """The block view of a detected block pattern that the kernel runs: the largest the
+    target's Pallas kernel supports, or up to 32x32 for the CPU kernels and the XLA gather
+    (the sizes their cost tables measured)."""
+    if not isinstance(pattern, Block):
+        return pattern
+    views = block_views(pattern)
+    if opts.impl == "pallas":
+        return next((v for v in views if pallas_kernel(opts.platform, v.bh, v.bw)[0]), pattern)
+    return next((v for v in views if v.bh <= 32 and v.bw <= 32), pattern)
 
 
 def _fold(eqn, x: Sliced, w_full: np.ndarray, out_keep) -> np.ndarray | None:
@@ -209,14 +247,20 @@ def _pack(low: str, pattern, gemm_w: np.ndarray, gemm_m: np.ndarray, layout: Lay
     return BlockWeight(values, brows, layout), stored / gemm_w.size
 
 
-def _action(low: str, pattern, opts: Options) -> str:
+def _action(low: str, pattern, opts: Options, gemm_kn: tuple[int, int], dtype) -> str:
     if low == "nm":
-        return "nm_dot"
+        kernel = None
+        if opts.platform == "cuda":
+            kernel = cuda_kernel(gemm_kn[0], pattern.n, pattern.m, gemm_kn[1], dtype)[0]
+        return f"nm_dot ({kernel or 'portable'})"
     if low != "block":
         return "dense"
     if opts.impl == "cpu":
         kind = "ell" if isinstance(pattern, Unstructured) else "block"
         return f"block_sparse_dot (cpu {kind} kernel)"
+    if opts.impl == "pallas":
+        kernel = pallas_kernel(opts.platform, *block_shape(pattern))[0]
+        return f"block_sparse_dot ({kernel or 'portable'})"
     return f"block_sparse_dot ({opts.impl})"
 
 
@@ -254,11 +298,12 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
             kw, km = kw[..., in_keep, :], km[..., in_keep, :]
         if out_keep is not None:
             kw, km = kw[..., out_keep], km[..., out_keep]
-        pat = sub_pattern(km)
+        pat = _kernel_block(sub_pattern(km), opts)
         flops = lowering.gemm_flops(rows, int(np.prod(kw.shape[:-1])), kw.shape[-1])
         c = None if pat is None else Candidate(
             pat, float(km.mean()) if km.size else 1.0, flops, kernel_hw,
-            (*x_aval.shape[:-1], kw.shape[-2]), dtype)
+            (*x_aval.shape[:-1], kw.shape[-2]), dtype,
+            (int(np.prod(kw.shape[:-1])), kw.shape[-1]))
         return kw, km, pat, flops, c, _choose(c, opts)
 
     kept_w, kept_m, pattern, after, cand, (low, reason, timing) = kept(out_keep)
@@ -287,7 +332,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
         if low == "dense":
             weight, frac = dense, 1.0
     after *= frac
-    action = _action(low, pattern, opts)
+    action = _action(low, pattern, opts, (k, n), dtype)
     if in_keep is not None or out_keep is not None:
         action = f"channel-sliced {kept_w.shape[-2]}/{shape[-2]} in, {n}/{shape[-1]} out + " \
                  f"{action}"

@@ -1,4 +1,4 @@
-"""Pallas kernel for blocked-ELL ``x @ W`` that visits only the stored blocks.
+"""Pallas kernel (TPU, Mosaic) for blocked-ELL ``x @ W`` that visits only the stored blocks.
 
 Grid ``(row tiles of x, block columns of W, stored blocks)``: step ``(i, j, m)`` multiplies the
 ``rows[j, m]``-th ``bh``-wide slice of row tile ``i`` of ``x`` by stored block ``values[j, m]``
@@ -6,6 +6,12 @@ and accumulates into output tile ``(i, j)``. The block index is prefetched as a 
 (``PrefetchScalarGridSpec``), so the pipeline's ``index_map`` fetches only the ``x`` slices that
 stored blocks need — the Pallas TPU block-sparse technique. ``interpret=True`` runs the same
 kernel on CPU; :func:`block_sparse_matmul_reference` is its oracle.
+
+Mosaic tiles VMEM in (8, 128) (f32) / (16, 128) (bf16) units: a block's last two dims must be
+multiples of those or span the whole array. The ``x`` slice is ``(block_m, bh)`` and the output
+tile ``(block_m, bw)``, so the kernel takes blocks with ``bh`` and ``bw`` multiples of 128
+(:func:`unsupported` says why others stay dense; NVIDIA GPUs use
+:mod:`jaxsparse.kernels.block_sparse_gpu`, which has no such limit).
 """
 
 from __future__ import annotations
@@ -17,12 +23,23 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+LANES = 128  # Mosaic's lane tile: the last dim of every block.
+SUBLANES = 16  # Rows per tile for 16-bit types (8 for 32-bit): row tiles are multiples of 16.
+
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
     """Row-tile size of ``x`` (rows are padded up to a multiple)."""
 
     block_m: int = 128
+
+
+def unsupported(bh: int, bw: int) -> str | None:
+    """Why the TPU kernel cannot run ``bh x bw`` blocks (None when it can)."""
+    if bh % LANES or bw % LANES:
+        return (f"block {bh}x{bw}: the TPU Pallas kernel needs bh and bw multiples of {LANES} "
+                f"(Mosaic's lane tile)")
+    return None
 
 
 def block_sparse_matmul_reference(x: jax.Array, values: jax.Array, rows: jax.Array) -> jax.Array:
@@ -67,12 +84,19 @@ def block_sparse_matmul(x: jax.Array, values: jax.Array, rows: jax.Array, *,
 
     Returns:
         ``(B, cout)`` in ``x.dtype``.
+
+    Raises:
+        ValueError: for blocks Mosaic cannot tile (see :func:`unsupported`), unless
+            ``interpret``.
     """
     from jax.experimental.pallas import tpu as pltpu
 
     b, k = x.shape
     cb, maxk, bh, bw = values.shape
-    bm = min(block_m, max(8, -(-b // 8) * 8))
+    why = None if interpret else unsupported(bh, bw)
+    if why is not None:
+        raise ValueError(f"block_sparse_matmul: {why}.")
+    bm = min(block_m, max(SUBLANES, -(-b // SUBLANES) * SUBLANES))
     padded = -(-b // bm) * bm
     xp = jnp.pad(x, ((0, padded - b), (0, 0))) if padded != b else x
     grid_spec = pltpu.PrefetchScalarGridSpec(

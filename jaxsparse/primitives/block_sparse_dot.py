@@ -17,8 +17,15 @@ Implementations (``impl``):
 * ``"cpu"``: the C++ kernels of :mod:`jaxsparse.kernels.cpu_sparse_conv` on the ``cpu``
   platform (implicit GEMM, no im2col), registered as that platform's lowering; other platforms
   lower the ``"xla"`` way;
-* ``"pallas"`` / ``"pallas_interpret"``: :mod:`jaxsparse.kernels.block_sparse` (GPU/TPU, or
-  interpret mode on CPU).
+* ``"pallas"``: Pallas kernels, chosen by the platform the program is lowered for: on ``cuda``
+  :mod:`jaxsparse.kernels.block_sparse_gpu` (Triton backend), on ``tpu``
+  :mod:`jaxsparse.kernels.block_sparse` (Mosaic, scalar prefetch); block shapes a kernel does
+  not support, and other platforms, lower the ``"xla"`` way;
+* ``"pallas_interpret"``: the TPU kernel in the Pallas interpreter (CPU, tests).
+
+Each platform's lowering is registered separately (``mlir.register_lowering(...,
+platform=...)``), so one jaxpr carries the portable path and every accelerator kernel, and a
+program traced on a CPU machine lowers for ``cuda`` or ``tpu`` with that target's kernel.
 """
 
 from __future__ import annotations
@@ -108,8 +115,8 @@ def block_sparse_dot(x: jax.Array, values: jax.Array, rows: jax.Array, *,
         values: ``(cout//bw, maxk, bh, bw)`` stored blocks.
         rows: ``(cout//bw, maxk)`` int32 row-block index of each stored block (-1: padding).
         window: the convolution's window; None for a dense layer.
-        impl: ``"xla"``, ``"cpu"`` (C++ kernels on the cpu platform), ``"pallas"`` or
-            ``"pallas_interpret"`` (Pallas on CPU, for tests).
+        impl: ``"xla"``, ``"cpu"`` (C++ kernels on the cpu platform), ``"pallas"`` (the
+            target platform's Pallas kernel) or ``"pallas_interpret"`` (Pallas on CPU, tests).
 
     Returns:
         ``(..., cout)``, or with ``window`` ``(B, OH, OW, cout)``.
@@ -147,21 +154,64 @@ def _abstract_eval(x, values, rows, *, impl, window):
     return jax.core.ShapedArray((x.shape[0], *window.out_hw(*x.shape[1:3]), n), x.dtype)
 
 
-def _gemm(x2d, values, rows, impl):
-    if impl in ("xla", "cpu"):
-        return block_sparse_dot_xla(x2d, values, rows)
-    from jaxsparse.kernels.block_sparse import block_sparse_matmul
+def pallas_kernel(platform: str, bh: int, bw: int) -> tuple[str | None, str]:
+    """``(kernel name or None, why)``: the Pallas kernel ``impl="pallas"`` runs for
+    ``bh x bw`` blocks when lowered for ``platform``, or why it lowers the portable way."""
+    if platform == "cuda":
+        from jaxsparse.kernels import block_sparse_gpu
 
-    return block_sparse_matmul(x2d, values, rows, interpret=impl == "pallas_interpret")
+        why = block_sparse_gpu.unsupported(bh, bw)
+        return (None, why) if why else ("pallas-triton", "Pallas Triton kernel")
+    if platform == "tpu":
+        from jaxsparse.kernels import block_sparse
+
+        why = block_sparse.unsupported(bh, bw)
+        return (None, why) if why else ("pallas-mosaic", "Pallas Mosaic TPU kernel")
+    return None, f"no Pallas block-sparse kernel for platform {platform!r}"
+
+
+def _gemm(x2d, values, rows, kernel):
+    if kernel == "pallas-triton":
+        from jaxsparse.kernels.block_sparse_gpu import block_sparse_matmul_gpu
+
+        return block_sparse_matmul_gpu(x2d, values, rows)
+    if kernel in ("pallas-mosaic", "pallas-interpret"):
+        from jaxsparse.kernels.block_sparse import block_sparse_matmul
+
+        return block_sparse_matmul(x2d, values, rows, interpret=kernel == "pallas-interpret")
+    return block_sparse_dot_xla(x2d, values, rows)
+
+
+def _run(x, values, rows, window, kernel):
+    values = jnp.where((rows >= 0)[:, :, None, None], values, 0)  # Padding never contributes.
+    if window is None:
+        return _gemm(x, values, rows, kernel)
+    patches = im2col(x, window)
+    y = _gemm(patches.reshape(-1, patches.shape[-1]), values, rows, kernel)
+    return y.reshape(*patches.shape[:-1], y.shape[-1])
 
 
 def _impl(x, values, rows, *, impl, window):
-    values = jnp.where((rows >= 0)[:, :, None, None], values, 0)  # Padding never contributes.
-    if window is None:
-        return _gemm(x, values, rows, impl)
-    patches = im2col(x, window)
-    y = _gemm(patches.reshape(-1, patches.shape[-1]), values, rows, impl)
-    return y.reshape(*patches.shape[:-1], y.shape[-1])
+    """The portable path (every platform without a kernel of its own)."""
+    return _run(x, values, rows, window, "pallas-interpret" if impl == "pallas_interpret"
+                else "xla")
+
+
+def _accelerator_lowering(platform: str):
+    """The ``platform`` lowering: its Pallas kernel for ``impl="pallas"`` where the block shape
+    allows, else the portable path."""
+
+    def lower(ctx, x, values, rows, *, impl, window):
+        kernel = None
+        if impl == "pallas":
+            kernel = pallas_kernel(platform, *ctx.avals_in[1].shape[2:])[0]
+        if kernel is None:
+            return mlir.lower_fun(_impl, multiple_results=False)(ctx, x, values, rows,
+                                                                 impl=impl, window=window)
+        return mlir.lower_fun(lambda x, v, r: _run(x, v, r, window, kernel),
+                              multiple_results=False)(ctx, x, values, rows)
+
+    return lower
 
 
 def _cpu_lowering(ctx, x, values, rows, *, impl, window):
@@ -226,3 +276,6 @@ batching.primitive_batchers[block_sparse_dot_p] = rows_batcher(
     block_sparse_dot_p, block_sparse_dot_reference)
 mlir.register_lowering(block_sparse_dot_p, mlir.lower_fun(_impl, multiple_results=False))
 mlir.register_lowering(block_sparse_dot_p, _cpu_lowering, platform="cpu")
+for _platform in ("cuda", "tpu"):
+    mlir.register_lowering(block_sparse_dot_p, _accelerator_lowering(_platform),
+                           platform=_platform)

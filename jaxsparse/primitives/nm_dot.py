@@ -6,9 +6,13 @@ kept values of each group, in row order) and ``indices`` the same shape, ``int8`
 value's position inside its group (0..M-1; 2 bits of information for 2:4).
 
 The primitive has an abstract eval, a batching rule, JVP and transpose rules (gradients reach
-``values``; ``indices`` are fixed), a pure-jnp reference (:func:`nm_dot_reference`) and an XLA
-lowering on every platform that densifies the packed weight and runs one GEMM (correct, not
-faster; the cuSPARSELt lowering for NVIDIA GPUs is separate work).
+``values``; ``indices`` are fixed), a pure-jnp reference (:func:`nm_dot_reference`) and two
+lowerings:
+
+* every platform: densify the packed weight and run one XLA GEMM (correct, not faster);
+* ``cuda``, for 2:4 in bf16/f16 when the cuSPARSELt FFI library is built
+  (:mod:`jaxsparse.gpu.cusparselt`): densify, compress into cuSPARSELt's layout, and run its
+  sparse tensor-core GEMM. :func:`cuda_kernel` says which one a call gets, and why.
 """
 
 from __future__ import annotations
@@ -97,6 +101,35 @@ def _impl(x, values, indices, *, m):
     return nm_dot_reference(x, values, indices, m=m)
 
 
+def cuda_kernel(k: int, n: int, m: int, cout: int, dtype) -> tuple[str | None, str]:
+    """``("cusparselt", why)`` when ``nm_dot`` of an ``n:m`` ``(k, cout)`` weight in ``dtype``
+    lowers to cuSPARSELt on ``cuda``, else ``(None, why not)``."""
+    from jaxsparse.gpu import cusparselt
+
+    if (n, m) != (2, 4):
+        return None, f"{n}:{m} (cuSPARSELt runs 2:4 only)"
+    st = cusparselt.status()
+    if not st.available:
+        return None, st.reason
+    why = cusparselt.unsupported(k, cout, dtype)
+    return (None, why) if why else ("cusparselt", "cuSPARSELt 2:4 sparse tensor cores")
+
+
+def _cuda_lowering(ctx, x, values, indices, *, m):
+    """cuSPARSELt where :func:`cuda_kernel` allows it, else the portable lowering."""
+    k = ctx.avals_in[0].shape[-1]
+    r, cout = ctx.avals_in[1].shape
+    kernel, _ = cuda_kernel(k, r * m // k, m, cout, ctx.avals_in[0].dtype)
+    if kernel is None:
+        return mlir.lower_fun(_impl, multiple_results=False)(ctx, x, values, indices, m=m)
+    from jaxsparse.gpu import cusparselt
+
+    def run(x, values, indices):
+        return cusparselt.nm_matmul(x, unpack_nm(values, indices, k, m))
+
+    return mlir.lower_fun(run, multiple_results=False)(ctx, x, values, indices)
+
+
 def _transpose(ct, x, values, indices, *, m):
     if type(ct) is ad.Zero:
         return [None, None, None]
@@ -118,3 +151,4 @@ ad.primitive_jvps[nm_dot_p] = bilinear_jvp(nm_dot_p)
 ad.primitive_transposes[nm_dot_p] = _transpose
 batching.primitive_batchers[nm_dot_p] = rows_batcher(nm_dot_p, nm_dot_reference)
 mlir.register_lowering(nm_dot_p, mlir.lower_fun(_impl, multiple_results=False))
+mlir.register_lowering(nm_dot_p, _cuda_lowering, platform="cuda")

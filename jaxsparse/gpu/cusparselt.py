@@ -1,0 +1,146 @@
+"""2:4 GEMMs on NVIDIA GPUs through cuSPARSELt: loading the FFI library and calling it.
+
+The library (``jaxsparse/gpu/_cusparselt.so``, built by ``python -m jaxsparse.gpu.build``)
+registers two XLA FFI targets for the CUDA platform; registering needs no GPU, so a model that
+uses them lowers (and, with the CUDA plugin, compiles ahead of time) on a CPU-only machine.
+:func:`nm_matmul` is what ``nm_dot``'s CUDA lowering calls: it densifies the packed weight,
+compresses it into cuSPARSELt's layout and multiplies. Where the library is missing or a shape
+or dtype is not supported, :func:`status` / :func:`unsupported` say why and ``nm_dot`` keeps its
+portable lowering.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import functools
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+
+from jaxsparse.gpu import build
+
+TARGETS = {
+    "jaxsparse_cusparselt_compress": "JaxsparseCusparseltCompress",
+    "jaxsparse_cusparselt_matmul": "JaxsparseCusparseltMatmul",
+}
+DISABLE_ENV = "JAXSPARSE_DISABLE_CUSPARSELT"
+BUILD_HINT = "build it with `python -m jaxsparse.gpu.build` (needs `pip install 'jaxsparse[gpu]'`)"
+DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+@dataclasses.dataclass(frozen=True)
+class LibraryStatus:
+    """Whether the cuSPARSELt targets are registered, the library's path, and why not."""
+
+    available: bool
+    path: str | None
+    reason: str
+
+
+def _preload_wheel_libraries() -> None:
+    """Loads libcusparseLt / libcudart from the NVIDIA wheels (global symbols), so the FFI
+    library finds them wherever the wheels were installed."""
+    for d in build.nvidia_dirs():
+        for pattern in ("libcudart.so.1[0-9]", "libcusparseLt.so.0"):
+            for path in sorted(glob.glob(os.path.join(d, "lib", pattern))):
+                try:
+                    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                except OSError:
+                    pass
+
+
+@functools.cache
+def _library() -> tuple[ctypes.CDLL | None, LibraryStatus]:
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        return None, LibraryStatus(False, None, f"disabled by {DISABLE_ENV}")
+    path = build.LIBRARY
+    if not os.path.isfile(path):
+        return None, LibraryStatus(False, None, f"the cuSPARSELt FFI library is not built; "
+                                                f"{BUILD_HINT}")
+    try:
+        _preload_wheel_libraries()
+        lib = ctypes.CDLL(path)
+        for target, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                        platform="CUDA")
+    except (OSError, AttributeError) as e:
+        return None, LibraryStatus(False, path, f"{path} does not load ({e}); {BUILD_HINT}")
+    return lib, LibraryStatus(True, path, "loaded")
+
+
+def status() -> LibraryStatus:
+    """Loads the library once and registers its FFI targets for the CUDA platform."""
+    return _library()[1]
+
+
+def available() -> bool:
+    """True when the cuSPARSELt FFI targets are registered (lowering works; running needs a
+    GPU)."""
+    return status().available
+
+
+def version() -> str:
+    """The cuSPARSELt version the library runs, or why it cannot tell (no GPU, not built)."""
+    lib, st = _library()
+    if lib is None:
+        return f"unknown ({st.reason})"
+    v = lib.JaxsparseCusparseltVersion()
+    if v < 0:
+        return f"unknown (cusparseLtInit failed with status {-v - 1}: no usable GPU)"
+    return f"{v // 1000000}.{v // 100 % 10000}.{v % 100}"
+
+
+def unsupported(k: int, cout: int, dtype) -> str | None:
+    """Why cuSPARSELt cannot run ``x (N, k) @ W (k, cout)`` 2:4 in ``dtype``; None when it can."""
+    if jnp.dtype(dtype) not in [jnp.dtype(d) for d in DTYPES]:
+        return (f"dtype {jnp.dtype(dtype).name} (cuSPARSELt 2:4 runs bf16 and f16; f32 has only "
+                f"1:2 tf32 sparsity)")
+    if k % 32 or cout % 32:
+        return f"shape K={k}, cout={cout} (the cuSPARSELt kernel needs K and cout multiples of 32)"
+    return None
+
+
+def blob_bytes(k: int, cout: int, dtype) -> int:
+    """Bytes reserved for a compressed ``(k, cout)`` weight: the kept half of the values plus
+    their 2-bit positions (``k * cout * 1.125`` B in 16 bits, as cuSPARSELt 0.8 reports for
+    ResNet50's shapes) and 4 KiB of slack; the handler checks the real size and says if not.
+    """
+    itemsize = jnp.dtype(dtype).itemsize
+    return k * cout * itemsize // 2 + k * cout // 8 + 4096
+
+
+def compress(w: jax.Array) -> jax.Array:
+    """cuSPARSELt's compressed blob (uint8) of a dense 2:4 ``(K, cout)`` weight (CUDA only)."""
+    k, cout = w.shape
+    out = jax.ShapeDtypeStruct((blob_bytes(k, cout, w.dtype),), jnp.uint8)
+    return jax.ffi.ffi_call("jaxsparse_cusparselt_compress", out)(w)
+
+
+def matmul(x: jax.Array, blob: jax.Array, cout: int) -> jax.Array:
+    """``x (N, K) @ W`` with ``W`` given as its compressed blob (CUDA only); N is padded to a
+    multiple of 8 as cuSPARSELt requires."""
+    n = x.shape[0]
+    pad = -n % 8
+    xp = jnp.pad(x, ((0, pad), (0, 0))) if pad else x
+    out = jax.ShapeDtypeStruct((n + pad, cout), x.dtype)
+    y = jax.ffi.ffi_call("jaxsparse_cusparselt_matmul", out)(xp, blob)
+    return y[:n] if pad else y
+
+
+def nm_matmul(x: jax.Array, w_dense: jax.Array) -> jax.Array:
+    """``x @ W`` for a dense-stored 2:4 ``W``: compress, then the sparse GEMM (CUDA only)."""
+    return matmul(x, compress(w_dense.astype(x.dtype)), w_dense.shape[1])
+
+
+def example_blob_sizes(shapes: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """``(k, cout, exact bytes)`` per shape from cuSPARSELt itself (needs a GPU; -1 without)."""
+    lib, _ = _library()
+    fn = None if lib is None else lib.JaxsparseCusparseltCompressedSize
+    if fn is not None:
+        fn.restype = ctypes.c_int64
+        fn.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    return [(k, c, -1 if fn is None else int(fn(k, c, 0))) for k, c in shapes]
+

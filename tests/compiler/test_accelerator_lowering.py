@@ -1,0 +1,102 @@
+"""Models compiled on this CPU machine for ``cuda`` and ``tpu`` lower with those targets' kernels.
+
+No accelerator is needed: ``jax.jit(...).trace(...).lower(lowering_platforms=(p,))`` lowers for
+any platform. The lowered module must hold the cuSPARSELt FFI target for 2:4 layers and the
+Pallas Triton kernel for block layers (cuda), and Mosaic's ``tpu_custom_call`` (tpu). The
+kernels' numerics are checked in interpret mode in tests/kernels/ and on a GPU in tests/gpu/.
+"""
+
+import collections
+import functools
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+import jaxsparse as js
+from jaxsparse.gpu import cusparselt
+from jaxsparse.models import ResNetTinyBottleneck, functional
+
+needs_cusparselt = pytest.mark.skipif(
+    not cusparselt.available(), reason=f"cuSPARSELt FFI library: {cusparselt.status().reason}")
+
+
+@functools.cache
+def model():
+    net = ResNetTinyBottleneck(num_classes=16, stem="imagenet", width=1.0, dtype=jnp.bfloat16,
+                               rngs=nnx.Rngs(0))
+    apply_fn, variables = functional(net)
+    x = jnp.zeros((8, 64, 64, 3), jnp.bfloat16)
+    return apply_fn, variables, x
+
+
+def variant_masks(variant):
+    apply_fn, variables, x = model()
+    if variant.startswith("channel"):
+        groups = js.channel_groups(apply_fn, variables, x)
+        masks = js.prune(variables, "channel", 0.5, groups=groups,
+                         include=lambda p, w: w.ndim == 4, channel_multiple=4)
+        if variant.endswith("2:4"):
+            masks = js.nm_on_kept_channels(apply_fn, variables, masks, x)
+        return masks
+    if variant.startswith("block"):  # The tiny model has few 128x128 blocks: keep half.
+        return js.prune(variables["params"], variant, 0.5 if "128" in variant else 0.9)
+    return js.prune(variables["params"], variant)
+
+
+def custom_calls(sp, platform):
+    _, _, x = model()
+    text = jax.jit(sp).trace(sp.variables, x).lower(lowering_platforms=(platform,)).as_text()
+    return collections.Counter(line.split("custom_call @")[1].split("(")[0]
+                               for line in text.splitlines() if "custom_call @" in line)
+
+
+@needs_cusparselt
+@pytest.mark.parametrize("variant", ["2:4", "block:32x32", "channel", "channel+2:4"])
+def test_lowers_for_cuda_with_its_kernels(variant):
+    apply_fn, variables, x = model()
+    sp = js.compile(apply_fn, variables, variant_masks(variant), x, policy="sparse",
+                    platform="cuda")
+    calls = custom_calls(sp, "cuda")
+    actions = " ".join(r.action for r in sp.report.rows)
+    assert ("jaxsparse_cusparselt_matmul" in calls) == ("2:4" in variant), (calls, actions)
+    assert ("__gpu$xla.gpu.triton" in calls) == ("block" in variant), (calls, actions)
+    if variant.startswith("channel"):
+        assert "channel-sliced" in actions
+    assert "cuSPARSELt 2:4: loaded" in sp.report.kernels
+
+
+@pytest.mark.parametrize("variant", ["2:4", "block:128x128", "block:32x32", "channel",
+                                     "channel+2:4"])
+def test_lowers_for_tpu_with_its_kernels(variant):
+    apply_fn, variables, x = model()
+    sp = js.compile(apply_fn, variables, variant_masks(variant), x, policy="sparse",
+                    platform="tpu")
+    calls = custom_calls(sp, "tpu")
+    rows = sp.report.rows
+    mosaic = [r for r in rows if "pallas-mosaic" in r.action]
+    assert ("tpu_custom_call" in calls) == bool(mosaic), calls
+    if variant == "block:128x128":
+        assert mosaic, [r.action for r in rows]
+    if variant == "block:32x32":  # Below Mosaic's 128-lane tile: portable, and the report says.
+        assert not mosaic and any("needs bh and bw multiples of 128" in r.why for r in rows)
+    if "2:4" in variant:
+        assert any("no 2:4 sparse tensor cores on tpu" in r.why for r in rows) or \
+            any("nm_dot (portable)" in r.action for r in rows)
+
+
+def test_bad_platform_is_one_clear_error():
+    apply_fn, variables, x = model()
+    with pytest.raises(ValueError, match="platform='metal' is not valid"):
+        js.compile(apply_fn, variables, None, x, platform="metal")
+
+
+def test_portable_nm_dot_without_the_library(monkeypatch):
+    apply_fn, variables, x = model()
+    monkeypatch.setattr(cusparselt, "status", lambda: cusparselt.LibraryStatus(
+        False, None, "the cuSPARSELt FFI library is not built"))
+    sp = js.compile(apply_fn, variables, variant_masks("2:4"), x, platform="cuda")
+    assert "jaxsparse_cusparselt_matmul" not in custom_calls(sp, "cuda")
+    assert any("no cuSPARSELt kernel: the cuSPARSELt FFI library is not built" in r.why
+               for r in sp.report.rows)

@@ -1,0 +1,116 @@
+"""On-device correctness of the NVIDIA GPU kernels (cuSPARSELt 2:4, Pallas Triton block-sparse).
+
+These need an NVIDIA GPU and the built cuSPARSELt library; without them they are skipped with the
+reason (CI has no GPU: there the same kernels are checked in interpret mode and by lowering, in
+tests/compiler/test_accelerator_lowering.py). ``bash scripts/gpu_check.sh`` runs them on a GPU
+before the benchmark. Tolerances are bf16's (rtol 1e-2 of the output scale).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxsparse as js
+import jaxsparse.models
+from jaxsparse.gpu import cusparselt
+from jaxsparse.kernels.block_sparse_gpu import block_sparse_matmul_gpu
+from jaxsparse.primitives.block_sparse_dot import (
+    block_sparse_dot,
+    block_sparse_dot_reference,
+    pack_block_ell,
+)
+from jaxsparse.primitives.nm_dot import nm_dot, nm_dot_reference, pack_nm
+
+ON_GPU = jax.devices()[0].platform == "gpu"
+pytestmark = pytest.mark.skipif(
+    not (ON_GPU and cusparselt.available()),
+    reason="needs an NVIDIA GPU and the cuSPARSELt FFI library (python -m jaxsparse.gpu.build)")
+
+
+def close(got, ref, rtol=1e-2):
+    got, ref = np.asarray(got, np.float32), np.asarray(ref, np.float32)
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * max(1.0, np.abs(ref).max()))
+
+
+def packed_24(k, n, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    g = np.abs(w).reshape(k // 4, 4, n)
+    mask = np.zeros_like(g, bool)
+    np.put_along_axis(mask, np.argsort(-g, axis=1)[:, :2], True, axis=1)
+    values, idx = pack_nm(w, mask.reshape(k, n), 2, 4)
+    return jnp.asarray(values, dtype), jnp.asarray(idx)
+
+
+def lowered_text(fn, *args):
+    return jax.jit(fn).trace(*args).lower().as_text()
+
+
+# ResNet50 GEMM shapes (K, cout) and odd row counts.
+@pytest.mark.parametrize("k,n", [(64, 256), (576, 64), (2048, 1024), (4608, 512)])
+@pytest.mark.parametrize("rows", [37, 1000])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_nm_dot_cusparselt_equals_reference(k, n, rows, dtype):
+    values, idx = packed_24(k, n, dtype)
+    x = jax.random.normal(jax.random.key(0), (rows, k), dtype)
+    fn = lambda x, v, i: nm_dot(x, v, i, m=4)  # noqa: E731
+    assert "jaxsparse_cusparselt_matmul" in lowered_text(fn, x, values, idx)
+    close(jax.jit(fn)(x, values, idx),
+          nm_dot_reference(x.astype(jnp.float32), values.astype(jnp.float32), idx, m=4))
+
+
+def test_nm_dot_cusparselt_vmap_and_gradients():
+    values, idx = packed_24(256, 128, jnp.bfloat16)
+    x = jax.random.normal(jax.random.key(1), (3, 50, 256), jnp.bfloat16)
+    fn = lambda x, v: nm_dot(x, v, idx, m=4)  # noqa: E731
+    ref = lambda x, v: nm_dot_reference(x, v, idx, m=4)  # noqa: E731
+    close(jax.jit(jax.vmap(fn, (0, None)))(x, values), jax.vmap(ref, (0, None))(
+        x.astype(jnp.float32), values.astype(jnp.float32)))
+    loss = lambda f: lambda x, v: jnp.sum(f(x, v).astype(jnp.float32) ** 2)  # noqa: E731
+    gx, gv = jax.jit(jax.grad(loss(fn), argnums=(0, 1)))(x[0], values)
+    rx, rv = jax.grad(loss(ref), argnums=(0, 1))(x[0].astype(jnp.float32),
+                                                 values.astype(jnp.float32))
+    close(gx, rx, 3e-2)
+    close(gv, rv, 3e-2)
+
+
+@pytest.mark.parametrize("b", [32, 128])
+@pytest.mark.parametrize("rows", [5, 300])
+def test_block_sparse_triton_kernel_equals_reference(b, rows):
+    rng = np.random.default_rng(2)
+    k, n = 512, 256
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    mask = np.kron(rng.random((k // b, n // b)) < 0.3, np.ones((b, b), bool))
+    values, brows = pack_block_ell(w, mask, b, b)
+    x = jax.random.normal(jax.random.key(2), (rows, k), jnp.bfloat16)
+    v = jnp.asarray(values, jnp.bfloat16)
+    close(block_sparse_matmul_gpu(x, v, jnp.asarray(brows)),
+          block_sparse_dot_reference(x.astype(jnp.float32), v.astype(jnp.float32),
+                                     jnp.asarray(brows)))
+    fn = lambda x, v, r: block_sparse_dot(x, v, r, impl="pallas")  # noqa: E731
+    assert "triton" in lowered_text(fn, x, v, jnp.asarray(brows))
+
+
+@pytest.mark.parametrize("variant", ["2:4", "block:32x32", "channel", "channel+2:4"])
+def test_compiled_resnet_on_gpu_equals_masked(variant):
+    model = js.models.ResNetTinyBottleneck(num_classes=10, stem="imagenet", width=1.0,
+                                           dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    apply_fn, variables = js.models.functional(model)
+    x = jax.random.normal(jax.random.key(3), (8, 64, 64, 3), jnp.bfloat16)
+    if variant.startswith("channel"):
+        groups = js.channel_groups(apply_fn, variables, x)
+        masks = js.prune(variables, "channel", 0.5, groups=groups,
+                         include=lambda p, w: w.ndim == 4, channel_multiple=4)
+        if variant.endswith("2:4"):
+            masks = js.nm_on_kept_channels(apply_fn, variables, masks, x)
+    else:
+        masks = js.prune(variables["params"], variant, 0.9 if "block" in variant else None)
+    sp = js.compile(apply_fn, variables, masks, x, policy="sparse")
+    masked = js.apply_masks(variables, masks) if "params" in masks else \
+        {**variables, "params": js.apply_masks(variables["params"], masks)}
+    close(jax.jit(sp)(sp.variables, x), apply_fn(masked, x), 3e-2)
+    actions = " ".join(r.action for r in sp.report.rows)
+    assert ("cusparselt" in actions) == ("2:4" in variant), actions
+    assert ("pallas-triton" in actions) == ("block" in variant), actions
