@@ -8,11 +8,12 @@ medians over trials of ``--reps`` back-to-back calls, so launch overhead is amor
 
 * ``gemm``: ResNet50's GEMMs at batch 256 (1x1 convs as GEMMs, 3x3 convs as im2col GEMMs, the
   classifier), bf16: ``jnp.dot`` against ``nm_dot`` on cuSPARSELt (weight compressed in the
-  program, every call), the cuSPARSELt kernel alone (weight compressed once, beforehand), and
+  program, every call), the cuSPARSELt kernel alone (weight compressed once, beforehand, as
+  ``js.compile`` does on a GPU), and
   block-sparse 90% with the Pallas Triton kernel (32x32 and 128x128 blocks).
 * ``e2e``: ResNet50 224x224 bf16 inference at each ``--batches`` size: dense, 2:4, block 90%,
-  channel 50%, channel 50% + 2:4, each ``js.compile``-d for this GPU and checked against the
-  masked dense model first.
+  channel 50%, channel 50% + 2:4, each ``js.compile``-d for this GPU (``policy="sparse"``; 2:4
+  weights compressed once at compile time) and checked against the masked dense model first.
 
 Writes (and on a later run, updates section by section) ``<out>/<device>-<date>.json`` and
 ``.md``, with device, driver, jax and cuSPARSELt versions, precision and batch.
@@ -56,10 +57,13 @@ GEMMS = [
     ("layer4 3x3 512 (im2col)", 7 * 7, 4608, 512),
     ("fc 2048->1024 (1000 padded)", 1, 2048, 1024),
 ]
-# name -> (pattern, sparsity, channel groups first)
+# name -> (pattern, sparsity, channel groups first). Every variant compiles with
+# policy="sparse", so each layer the pattern allows runs its kernel (the figures are the
+# kernels'; js.compile's default policy="auto" keeps layers dense where they measured slower).
 VARIANTS = {
     "nm24": ("2:4", None, False),
     "block90_32": ("block:32x32", 0.9, False),
+    "block90_64": ("block:64x64", 0.9, False),
     "channel50": ("channel", 0.5, True),
     "channel50_nm24": ("channel", 0.5, True),
 }
@@ -72,6 +76,8 @@ flags.DEFINE_integer("warmup", 3, "Untimed calls after compilation.")
 flags.DEFINE_integer("trials", 10, "Timed trials per candidate (alternating).")
 flags.DEFINE_integer("reps", 10, "Back-to-back calls per trial.")
 flags.DEFINE_string("out", "docs/results", "Folder for the JSON and markdown results.")
+flags.DEFINE_string("tag", "", "Suffix of this run's end-to-end sections in the results (keeps "
+                    "earlier runs of the same batch size beside it).")
 FLAGS = flags.FLAGS
 
 
@@ -161,7 +167,7 @@ def build_variant(name, apply_fn, variables, example):
     else:
         masks = js.prune(variables["params"], pattern, sparsity)
     t0 = time.perf_counter()
-    sp = js.compile(apply_fn, variables, masks, example)
+    sp = js.compile(apply_fn, variables, masks, example, policy="sparse")
     return sp, masks, time.perf_counter() - t0
 
 
@@ -245,7 +251,8 @@ def markdown(res: dict) -> str:
         lines.append("")
     for key in sorted(k for k in res if k.startswith("e2e_b")):
         e = res[key]
-        lines += [f"## ResNet50 224x224 bf16 inference, batch {e['batch']}", "",
+        tag = f" ({e['tag']})" if e.get("tag") else ""
+        lines += [f"## ResNet50 224x224 bf16 inference, batch {e['batch']}{tag}", "",
                   f"Command: `{e['command']}`", "",
                   "| variant | images/s | speedup vs dense | ms/batch | FLOPs ratio | "
                   "max rel. error | layers |", "|---|---|---|---|---|---|---|"]
@@ -292,7 +299,8 @@ def main(argv):
         save()
     if "e2e" in FLAGS.sections:
         def on_batch(batch, rows):
-            res[f"e2e_b{batch}"] = {"batch": batch, "command": command, "rows": rows}
+            key = f"e2e_b{batch}" + (f"_{FLAGS.tag}" if FLAGS.tag else "")
+            res[key] = {"batch": batch, "command": command, "rows": rows, "tag": FLAGS.tag}
             save()
 
         e2e_section(on_batch)

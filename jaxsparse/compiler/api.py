@@ -180,7 +180,9 @@ def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_a
         lambda leaves, *a: apply_fn(jax.tree.unflatten(treedef, leaves), *a),
         return_shape=True)(leaves, *example_args)
     out_tree = jax.tree.structure(out_shape)
-    opts = layers.Options(policy, impl, platform, calibrate, note)
+    on_gpu = platform == "cuda" and target_platform(None) == "cuda"
+    opts = layers.Options(policy, impl, platform, calibrate, note,
+                          precompress=on_gpu and cusparselt.available())
     forced: frozenset[str] = frozenset()
     while True:
         ctx = Context(compiling=True, plan={}, decide=layers.decide, apply=layers.apply,

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
@@ -28,9 +29,10 @@ from jaxsparse.compiler.packed import (
 )
 from jaxsparse.compiler.report import LayerRow, LayerTiming
 from jaxsparse.compiler.values import Sliced, WRef
+from jaxsparse.gpu import cusparselt
 from jaxsparse.kernels import cpu_sparse_conv
 from jaxsparse.primitives.block_sparse_dot import pack_block_ell, pallas_kernel
-from jaxsparse.primitives.nm_dot import cuda_kernel, pack_nm
+from jaxsparse.primitives.nm_dot import cuda_kernel, pack_nm, unpack_nm
 from jaxsparse.pruning.patterns import NM, Block, Unstructured
 
 POLICIES = ("auto", "sparse", "dense")
@@ -43,9 +45,13 @@ POLICIES = ("auto", "sparse", "dense")
 BLOCK_MAX_DENSITY = 0.5
 MIN_SPARSE_FLOPS = 2e7
 BLOCK_SLOWER_PLATFORMS = ("cpu",)
-# cuSPARSELt 2:4 under policy="auto": layers below this many dense FLOPs stay dense (the
-# per-call weight compression and launch are not repaid on small GEMMs).
-NM_MIN_FLOPS = 1e9
+# policy="auto" on cuda, from docs/results/nvidia-h200-2026-11-26.md (bf16, batch 256): the
+# cuSPARSELt 2:4 kernel alone ran at 0.22-0.89x the speed of cuBLAS on every ResNet50 GEMM shape
+# (they are memory-bound at this size), so "auto" keeps 2:4 layers dense there; the Pallas
+# block kernel at 90% beat dense on most shapes with 128x128 blocks (up to 2.3x) but rarely
+# with 32x32 ones, so "auto" takes blocks of at least this size.
+NM_AUTO_ON_CUDA = False
+CUDA_MIN_BLOCK = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +64,8 @@ class Options:
         platform: the platform compiled for.
         calibrate: measure each candidate layer (dense vs sparse) instead of predicting.
         kernel_note: why the CPU kernels are not used, when they are not (for the report).
+        precompress: make cuSPARSELt's compressed copy of every 2:4 weight at compile time
+            (compiling for ``cuda`` on a machine with an NVIDIA GPU).
     """
 
     policy: str
@@ -65,6 +73,7 @@ class Options:
     platform: str
     calibrate: bool = False
     kernel_note: str = ""
+    precompress: bool = False  # Compress 2:4 weights for cuSPARSELt now (a local CUDA GPU).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,10 +145,10 @@ def _nm_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTiming | Non
         return "nm", f"policy='sparse' ({detail})", None
     if kernel is None:
         return "dense", f"{why}; the portable nm_dot densifies (policy='sparse' forces it)", None
-    if c.flops < NM_MIN_FLOPS:
-        return "dense", (f"small layer ({c.flops / 1e6:.1f} MFLOP < {NM_MIN_FLOPS / 1e6:.0f}): "
-                         f"compressing and launching cost more than 2:4 saves"), None
-    return "nm", f"{why} on a large layer ({c.flops / 1e9:.1f} GFLOP dense)", None
+    if not NM_AUTO_ON_CUDA:
+        return "dense", ("cuSPARSELt 2:4 measured slower than dense on ResNet50's GEMMs (H200, "
+                         "bf16); policy='sparse' forces it"), None
+    return "nm", why, None
 
 
 def _choose(c: Candidate | None, opts: Options) -> tuple[str, str, LayerTiming | None]:
@@ -170,6 +179,10 @@ def _choose(c: Candidate | None, opts: Options) -> tuple[str, str, LayerTiming |
             return "dense", f"no Pallas kernel on {opts.platform}: {why}", None
     if opts.policy == "sparse":
         return "block", "policy='sparse'", None
+    if opts.platform == "cuda" and min(pattern.bh, pattern.bw) < CUDA_MIN_BLOCK:
+        return "dense", (f"{pattern.bh}x{pattern.bw} blocks: the Pallas GPU kernel measured "
+                         f"faster than dense only with blocks of {CUDA_MIN_BLOCK}+ (H200); "
+                         f"policy='sparse' forces it"), None
     if opts.platform in BLOCK_SLOWER_PLATFORMS and opts.impl == "xla":
         note = f"; CPU kernels: {opts.kernel_note}" if opts.kernel_note else ""
         return "dense", (f"block_sparse_dot's XLA lowering measured slower than dense on "
@@ -245,6 +258,17 @@ def _pack(low: str, pattern, gemm_w: np.ndarray, gemm_m: np.ndarray, layout: Lay
     values, brows = pack_block_ell(gemm_w, gemm_m, bh, bw)
     stored = int((brows >= 0).sum()) * bh * bw
     return BlockWeight(values, brows, layout), stored / gemm_w.size
+
+
+def _with_blob(weight: NMWeight, dtype, gemm_kn: tuple[int, int]) -> NMWeight:
+    """The weight with its cuSPARSELt-compressed copy in ``dtype``, made now on the local GPU
+    (``decide`` runs while tracing: evaluate eagerly, as ``_measure`` does)."""
+    k, _ = gemm_kn
+    with jax.ensure_compile_time_eval():
+        dense = unpack_nm(jnp.asarray(weight.values, dtype), jnp.asarray(weight.indices), k,
+                          weight.m)
+        blob = np.asarray(jax.jit(cusparselt.compress)(dense))
+    return dataclasses.replace(weight, blob=blob)
 
 
 def _action(low: str, pattern, opts: Options, gemm_kn: tuple[int, int], dtype) -> str:
@@ -323,6 +347,9 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
     weight, frac = dense, 1.0
     if low in ("nm", "block", "measure"):
         weight, frac = _pack("nm" if low == "nm" else "block", pattern, gemm_w, gemm_m, layout)
+    if low == "nm" and opts.precompress and \
+            cuda_kernel(k, pattern.n, pattern.m, n, dtype)[0] == "cusparselt":
+        weight = _with_blob(weight, dtype, (k, n))
     if low == "measure":
         td, ts = _measure(eqn, cand, weight, dense.kernel, opts)
         timing = dataclasses.replace(timing, measured_dense_ms=td, measured_sparse_ms=ts,

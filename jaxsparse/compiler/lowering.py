@@ -38,7 +38,8 @@ def conv_supported(params: dict) -> str | None:
 def gemm(x2d: jax.Array, weight: Rewritten, impl: str) -> jax.Array:
     """``x2d @ W`` for a rewritten weight (dense, N:M-packed or blocked-ELL)."""
     if isinstance(weight, NMWeight):
-        return nm_dot(x2d, weight.values.astype(x2d.dtype), weight.indices, m=weight.m)
+        return nm_dot(x2d, weight.values.astype(x2d.dtype), weight.indices, m=weight.m,
+                      blob=weight.blob)
     if isinstance(weight, BlockWeight):
         return block_sparse_dot(x2d, weight.values.astype(x2d.dtype), weight.rows, impl=impl)
     k = weight.kernel

@@ -60,12 +60,19 @@ class DenseWeight:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class NMWeight:
-    """An N:M-packed weight (see :mod:`jaxsparse.primitives.nm_dot`)."""
+    """An N:M-packed weight (see :mod:`jaxsparse.primitives.nm_dot`).
+
+    ``blob``, when set, is cuSPARSELt's compressed copy of the weight in the layer's compute
+    dtype, made once by ``js.compile`` on an NVIDIA GPU so that inference does not compress on
+    every call. It is an inference copy: ``values`` stays the weight of record (gradients,
+    ``unpack``, other platforms); after changing ``values``, compile again.
+    """
 
     values: jax.Array
     indices: jax.Array
     m: int = dataclasses.field(metadata=dict(static=True))
     layout: Layout = dataclasses.field(metadata=dict(static=True))
+    blob: jax.Array | None = None
 
     def dense_kept(self) -> jax.Array:
         ks = self.layout.kept_shape

@@ -28,7 +28,12 @@ TARGETS = {
 }
 DISABLE_ENV = "JAXSPARSE_DISABLE_CUSPARSELT"
 BUILD_HINT = "build it with `python -m jaxsparse.gpu.build` (needs `pip install 'jaxsparse[gpu]'`)"
-DTYPES = (jnp.bfloat16, jnp.float16)
+# bf16 only: f16 passed lowering but cuSPARSELt 0.8's algorithm search failed with an internal
+# error on an H200 (docs/results/nvidia-h200-2026-11-26.md), so f16 keeps the portable path.
+DTYPES = (jnp.bfloat16,)
+# cuSPARSELt 0.8 refused a dense operand of 3.2M rows (ResNet50 batch 1024, 56x56): longer
+# inputs run in chunks of this many rows (batch 256 at 56x56 is 0.8M rows and ran whole).
+MAX_ROWS = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +101,8 @@ def version() -> str:
 def unsupported(k: int, cout: int, dtype) -> str | None:
     """Why cuSPARSELt cannot run ``x (N, k) @ W (k, cout)`` 2:4 in ``dtype``; None when it can."""
     if jnp.dtype(dtype) not in [jnp.dtype(d) for d in DTYPES]:
-        return (f"dtype {jnp.dtype(dtype).name} (cuSPARSELt 2:4 runs bf16 and f16; f32 has only "
-                f"1:2 tf32 sparsity)")
+        return (f"dtype {jnp.dtype(dtype).name} (jaxsparse runs cuSPARSELt 2:4 in bf16; f32 "
+                f"has only 1:2 tf32 sparsity, f16 failed on-device checks)")
     if k % 32 or cout % 32:
         return f"shape K={k}, cout={cout} (the cuSPARSELt kernel needs K and cout multiples of 32)"
     return None
@@ -121,8 +126,11 @@ def compress(w: jax.Array) -> jax.Array:
 
 def matmul(x: jax.Array, blob: jax.Array, cout: int) -> jax.Array:
     """``x (N, K) @ W`` with ``W`` given as its compressed blob (CUDA only); N is padded to a
-    multiple of 8 as cuSPARSELt requires."""
+    multiple of 8 as cuSPARSELt requires, and split in chunks of at most :data:`MAX_ROWS`."""
     n = x.shape[0]
+    if n > MAX_ROWS:
+        return jnp.concatenate([matmul(x[i:i + MAX_ROWS], blob, cout)
+                                for i in range(0, n, MAX_ROWS)], axis=0)
     pad = -n % 8
     xp = jnp.pad(x, ((0, pad), (0, 0))) if pad else x
     out = jax.ShapeDtypeStruct((n + pad, cout), x.dtype)

@@ -64,13 +64,18 @@ def unpack_nm(values: jax.Array, indices: jax.Array, k: int, m: int) -> jax.Arra
     return dense.reshape(k, cout)
 
 
-def nm_dot_reference(x: jax.Array, values: jax.Array, indices: jax.Array, *, m: int) -> jax.Array:
-    """Pure-jnp oracle: densify, then ``x @ W``."""
+def nm_dot_reference(x: jax.Array, values: jax.Array, indices: jax.Array, blob=None, *,
+                     m: int) -> jax.Array:
+    """Pure-jnp oracle: densify, then ``x @ W`` (``blob``, a compressed copy, is ignored)."""
     w = unpack_nm(values, indices, x.shape[-1], m)
     return jnp.matmul(x, w.astype(x.dtype), precision=jax.lax.Precision.HIGHEST)
 
 
-def nm_dot(x: jax.Array, values: jax.Array, indices: jax.Array, *, m: int) -> jax.Array:
+NO_BLOB = np.zeros((0,), np.uint8)
+
+
+def nm_dot(x: jax.Array, values: jax.Array, indices: jax.Array, *, m: int,
+           blob: jax.Array | None = None) -> jax.Array:
     """``x @ W`` for a packed N:M weight ``W`` of shape ``(x.shape[-1], cout)``.
 
     Args:
@@ -78,16 +83,22 @@ def nm_dot(x: jax.Array, values: jax.Array, indices: jax.Array, *, m: int) -> ja
         values: ``(K // m * n, cout)`` kept values.
         indices: ``(K // m * n, cout)`` int8 positions inside each group of ``m``.
         m: group size M.
+        blob: optional cuSPARSELt-compressed copy of ``W`` in ``x.dtype``
+            (:func:`jaxsparse.gpu.cusparselt.compress`, made once by ``js.compile`` on a GPU):
+            the CUDA lowering then runs the sparse GEMM alone instead of compressing on every
+            call. It must hold the same weight as ``values`` (other lowerings, and gradients,
+            read ``values``).
 
     Returns:
         ``(..., cout)``.
     """
     lead = x.shape[:-1]
-    y = nm_dot_p.bind(x.reshape(-1, x.shape[-1]), values, indices, m=m)
+    blob = NO_BLOB if blob is None else blob
+    y = nm_dot_p.bind(x.reshape(-1, x.shape[-1]), values, indices, blob, m=m)
     return y.reshape(*lead, values.shape[-1])
 
 
-def _abstract_eval(x, values, indices, *, m):
+def _abstract_eval(x, values, indices, blob, *, m):
     k = x.shape[-1]
     if x.ndim != 2 or values.ndim != 2 or indices.shape != values.shape:
         raise ValueError(f"nm_dot: need x (B, K) and values/indices (R, cout) of one shape; got "
@@ -97,7 +108,7 @@ def _abstract_eval(x, values, indices, *, m):
     return jax.core.ShapedArray((x.shape[0], values.shape[1]), x.dtype)
 
 
-def _impl(x, values, indices, *, m):
+def _impl(x, values, indices, blob, *, m):
     return nm_dot_reference(x, values, indices, m=m)
 
 
@@ -115,34 +126,37 @@ def cuda_kernel(k: int, n: int, m: int, cout: int, dtype) -> tuple[str | None, s
     return (None, why) if why else ("cusparselt", "cuSPARSELt 2:4 sparse tensor cores")
 
 
-def _cuda_lowering(ctx, x, values, indices, *, m):
-    """cuSPARSELt where :func:`cuda_kernel` allows it, else the portable lowering."""
+def _cuda_lowering(ctx, x, values, indices, blob, *, m):
+    """cuSPARSELt where :func:`cuda_kernel` allows it (the given compressed ``blob``, else
+    compressing in the program), else the portable lowering."""
     k = ctx.avals_in[0].shape[-1]
     r, cout = ctx.avals_in[1].shape
     kernel, _ = cuda_kernel(k, r * m // k, m, cout, ctx.avals_in[0].dtype)
     if kernel is None:
-        return mlir.lower_fun(_impl, multiple_results=False)(ctx, x, values, indices, m=m)
+        return mlir.lower_fun(_impl, multiple_results=False)(ctx, x, values, indices, blob, m=m)
     from jaxsparse.gpu import cusparselt
 
-    def run(x, values, indices):
+    def run(x, values, indices, blob):
+        if blob.shape[0]:
+            return cusparselt.matmul(x, blob, cout)
         return cusparselt.nm_matmul(x, unpack_nm(values, indices, k, m))
 
-    return mlir.lower_fun(run, multiple_results=False)(ctx, x, values, indices)
+    return mlir.lower_fun(run, multiple_results=False)(ctx, x, values, indices, blob)
 
 
-def _transpose(ct, x, values, indices, *, m):
+def _transpose(ct, x, values, indices, blob, *, m):
     if type(ct) is ad.Zero:
-        return [None, None, None]
+        return [None, None, None, None]
     if ad.is_undefined_primal(x):
         k = x.aval.shape[-1]
         w = unpack_nm(values, indices, k, m).astype(ct.dtype)
-        return [jnp.matmul(ct, w.T, precision=jax.lax.Precision.HIGHEST), None, None]
+        return [jnp.matmul(ct, w.T, precision=jax.lax.Precision.HIGHEST), None, None, None]
     k = x.shape[-1]
     r, cout = values.aval.shape
     n = r * m // k
     dw = jnp.matmul(x.T, ct, precision=jax.lax.Precision.HIGHEST).reshape(k // m, m, cout)
     dv = jnp.take_along_axis(dw, indices.reshape(k // m, n, cout).astype(jnp.int32), axis=1)
-    return [None, dv.reshape(r, cout).astype(values.aval.dtype), None]
+    return [None, dv.reshape(r, cout).astype(values.aval.dtype), None, None]
 
 
 nm_dot_p.def_impl(_impl)

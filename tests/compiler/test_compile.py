@@ -241,7 +241,8 @@ def test_policy_auto_and_report():
     apply_fn, variables, x = resnet(False, "small")
     sp = js.compile(apply_fn, variables, js.prune(variables["params"], "2:4"), x)
     rows = [r for r in sp.report.rows if r.pattern == "2:4"]
-    assert rows and all(r.action == "dense" and "no fast 2:4 kernel" in r.why for r in rows)
+    assert rows and all(r.action == "dense" and "no 2:4 sparse tensor cores on cpu" in r.why
+                       for r in rows)
     assert "| params/layer1/0/conv1/kernel | conv |" in str(sp.report)
     sp = js.compile(apply_fn, variables, js.prune(variables["params"], "unstructured", 0.9),
                     x, policy="sparse", backend="xla")

@@ -21,7 +21,7 @@ from jaxsparse.primitives.block_sparse_dot import (
     block_sparse_dot_reference,
     pack_block_ell,
 )
-from jaxsparse.primitives.nm_dot import nm_dot, nm_dot_reference, pack_nm
+from jaxsparse.primitives.nm_dot import nm_dot, nm_dot_reference, pack_nm, unpack_nm
 
 ON_GPU = jax.devices()[0].platform == "gpu"
 pytestmark = pytest.mark.skipif(
@@ -51,14 +51,31 @@ def lowered_text(fn, *args):
 # ResNet50 GEMM shapes (K, cout) and odd row counts.
 @pytest.mark.parametrize("k,n", [(64, 256), (576, 64), (2048, 1024), (4608, 512)])
 @pytest.mark.parametrize("rows", [37, 1000])
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_nm_dot_cusparselt_equals_reference(k, n, rows, dtype):
+def test_nm_dot_cusparselt_equals_reference(k, n, rows):
+    dtype = jnp.bfloat16
     values, idx = packed_24(k, n, dtype)
     x = jax.random.normal(jax.random.key(0), (rows, k), dtype)
     fn = lambda x, v, i: nm_dot(x, v, i, m=4)  # noqa: E731
     assert "jaxsparse_cusparselt_matmul" in lowered_text(fn, x, values, idx)
     close(jax.jit(fn)(x, values, idx),
           nm_dot_reference(x.astype(jnp.float32), values.astype(jnp.float32), idx, m=4))
+
+
+def test_nm_dot_precompressed_blob_equals_reference():
+    values, idx = packed_24(576, 128, jnp.bfloat16)
+    blob = jax.jit(cusparselt.compress)(unpack_nm(values, idx, 576, 4))
+    x = jax.random.normal(jax.random.key(4), (3000, 576), jnp.bfloat16)
+    fn = lambda x, v, b: nm_dot(x, v, idx, m=4, blob=b)  # noqa: E731
+    close(jax.jit(fn)(x, values, blob), nm_dot_reference(x.astype(jnp.float32),
+                                                         values.astype(jnp.float32), idx, m=4))
+
+
+def test_f16_keeps_the_portable_path():
+    values, idx = packed_24(64, 64, jnp.float16)
+    x = jnp.ones((8, 64), jnp.float16)
+    fn = lambda x, v, i: nm_dot(x, v, i, m=4)  # noqa: E731
+    assert "cusparselt" not in lowered_text(fn, x, values, idx)
+    close(jax.jit(fn)(x, values, idx), nm_dot_reference(x, values, idx, m=4))
 
 
 def test_nm_dot_cusparselt_vmap_and_gradients():
