@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Sets up jaxsparse from nothing: the Fashion-MNIST Debian package (when root), a .venv with the
 # package and its test extras. Safe to rerun: it skips what is already done.
+# JAXSPARSE_GPU_BUILD=1 (scripts/test.sh sets it) also installs the cuSPARSELt and CUDA runtime
+# headers (extra "gpu-build", no GPU needed) and builds the cuSPARSELt FFI library, so models
+# lower for NVIDIA GPUs with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,16 +26,26 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.jaxsparse-installed
 # Reinstall when the metadata or the C++ kernels change (the install builds them).
-want="$(cat setup.cfg pyproject.toml setup.py jaxsparse/kernels/csrc/* | sha256sum | cut -d' ' -f1)"
+extras="test"
+if [ "${JAXSPARSE_GPU_BUILD:-0}" = 1 ]; then extras="test,gpu-build"; fi
+want="$(cat setup.cfg pyproject.toml setup.py jaxsparse/kernels/csrc/* jaxsparse/gpu/csrc/* \
+  | sha256sum | cut -d' ' -f1) $extras"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "== installing jaxsparse and its dependencies into .venv (first time: a few minutes)"
+  echo "== installing jaxsparse[$extras] into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -e ".[$extras]"
+  if [ "$extras" != test ]; then
+    echo "== building the cuSPARSELt FFI library (python -m jaxsparse.gpu.build)"
+    .venv/bin/python -m jaxsparse.gpu.build
+  fi
   echo "$want" > "$stamp"
 fi
 echo "== setup done: $(.venv/bin/python -c '
 import jax
+from jaxsparse.gpu import cusparselt
 from jaxsparse.kernels import cpu_library
-st = cpu_library.status()
+st, gst = cpu_library.status(), cusparselt.status()
 print("jax", jax.__version__, jax.devices(), "| CPU sparse kernels:",
-      "built" if st.available else "NOT available (" + st.reason + ")")')"
+      "built" if st.available else "NOT available (" + st.reason + ")",
+      "| cuSPARSELt FFI library:", "built" if gst.available else "not built (" + gst.reason
+      + ")")')"

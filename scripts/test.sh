@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Sets up (scripts/setup.sh) and runs the linter and the test suite. Extra args go to pytest.
+# Sets up (scripts/setup.sh, with the cuSPARSELt FFI library so models lower for NVIDIA GPUs)
+# and runs the linter and the test suite. Extra args go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+JAXSPARSE_GPU_BUILD=1 bash scripts/setup.sh
 echo "== ruff"
 .venv/bin/ruff check jaxsparse experiments scripts tests
 echo "== pytest"

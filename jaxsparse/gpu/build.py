@@ -19,24 +19,7 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE = os.path.join(HERE, "csrc", "cusparselt_nm.cc")
-LIBRARY = os.path.join(HERE, "_cusparselt.so")
-
-
-def nvidia_dirs() -> list[str]:
-    """``nvidia/<cu13|cu12>`` folders of the installed NVIDIA wheels (may be empty)."""
-    try:
-        import nvidia  # namespace package of the NVIDIA wheels
-    except ImportError:
-        return []
-    out = []
-    for root in getattr(nvidia, "__path__", []):
-        for sub in ("cu13", "cusparselt", "cuda_runtime", "cu12"):
-            path = os.path.join(root, sub)
-            if os.path.isdir(path):
-                out.append(path)
-    return out
+from jaxsparse.gpu.cusparselt import LIBRARY, SOURCE, nvidia_dirs
 
 
 def find(name: str, sub: str, extra: list[str], also: str | None = None) -> str | None:

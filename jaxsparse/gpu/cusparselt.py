@@ -20,8 +20,9 @@ import os
 import jax
 import jax.numpy as jnp
 
-from jaxsparse.gpu import build
-
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(HERE, "csrc", "cusparselt_nm.cc")
+LIBRARY = os.path.join(HERE, "_cusparselt.so")
 TARGETS = {
     "jaxsparse_cusparselt_compress": "JaxsparseCusparseltCompress",
     "jaxsparse_cusparselt_matmul": "JaxsparseCusparseltMatmul",
@@ -36,6 +37,21 @@ DTYPES = (jnp.bfloat16,)
 MAX_ROWS = 1 << 20
 
 
+def nvidia_dirs() -> list[str]:
+    """``nvidia/<cu13|cu12>`` folders of the installed NVIDIA wheels (may be empty)."""
+    try:
+        import nvidia  # namespace package of the NVIDIA wheels
+    except ImportError:
+        return []
+    out = []
+    for root in getattr(nvidia, "__path__", []):
+        for sub in ("cu13", "cusparselt", "cuda_runtime", "cu12"):
+            path = os.path.join(root, sub)
+            if os.path.isdir(path):
+                out.append(path)
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class LibraryStatus:
     """Whether the cuSPARSELt targets are registered, the library's path, and why not."""
@@ -48,7 +64,7 @@ class LibraryStatus:
 def _preload_wheel_libraries() -> None:
     """Loads libcusparseLt / libcudart from the NVIDIA wheels (global symbols), so the FFI
     library finds them wherever the wheels were installed."""
-    for d in build.nvidia_dirs():
+    for d in nvidia_dirs():
         for pattern in ("libcudart.so.1[0-9]", "libcusparseLt.so.0"):
             for path in sorted(glob.glob(os.path.join(d, "lib", pattern))):
                 try:
@@ -61,7 +77,7 @@ def _preload_wheel_libraries() -> None:
 def _library() -> tuple[ctypes.CDLL | None, LibraryStatus]:
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return None, LibraryStatus(False, None, f"disabled by {DISABLE_ENV}")
-    path = build.LIBRARY
+    path = LIBRARY
     if not os.path.isfile(path):
         return None, LibraryStatus(False, None, f"the cuSPARSELt FFI library is not built; "
                                                 f"{BUILD_HINT}")
@@ -117,16 +133,32 @@ def blob_bytes(k: int, cout: int, dtype) -> int:
     return k * cout * itemsize // 2 + k * cout // 8 + 4096
 
 
+def _check(k: int, cout: int, dtype, what: str) -> None:
+    why = unsupported(k, cout, dtype)
+    if why is not None:
+        raise ValueError(f"cusparselt.{what}: unsupported {why}.")
+
+
 def compress(w: jax.Array) -> jax.Array:
-    """cuSPARSELt's compressed blob (uint8) of a dense 2:4 ``(K, cout)`` weight (CUDA only)."""
+    """cuSPARSELt's compressed blob (uint8) of a dense 2:4 ``(K, cout)`` weight (CUDA only).
+
+    Raises:
+        ValueError: for a dtype or shape the kernel does not take (see :func:`unsupported`).
+    """
     k, cout = w.shape
+    _check(k, cout, w.dtype, "compress")
     out = jax.ShapeDtypeStruct((blob_bytes(k, cout, w.dtype),), jnp.uint8)
     return jax.ffi.ffi_call("jaxsparse_cusparselt_compress", out)(w)
 
 
 def matmul(x: jax.Array, blob: jax.Array, cout: int) -> jax.Array:
     """``x (N, K) @ W`` with ``W`` given as its compressed blob (CUDA only); N is padded to a
-    multiple of 8 as cuSPARSELt requires, and split in chunks of at most :data:`MAX_ROWS`."""
+    multiple of 8 as cuSPARSELt requires, and split in chunks of at most :data:`MAX_ROWS`.
+
+    Raises:
+        ValueError: for a dtype or shape the kernel does not take (see :func:`unsupported`).
+    """
+    _check(x.shape[1], cout, x.dtype, "matmul")
     n = x.shape[0]
     if n > MAX_ROWS:
         return jnp.concatenate([matmul(x[i:i + MAX_ROWS], blob, cout)

@@ -100,3 +100,10 @@ def test_portable_nm_dot_without_the_library(monkeypatch):
     assert "jaxsparse_cusparselt_matmul" not in custom_calls(sp, "cuda")
     assert any("no cuSPARSELt kernel: the cuSPARSELt FFI library is not built" in r.why
                for r in sp.report.rows)
+
+
+def test_cusparselt_names_unsupported_dtypes_and_shapes():
+    with pytest.raises(ValueError, match="dtype float32"):
+        cusparselt.compress(jnp.zeros((64, 64), jnp.float32))
+    with pytest.raises(ValueError, match="K=48, cout=64"):
+        cusparselt.matmul(jnp.zeros((8, 48), jnp.bfloat16), jnp.zeros((16,), jnp.uint8), 64)
