@@ -7,14 +7,15 @@ The logic lives in :mod:`jaxsparse.training`; this is only the command line.
 """
 
 import json
-import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.cli import parse_flags
+from experiments.cli import fail, parse_flags
 from jaxsparse.data import DatasetError
 from jaxsparse.training.train import run_bench, train_and_evaluate
+from jaxsparse.training.validate import validate_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, TensorBoard events and results.")
@@ -34,11 +35,12 @@ def main(argv):
         raise app.UsageError(f"config.mode={config.mode!r} is not valid; use one of "
                              f"{sorted(MODES)}.")
     try:
+        validate_config(config, FLAGS.workdir)  # Before any data is read or anything compiled.
         results = MODES[config.mode](config, FLAGS.workdir)
     except (DatasetError, ValueError) as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e))
+    if jax.process_index() != 0:  # One report per run: process 0's.
+        return
     summary = {k: results[k] for k in ("accuracy", "images_per_sec") if k in results}
     print(json.dumps(summary))
     print(f"Results: {FLAGS.workdir}/results.json  TensorBoard: tensorboard --logdir "

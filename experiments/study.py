@@ -6,12 +6,12 @@
 The logic lives in :mod:`jaxsparse.study`; this is only the command line.
 """
 
-import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.cli import parse_flags
+from experiments.cli import fail, parse_flags
 from jaxsparse.data import DatasetError
 from jaxsparse.study import run_study
 
@@ -29,8 +29,9 @@ def main(argv):
     try:
         run_study(FLAGS.config, FLAGS.workdir)
     except (DatasetError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e))
+    if jax.process_index() != 0:  # One report per study: process 0's.
+        return
     with open(f"{FLAGS.workdir}/report.md") as f:
         print(f.read())
     print(f"Report: {FLAGS.workdir}/report.md  Plot: {FLAGS.workdir}/pareto.png\n"

@@ -11,6 +11,27 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+
+def _place_labels(fig, ax, points: list[tuple[float, float, str]]) -> None:
+    """Annotates each point, moving a label to the first nearby spot where it overlaps no
+    label placed before it (points at similar speed and accuracy otherwise collide)."""
+    fig.canvas.draw()
+    placed: list[tuple[float, float, float, float]] = []
+    offsets = [(6, 4), (6, -12), (6, 16), (6, -24), (6, 28), (6, -36), (6, 40)]
+    for x, y, text in sorted(points, key=lambda p: -p[1]):
+        px, py = ax.transData.transform((x, y))
+        width, height = 5.0 * len(text), 11.0
+        for dx, dy in offsets:
+            box = (px + dx, py + dy, px + dx + width, py + dy + height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+                       for b in placed):
+                break
+        placed.append(box)
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8,
+                    arrowprops=None if (dx, dy) == offsets[0] else
+                    dict(arrowstyle="-", color="gray", lw=0.5))
 
 
 def pareto_plot(report: dict[str, Any], path: str) -> np.ndarray:
@@ -22,6 +43,7 @@ def pareto_plot(report: dict[str, Any], path: str) -> np.ndarray:
     rows = report["rows"]
     dense = rows[0]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    points = []
     for r in rows:
         if r["accuracy"] is None:
             continue
@@ -35,8 +57,17 @@ def pareto_plot(report: dict[str, Any], path: str) -> np.ndarray:
                    zorder=3)
         delta = "" if is_dense else f" ({100 * r['accuracy_delta']:+.2f} pt)"
         label = "dense" if is_dense else r["variant"] + (" [mask only]" if hollow else "")
-        ax.annotate(label + delta, (x, 100 * r["accuracy"]), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
+        points.append((x, 100 * r["accuracy"], label + delta))
+    ax.margins(x=0.25, y=0.2)
+    _place_labels(fig, ax, points)
+    ax.legend(handles=[
+        Line2D([], [], marker="*", color="black", linestyle="", markersize=10,
+               label="dense (unchanged model)"),
+        Line2D([], [], marker="o", color="tab:blue", linestyle="",
+               label="sparse, at its measured speed"),
+        Line2D([], [], marker="o", markerfacecolor="none", markeredgecolor="gray",
+               linestyle="", label="mask only (no speedup; drawn at dense speed)")],
+        fontsize=7, loc="best", framealpha=0.8)
     ax.set_xlabel(f"images/s ({report['device_kind']}, {report['precision']}, batch "
                   f"{report['batch_size']})")
     ax.set_ylabel("test accuracy (%)")

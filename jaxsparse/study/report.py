@@ -2,7 +2,10 @@
 
 A variant gets a speedup figure only when (a) its compiled model's accuracy was measured and
 (b) the compiler actually removed work (``flops_ratio < MASK_ONLY_RATIO``). Otherwise the row
-says why there is no speedup.
+says why there is no speedup (its ``why``: the compiler's reason, e.g. no kernel for the
+pattern). A speedup is the median of the per-repetition ratios (dense and variant timed back to
+back); its spread is their interquartile range, and a speedup whose spread includes 1.0x is
+reported as "no measurable change".
 
 MLPerf's lesson: a result counts only at (at least) 99% of the reference accuracy, and a pruned
 model is a *changed* model, an Open-division result that is never comparable with Closed-
@@ -12,8 +15,11 @@ dense accuracy; the summary names the fastest sparse model that does.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Any
+
+import numpy as np
 
 MASK_ONLY_RATIO = 0.99
 ACCURACY_BAR = 0.99  # MLPerf's quality target: 99% of the reference (dense) accuracy.
@@ -31,6 +37,8 @@ class Row:
     accuracy: float | None  # Of the compiled model (dense: of the dense model).
     images_per_sec: float | None
     mask_only: bool
+    why: str = ""  # Why the compiled model runs (mostly) dense, when it does.
+    speedup_range: tuple[float, float] | None = None  # IQR of per-repetition speedups.
 
     @property
     def division(self) -> str:
@@ -53,13 +61,40 @@ def speedup(row: Row, dense: Row) -> float | None:
     return row.images_per_sec / dense.images_per_sec
 
 
+def measurable(row: Row) -> bool:
+    """False when the speedup's spread includes 1.0x (a change the timing cannot resolve)."""
+    lo_hi = row.speedup_range
+    return lo_hi is None or not lo_hi[0] <= 1.0 <= lo_hi[1]
+
+
 def _speed_cell(row: Row, dense: Row) -> str:
     s = speedup(row, dense)
+    if s is not None and row is not dense:
+        spread = "" if row.speedup_range is None else \
+            f" [{row.speedup_range[0]:.2f}-{row.speedup_range[1]:.2f}]"
+        if not measurable(row):
+            return f"no measurable change ({s:.2f}x{spread})"
+        return f"{s:.2f}x{spread}"
     if s is not None:
         return f"{s:.2f}x"
     if row.accuracy is None:
         return "n/a (compiled accuracy not measured)"
     return "none (mask only)"
+
+
+def speedup_spread(dense_ms: list[float], variant_ms: list[float]) -> tuple[float, float]:
+    """Interquartile range of the per-repetition speedups ``dense_ms[i] / variant_ms[i]`` (the
+    two were timed back to back in repetition ``i``)."""
+    ratios = np.asarray(dense_ms, np.float64) / np.asarray(variant_ms, np.float64)
+    return float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))
+
+
+def dense_reason(rows: list[dict[str, Any]]) -> str:
+    """The compiler's most frequent reason for keeping a pruned layer dense (compile-report
+    rows as dicts), or "" when every pruned layer went sparse."""
+    why = collections.Counter(r["why"] for r in rows
+                              if r["pattern"] != "dense" and r["action"].startswith("dense"))
+    return why.most_common(1)[0][0] if why else ""
 
 
 def build_report(rows: list[Row], env: dict[str, Any]) -> dict[str, Any]:
@@ -77,6 +112,7 @@ def build_report(rows: list[Row], env: dict[str, Any]) -> dict[str, Any]:
         meets = None if r.accuracy is None or dense.accuracy is None else \
             r.accuracy >= ACCURACY_BAR * dense.accuracy
         entries.append({**dataclasses.asdict(r), "speedup": s, "division": r.division,
+                        "measurable": s is not None and (r is dense or measurable(r)),
                         "meets_99": meets,
                         "accuracy_delta": None if r.accuracy is None or dense.accuracy is None
                         else r.accuracy - dense.accuracy,
@@ -87,7 +123,8 @@ def build_report(rows: list[Row], env: dict[str, Any]) -> dict[str, Any]:
 
 def summary(entries: list[dict[str, Any]]) -> str:
     """One line: the fastest changed (sparse) model that keeps 99% of the dense accuracy."""
-    ok = [e for e in entries[1:] if e["meets_99"] and e["speedup"] is not None]
+    ok = [e for e in entries[1:] if e["meets_99"] and e["speedup"] is not None
+          and e.get("measurable", True) and e["speedup"] > 1.0]
     bar = f"{100 * ACCURACY_BAR:.0f}% of the dense accuracy"
     if not ok:
         return (f"No sparse model both kept {bar} and ran measurably faster; every sparse row "
@@ -102,24 +139,27 @@ def summary(entries: list[dict[str, Any]]) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     """The report table (every speed figure beside its accuracy)."""
-    rows = [Row(**{k: e[k] for k in (f.name for f in dataclasses.fields(Row))
-                   if k != "images_per_sec"}, images_per_sec=e["measured_images_per_sec"])
+    names = [f.name for f in dataclasses.fields(Row)]
+    rows = [Row(**{k: e[k] for k in names if k not in ("images_per_sec", "speedup_range", "why")},
+                images_per_sec=e["measured_images_per_sec"], why=e.get("why", ""),
+                speedup_range=tuple(e["speedup_range"]) if e.get("speedup_range") else None)
             for e in report["rows"]]
     dense = rows[0]
     head = ("| variant | division | pattern | sparsity | FLOPs ratio | accuracy | Δ acc vs dense "
-            "| ≥99% of dense | images/s | speedup vs dense | device | precision | batch | jax |")
-    lines = [head, "|" + "---|" * 14]
+            "| ≥99% of dense | images/s | speedup vs dense | why |")
+    lines = [f"{report['device_kind']}, {report['precision']}, batch {report['batch_size']}, "
+             f"jax {report['jax']}. Speedup: median of per-repetition ratios to dense (timed "
+             f"back to back), [interquartile range].", "", head, "|" + "---|" * 11]
     for r, e in zip(rows, report["rows"], strict=True):
         acc = "not measured" if r.accuracy is None else f"{r.accuracy:.4f}"
         delta = "-" if e["accuracy_delta"] is None else f"{100 * e['accuracy_delta']:+.2f} pt"
         ips = f"{e['images_per_sec']:.1f}" if e["images_per_sec"] is not None else "-"
         label = r.variant + (" (mask only)" if r.mask_only else "")
         meets = {True: "yes", False: "no", None: "-"}[e.get("meets_99")]
+        why = r.why if (r.mask_only or not measurable(r)) and r is not dense else ""
         lines.append(f"| {label} | {r.division} | {r.pattern} | {r.achieved_sparsity:.3f} | "
                      f"{r.flops_ratio:.3f} | {acc} | {delta} | {meets} | {ips} | "
-                     f"{_speed_cell(r, dense)} "
-                     f"| {report['device_kind']} | {report['precision']} | "
-                     f"{report['batch_size']} | {report['jax']} |")
+                     f"{_speed_cell(r, dense)} | {why} |")
     if report.get("summary"):
         lines += ["", report["summary"]]
     return "\n".join(lines)

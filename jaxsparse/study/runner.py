@@ -31,6 +31,7 @@ from jaxsparse.training import train
 from jaxsparse.training.bench import benchmark
 from jaxsparse.training.sharding import data_parallel
 from jaxsparse.training.summary import Writer, environment, write_json
+from jaxsparse.training.validate import SPARSITY_OFF, check_workdir, validate_config
 
 HPARAMS_DIR = "hparams"  # <workdir>/hparams/<variant>: the study's HParams runs.
 
@@ -82,10 +83,10 @@ def run_or_load(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
     """A finished run's results.json, or the run itself (resuming if it was interrupted)."""
     path = os.path.join(workdir, "results.json")
     if os.path.isfile(path):
-        print(f"[study] {workdir}: finished earlier, reusing its results.", flush=True)
+        train.say(f"[study] {workdir}: finished earlier, reusing its results.")
         with open(path) as f:
             return json.load(f)
-    print(f"[study] {workdir}: training.", flush=True)
+    train.say(f"[study] {workdir}: training.")
     return train.train_and_evaluate(config, workdir)
 
 
@@ -102,15 +103,32 @@ def compiled_accuracy(sp: js.SparseModel, split: data_lib.Split, batch_size: int
     return correct / count
 
 
+def dense_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The dense baseline's config: ``config.base`` with pruning off (sparsity fields the base
+    sets for its variants, such as a schedule's frequency, are theirs alone)."""
+    c = ml_collections.ConfigDict(config.base.to_dict())
+    c.bench.enabled = False
+    c.sparsity.update({"method": "none", **SPARSITY_OFF})
+    return c
+
+
 def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) the whole study; returns the report data."""
+    """Runs (or resumes) the whole study; returns the report data.
+
+    Raises:
+        ValueError: for a bad study config or workdir, before any data is read (every
+            variant's experiment config is validated first).
+    """
+    check_workdir(workdir)
+    all_variants = variants_of(config)
+    base = dense_config(config)
+    dense_dir = os.path.join(workdir, "dense")
+    validate_config(base)
+    for v in all_variants:
+        validate_config(variant_config(config, v, dense_dir), check_paths=False)
     os.makedirs(workdir, exist_ok=True)
     t_start = time.perf_counter()
-    all_variants = variants_of(config)
-    base = config.base
-    base.bench.enabled = False
     dtype = train.compute_dtype(base)
-    dense_dir = os.path.join(workdir, "dense")
     dense_res = run_or_load(base, dense_dir)
     _, test = train.load_splits(base)
     image_shape = test.images.shape[1:]
@@ -123,15 +141,15 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
                            False)]
     fns, args, dirs = [jax.jit(lambda v, x: apply_fn(v, x))], [(dense_vars, example)], \
         [dense_dir]
-    print(f"[study] dense: test accuracy {dense_res['accuracy']:.4f}.", flush=True)
+    train.say(f"[study] dense: test accuracy {dense_res['accuracy']:.4f}.")
     t_variants = time.perf_counter()
     for i, v in enumerate(all_variants):
         elapsed = time.perf_counter() - t_start
         per_variant = (time.perf_counter() - t_variants) / max(i, 1)
         eta = "" if i == 0 else \
             f", about {per_variant * (len(all_variants) - i) / 60:.0f} min of variants left"
-        print(f"[study] variant {i + 1}/{len(all_variants)}: {v.name} ({v.method} {v.pattern}); "
-              f"{elapsed / 60:.1f} min elapsed{eta}.", flush=True)
+        train.say(f"[study] variant {i + 1}/{len(all_variants)}: {v.name} ({v.method} "
+                  f"{v.pattern}); {elapsed / 60:.1f} min elapsed{eta}.")
         vdir = os.path.join(workdir, v.name)
         res = run_or_load(variant_config(config, v, dense_dir), vdir)
         variables = train.load_final_variables(vdir, template, dp)
@@ -142,23 +160,26 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
             with open(cached) as f:
                 acc = json.load(f)["compiled_accuracy"]
         else:
-            print(f"[study] {v.name}: evaluating the compiled model.", flush=True)
+            train.say(f"[study] {v.name}: evaluating the compiled model.")
             acc = compiled_accuracy(sp, test, bs, dtype)
             write_json(cached, {"compiled_accuracy": acc, "masked_accuracy": res["accuracy"],
                                 "compile_report": sp.report.as_dict()})
-        print(f"[study] {v.name}: compiled accuracy {acc:.4f} (masked {res['accuracy']:.4f}), "
-              f"FLOPs ratio {sp.report.flops_ratio:.3f}.", flush=True)
+        train.say(f"[study] {v.name}: compiled accuracy {acc:.4f} (masked "
+                  f"{res['accuracy']:.4f}), FLOPs ratio {sp.report.flops_ratio:.3f}.")
         ratio = sp.report.flops_ratio
         rows.append(report_lib.Row(v.name, v.pattern, v.method, res["sparsity"]["achieved"],
-                                   ratio, acc, None, ratio >= report_lib.MASK_ONLY_RATIO))
+                                   ratio, acc, None, ratio >= report_lib.MASK_ONLY_RATIO,
+                                   report_lib.dense_reason(sp.report.as_dict()["layers"])))
         fns.append(jax.jit(sp))
         args.append((sp.variables, example))
         dirs.append(vdir)
-    print(f"[study] benchmarking {len(fns)} models back to back, batch {bs}.", flush=True)
+    train.say(f"[study] benchmarking {len(fns)} models back to back, batch {bs}.")
     timings = benchmark(fns, args, bs, warmup=config.bench.warmup,
                         num_batches=config.bench.num_batches)
-    rows = [dataclasses.replace(r, images_per_sec=t.images_per_sec)
-            for r, t in zip(rows, timings, strict=True)]
+    dense_ms = timings[0].latencies_ms
+    rows = [dataclasses.replace(r, images_per_sec=t.images_per_sec, speedup_range=None if i == 0
+                                else report_lib.speedup_spread(dense_ms, t.latencies_ms))
+            for i, (r, t) in enumerate(zip(rows, timings, strict=True))]
     env = {**environment(), "precision": base.precision, "batch_size": bs,
            "title": config.title, "model": base.model.to_dict(), "dataset": base.data.name,
            "finetune": config.finetune.to_dict(), "distill": config.distill.to_dict(),

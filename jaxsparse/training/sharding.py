@@ -39,14 +39,38 @@ class DataParallel:
 
 
 def maybe_initialize_distributed() -> None:
-    """Calls ``jax.distributed.initialize()`` when a multi-host environment is configured.
+    """Starts multi-process JAX when a multi-host environment is configured.
 
-    The coordinator is recognised from ``JAX_COORDINATOR_ADDRESS`` (with ``JAX_NUM_PROCESSES``
-    and ``JAX_PROCESS_ID``) or from a cluster JAX auto-detects (SLURM, Open MPI, Cloud TPU).
+    ``JAX_COORDINATOR_ADDRESS`` (``host:port``) with ``JAX_NUM_PROCESSES`` and
+    ``JAX_PROCESS_ID`` are read here and passed to ``jax.distributed.initialize`` explicitly
+    (jax does not read the last two itself); otherwise a cluster JAX auto-detects (SLURM, Open
+    MPI, Cloud TPU) is initialised with no arguments. CPU collectives across processes use gloo.
+
+    Raises:
+        ValueError: when ``JAX_COORDINATOR_ADDRESS`` is set without a valid process count or id.
     """
-    keys = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_ID")
-    if any(k in os.environ for k in keys) and not jax.distributed.is_initialized():
+    if jax.distributed.is_initialized():
+        return
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    auto = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_ID")
+    if address is None and not any(k in os.environ for k in auto):
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if address is None:
         jax.distributed.initialize()
+        return
+    try:
+        num = int(os.environ["JAX_NUM_PROCESSES"])
+        pid = int(os.environ["JAX_PROCESS_ID"])
+    except (KeyError, ValueError):
+        raise ValueError(f"JAX_COORDINATOR_ADDRESS={address!r} needs JAX_NUM_PROCESSES (>= 1) "
+                         f"and JAX_PROCESS_ID (0..N-1) as integers; got JAX_NUM_PROCESSES="
+                         f"{os.environ.get('JAX_NUM_PROCESSES')!r}, JAX_PROCESS_ID="
+                         f"{os.environ.get('JAX_PROCESS_ID')!r}.") from None
+    if num < 1 or not 0 <= pid < num:
+        raise ValueError(f"JAX_PROCESS_ID={pid} must be in 0..{num - 1} "
+                         f"(JAX_NUM_PROCESSES={num}).")
+    jax.distributed.initialize(address, num, pid)
 
 
 def data_parallel() -> DataParallel:

@@ -24,6 +24,7 @@ from jaxsparse.training.bench import benchmark
 from jaxsparse.training.checkpoint import Checkpointer
 from jaxsparse.training.sharding import DataParallel, data_parallel, maybe_initialize_distributed
 from jaxsparse.training.summary import Writer, environment, write_json
+from jaxsparse.training.validate import validate_config
 
 log = logging.getLogger(__name__)
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -105,6 +106,16 @@ def load_final_variables(workdir: str, like: dict, dp: DataParallel) -> dict:
         return ckptr.restore(path, abstract)
 
 
+def say(message: str, bar: tqdm | None = None) -> None:
+    """Prints a progress line once per run (process 0), above the progress bar if any."""
+    if jax.process_index() != 0:
+        return
+    if bar is not None:
+        bar.write(message)
+    else:
+        print(message, flush=True)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains, evaluates and benchmarks the configured model; resumable from ``workdir``.
 
@@ -116,7 +127,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Returns:
         The contents of ``results.json``.
+
+    Raises:
+        ValueError: for a bad config (:func:`~jaxsparse.training.validate.validate_config`,
+            before any data is read) or a workdir that holds another run.
     """
+    validate_config(config, workdir)
     maybe_initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
     dp = data_parallel()
@@ -148,12 +164,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                              f"not seed={config.seed}; use a new workdir or the same seed.")
         state = steps.TrainState(**restored["state"])
         log.info("Resumed from step %d of %d (%s).", start, num_steps, ckpt.directory)
-        print(f"Resumed from checkpoint at step {start} of {num_steps}.", flush=True)
+        say(f"Resumed from checkpoint at step {start} of {num_steps}.")
     elif config.init_from:
         init = load_final_variables(config.init_from, {"params": state.params,
                                                        "batch_stats": state.batch_stats}, dp)
         state = state._replace(params=init["params"], batch_stats=init["batch_stats"])
-        print(f"Initialised from {config.init_from}.", flush=True)
+        say(f"Initialised from {config.init_from}.")
     start = start or 0
     teacher = None
     if config.distill.alpha > 0:
@@ -162,8 +178,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                              f"workdir of a finished run of the same model.")
         teacher = load_final_variables(config.distill.teacher, {
             "params": state.params, "batch_stats": state.batch_stats}, dp)
-        print(f"Distilling from {config.distill.teacher} (alpha {config.distill.alpha}, "
-              f"T {config.distill.temperature}).", flush=True)
+        say(f"Distilling from {config.distill.teacher} (alpha {config.distill.alpha}, "
+            f"T {config.distill.temperature}).")
 
     writer = Writer(workdir)
     writer.text("config", "```\n" + config.to_yaml() + "\n```")
@@ -214,12 +230,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 eval_metrics = evaluate(eval_step, eval_variables(state), test_split,
                                         config.eval.batch_size, dp)
                 writer.scalars(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
-                bar.write(f"epoch {done // spe}: eval accuracy {eval_metrics['accuracy']:.4f}")
+                say(f"epoch {done // spe}: eval accuracy {eval_metrics['accuracy']:.4f}", bar)
             if done % config.train.checkpoint_every_steps == 0 or done == num_steps:
                 save(state)
     except KeyboardInterrupt:
-        bar.write(f"Interrupted: saving a checkpoint at step {int(state.step)}; rerun the same "
-                  f"command to resume.")
+        say(f"Interrupted: saving a checkpoint at step {int(state.step)}; rerun the same "
+            f"command to resume.", bar)
         save(state, force=True)
         ckpt.wait()
         raise
@@ -249,7 +265,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     metrics = {"hparam/accuracy": eval_metrics["accuracy"]}
     if "images_per_sec" in results:  # Only a measured throughput (never a 0.0 placeholder).
         metrics["hparam/images_per_sec"] = results["images_per_sec"]
-    writer.hparams(config.to_dict(), metrics)
+    hp = config.to_dict()
+    if config.sparsity.method == "none":  # Pruning off: the pattern field is only a default.
+        hp["sparsity"] = {**hp["sparsity"], "pattern": "dense", "sparsity": 0.0}
+    writer.hparams(hp, metrics)
     writer.close()
     ckpt.close()
     save_final_variables(workdir, final_vars)

@@ -1,0 +1,108 @@
+"""Checking an experiment config before any data is read or anything compiled.
+
+:func:`validate_config` runs in well under a second and raises one ``ValueError`` naming the
+field, its value and what is valid, so a bad run fails at once instead of after data loading
+and compilation. ``experiments.run`` and ``experiments.study`` call it first (the study for
+every variant's config); :func:`jaxsparse.training.train.train_and_evaluate` calls it again.
+
+Decision on sparsity fields while pruning is off: with ``sparsity.method="none"`` (the
+default), setting ``pattern``, ``sparsity``, a schedule field, ``include`` or ``grouped`` is an
+error naming the field; the method does not follow from the pattern, because one-shot,
+gradual and SR-STE differ in accuracy and a silent default would hide that choice.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from jaxsparse.pruning.masks import check_sparsity
+from jaxsparse.pruning.patterns import NM, Channel, parse_pattern
+from jaxsparse.training.sparsity import METHODS
+
+DISTRIBUTIONS = ("uniform", "erk", "global")
+PRECISIONS = ("float32", "bfloat16")
+# The sparsity block's values when pruning is off (experiments/configs/default.py; a test keeps
+# the two equal). Any other value needs a method.
+SPARSITY_OFF = {"pattern": "unstructured", "sparsity": 0.0, "distribution": "uniform",
+                "begin_step": 0, "end_step": -1, "end_fraction": 0.75, "frequency": 100,
+                "include": "", "sr_ste_decay": 2e-4, "grouped": False}
+
+
+def check_workdir(workdir: str) -> None:
+    """Raises a ``ValueError`` when ``workdir`` exists but is not a folder."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"--workdir={workdir!r} is a file, not a folder; give a folder (it is "
+                         f"created if missing).")
+
+
+def _check_sparsity_block(s: ml_collections.ConfigDict) -> None:
+    if s.method not in METHODS:
+        raise ValueError(f"sparsity.method={s.method!r} is not valid; use one of {METHODS}.")
+    if s.method == "none":
+        for key, off in SPARSITY_OFF.items():
+            if key in s and s[key] != off:
+                raise ValueError(f"sparsity.{key}={s[key]!r} is set but sparsity.method='none' "
+                                 f"(no pruning); set sparsity.method to one of {METHODS[1:]} "
+                                 f"or leave sparsity.{key} at {off!r}.")
+        return
+    try:
+        pattern = parse_pattern(s.pattern)
+    except ValueError as e:
+        raise ValueError(f"sparsity.{e}") from None
+    target = None if isinstance(pattern, NM) and not s.sparsity else s.sparsity
+    check_sparsity(pattern, target, "sparsity.sparsity")
+    if s.method == "sr_ste" and not isinstance(pattern, NM):
+        raise ValueError(f"sparsity.method='sr_ste' needs an N:M pattern; got "
+                         f"sparsity.pattern={s.pattern!r}.")
+    if s.grouped and not isinstance(pattern, Channel):
+        raise ValueError(f"sparsity.grouped=True needs the channel pattern; got "
+                         f"sparsity.pattern={s.pattern!r}.")
+    if s.distribution not in DISTRIBUTIONS:
+        raise ValueError(f"sparsity.distribution={s.distribution!r} is not valid; use one of "
+                         f"{DISTRIBUTIONS}.")
+    if s.frequency < 1 or not 0.0 < s.end_fraction <= 1.0 or s.begin_step < 0:
+        raise ValueError(f"sparsity schedule: need frequency >= 1, 0 < end_fraction <= 1 and "
+                         f"begin_step >= 0; got frequency={s.frequency}, "
+                         f"end_fraction={s.end_fraction}, begin_step={s.begin_step}.")
+
+
+def validate_config(config: ml_collections.ConfigDict, workdir: str | None = None, *,
+                    check_paths: bool = True) -> None:
+    """Checks everything in an experiment config that can be checked without data.
+
+    Args:
+        config: an experiment config (``experiments/configs/default.py``).
+        workdir: the run's folder, if known (must not be a file).
+        check_paths: also check that ``init_from`` / ``distill.teacher`` folders exist (a study
+            validates its variants before the dense run that makes them exists).
+
+    Raises:
+        ValueError: naming the first bad field, its value and what is valid.
+    """
+    if workdir is not None:
+        check_workdir(workdir)
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"precision={config.precision!r} is not valid; use one of "
+                         f"{PRECISIONS}.")
+    for key in ("train.batch_size", "eval.batch_size"):
+        section, field = key.split(".")
+        if config[section][field] < 1:
+            raise ValueError(f"{key}={config[section][field]} must be >= 1.")
+    if config.train.epochs < 0 or config.train.num_steps < 0:
+        raise ValueError(f"train.epochs={config.train.epochs} and train.num_steps="
+                         f"{config.train.num_steps} must be >= 0.")
+    _check_sparsity_block(config.sparsity)
+    d = config.distill
+    if not 0.0 <= d.alpha <= 1.0:
+        raise ValueError(f"distill.alpha={d.alpha} must be in [0, 1].")
+    if d.alpha > 0 and not d.teacher:
+        raise ValueError(f"distill.alpha={d.alpha} needs distill.teacher: the workdir of a "
+                         f"finished run of the same model.")
+    paths = (("distill.teacher", d.teacher if d.alpha > 0 else ""),
+             ("init_from", config.init_from)) if check_paths else ()
+    for key, path in paths:
+        if path and not os.path.isdir(path):
+            raise ValueError(f"{key}={path!r} is not a folder; point it at the workdir of a "
+                             f"finished run.")

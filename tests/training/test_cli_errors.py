@@ -1,0 +1,54 @@
+"""Bad command lines fail fast with one line naming the value (table-driven).
+
+Every bad-config case also points ``data.dir`` at a folder that does not exist: getting the
+config's error, not the dataset's, shows the config is checked before any data is read.
+"""
+
+import pytest
+
+from tests.conftest import run_cli
+
+SMOKE = "--config=experiments/configs/smoke.py"
+NO_DATA = "--config.data.dir=/nonexistent/fashion-mnist"
+
+CASES = [
+    ("run", ["--config=experiments/configs/nope.py", "--workdir={tmp}/w"],
+     "--config file 'experiments/configs/nope.py' does not exist"),
+    ("run", [SMOKE, "--workdir={tmp}/afile", NO_DATA], "--workdir='{tmp}/afile' is a file"),
+    ("run", [SMOKE, "--workdir={tmp}/w", NO_DATA, "--config.sparsity.pattern=3:2"],
+     "sparsity.pattern='3:2' is set but sparsity.method='none'"),
+    ("run", [SMOKE, "--workdir={tmp}/w", NO_DATA, "--config.sparsity.sparsity=0.5"],
+     "sparsity.sparsity=0.5 is set but sparsity.method='none'"),
+    ("run", [SMOKE, "--workdir={tmp}/w", NO_DATA, "--config.sparsity.method=one_shot",
+             "--config.sparsity.pattern=3:2"], "pattern='3:2'"),
+    ("run", [SMOKE, "--workdir={tmp}/w", NO_DATA, "--config.sparsity.method=gradual",
+             "--config.sparsity.sparsity=-0.5"], "sparsity=-0.5"),
+    ("run", [SMOKE, "--workdir={tmp}/w", NO_DATA, "--config.sparsity.method=prune"],
+     "sparsity.method='prune' is not valid"),
+    ("run", [SMOKE, "--workdir={tmp}/w", NO_DATA, "--config.distill.alpha=0.5"],
+     "distill.alpha=0.5 needs distill.teacher"),
+    ("study", ["--config=experiments/configs/study_smoke.py", "--workdir={tmp}/afile"],
+     "--workdir='{tmp}/afile' is a file"),
+    ("study", ["--config=experiments/configs/nope.py", "--workdir={tmp}/s"],
+     "--config file 'experiments/configs/nope.py' does not exist"),
+]
+
+
+@pytest.mark.parametrize("entry,args,expected", CASES)
+def test_one_line_error(tmp_path, entry, args, expected):
+    (tmp_path / "afile").write_text("not a folder")
+    fill = lambda s: s.replace("{tmp}", str(tmp_path))  # noqa: E731
+    proc = run_cli(["-m", f"experiments.{entry}", *map(fill, args)], timeout=60)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr
+    assert len(errors) == 1 and fill(expected) in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not proc.stdout.strip(), proc.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_default_sparsity_block_is_pruning_off():
+    from experiments.configs import default
+    from jaxsparse.training.validate import SPARSITY_OFF
+
+    s = default.get_config().sparsity.to_dict()
+    assert s == {"method": "none", **SPARSITY_OFF}
