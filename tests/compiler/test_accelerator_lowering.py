@@ -16,10 +16,10 @@ from flax import nnx
 
 import jaxsparse as js
 from jaxsparse.gpu import cusparselt
+from jaxsparse.models import ResNetTinyBottleneck, functional
 
 # Layers a 128x128 block does not tile stay dense (with a warning): expected on this model.
 pytestmark = pytest.mark.filterwarnings("ignore::jaxsparse.SkippedLayerWarning")
-from jaxsparse.models import ResNetTinyBottleneck, functional
 
 needs_cusparselt = pytest.mark.skipif(
     not cusparselt.available(), reason=f"cuSPARSELt FFI library: {cusparselt.status().reason}")

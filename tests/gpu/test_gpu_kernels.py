@@ -10,10 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 import jaxsparse as js
-import jaxsparse.models
 from jaxsparse.gpu import cusparselt
 from jaxsparse.kernels.block_sparse_gpu import block_sparse_matmul_gpu
 from jaxsparse.primitives.block_sparse_dot import (
@@ -22,6 +20,7 @@ from jaxsparse.primitives.block_sparse_dot import (
     pack_block_ell,
 )
 from jaxsparse.primitives.nm_dot import nm_dot, nm_dot_reference, pack_nm, unpack_nm
+from tests.compiler.test_accelerator_lowering import model, variant_masks
 
 ON_GPU = jax.devices()[0].platform == "gpu"
 pytestmark = pytest.mark.skipif(
@@ -112,18 +111,9 @@ def test_block_sparse_triton_kernel_equals_reference(b, rows):
 
 @pytest.mark.parametrize("variant", ["2:4", "block:32x32", "channel", "channel+2:4"])
 def test_compiled_resnet_on_gpu_equals_masked(variant):
-    model = js.models.ResNetTinyBottleneck(num_classes=10, stem="imagenet", width=1.0,
-                                           dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    apply_fn, variables = js.models.functional(model)
+    apply_fn, variables, _ = model()  # The model tests/compiler lowers for cuda, run here.
     x = jax.random.normal(jax.random.key(3), (8, 64, 64, 3), jnp.bfloat16)
-    if variant.startswith("channel"):
-        groups = js.channel_groups(apply_fn, variables, x)
-        masks = js.prune(variables, "channel", 0.5, groups=groups,
-                         include=lambda p, w: w.ndim == 4, channel_multiple=4)
-        if variant.endswith("2:4"):
-            masks = js.nm_on_kept_channels(apply_fn, variables, masks, x)
-    else:
-        masks = js.prune(variables["params"], variant, 0.9 if "block" in variant else None)
+    masks = variant_masks(variant)
     sp = js.compile(apply_fn, variables, masks, x, policy="sparse")
     masked = js.apply_masks(variables, masks) if "params" in masks else \
         {**variables, "params": js.apply_masks(variables["params"], masks)}
