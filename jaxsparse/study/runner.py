@@ -29,7 +29,7 @@ from jaxsparse.study import plot
 from jaxsparse.study import report as report_lib
 from jaxsparse.training import train
 from jaxsparse.training.bench import benchmark
-from jaxsparse.training.sharding import data_parallel
+from jaxsparse.training.sharding import data_parallel, maybe_initialize_distributed
 from jaxsparse.training.summary import Writer, environment, write_json
 from jaxsparse.training.validate import SPARSITY_OFF, check_workdir, validate_config
 
@@ -119,6 +119,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         ValueError: for a bad study config or workdir, before any data is read (every
             variant's experiment config is validated first).
     """
+    maybe_initialize_distributed()  # Before anything can touch a JAX backend.
     check_workdir(workdir)
     all_variants = variants_of(config)
     base = dense_config(config)

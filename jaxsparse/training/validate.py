@@ -104,5 +104,5 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
              ("init_from", config.init_from)) if check_paths else ()
     for key, path in paths:
         if path and not os.path.isdir(path):
-            raise ValueError(f"{key}={path!r} is not a folder; point it at the workdir of a "
-                             f"finished run.")
+            raise ValueError(f"{key}={path!r} holds no finished run (no such folder); point "
+                             f"it at the workdir of a finished run.")
