@@ -18,6 +18,7 @@ from tqdm import tqdm
 from jaxsparse import data as data_lib
 from jaxsparse.compiler.groups import channel_groups
 from jaxsparse.models import create_model, functional
+from jaxsparse.pruning.patterns import NM, parse_pattern
 from jaxsparse.training import optim, steps
 from jaxsparse.training import sparsity as sparsity_lib
 from jaxsparse.training.bench import benchmark
@@ -104,6 +105,21 @@ def load_final_variables(workdir: str, like: dict, dp: DataParallel) -> dict:
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dp.replicated), like)
     with ocp.StandardCheckpointer() as ckptr:
         return ckptr.restore(path, abstract)
+
+
+def run_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as TensorBoard HParams, with the pattern and sparsity actually used: ``dense``
+    and 0 when pruning is off (the fields then hold defaults), ``1 - N/M`` for N:M (whose
+    ``sparsity`` field is 0, "not given")."""
+    hp = config.to_dict()
+    s = config.sparsity
+    if s.method == "none":
+        hp["sparsity"] = {**hp["sparsity"], "pattern": "dense", "sparsity": 0.0}
+    else:
+        pattern = parse_pattern(s.pattern)
+        if isinstance(pattern, NM) and not s.sparsity:
+            hp["sparsity"] = {**hp["sparsity"], "sparsity": 1.0 - pattern.n / pattern.m}
+    return hp
 
 
 def say(message: str, bar: tqdm | None = None) -> None:
@@ -265,10 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     metrics = {"hparam/accuracy": eval_metrics["accuracy"]}
     if "images_per_sec" in results:  # Only a measured throughput (never a 0.0 placeholder).
         metrics["hparam/images_per_sec"] = results["images_per_sec"]
-    hp = config.to_dict()
-    if config.sparsity.method == "none":  # Pruning off: the pattern field is only a default.
-        hp["sparsity"] = {**hp["sparsity"], "pattern": "dense", "sparsity": 0.0}
-    writer.hparams(hp, metrics)
+    writer.hparams(run_hparams(config), metrics)
     writer.close()
     ckpt.close()
     save_final_variables(workdir, final_vars)

@@ -52,3 +52,13 @@ def test_default_sparsity_block_is_pruning_off():
 
     s = default.get_config().sparsity.to_dict()
     assert s == {"method": "none", **SPARSITY_OFF}
+
+
+def test_hparams_show_the_pattern_and_sparsity_used():
+    from experiments.configs import default
+    from jaxsparse.training.train import run_hparams
+
+    c = default.get_config()
+    assert run_hparams(c)["sparsity"]["pattern"] == "dense"
+    c.sparsity.method, c.sparsity.pattern = "one_shot", "2:4"
+    assert run_hparams(c)["sparsity"]["sparsity"] == 0.5
