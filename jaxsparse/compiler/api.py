@@ -22,7 +22,7 @@ from jaxsparse.pruning.prune import named_masks
 from jaxsparse.pruning.tree_paths import named_leaves, path_str
 
 BACKENDS = ("auto", "cpu", "xla", "pallas", "pallas_interpret")
-PLATFORMS = ("cpu", "cuda", "tpu")
+PLATFORMS = ("cpu", "cuda", "tpu", "rocm")  # rocm: portable lowerings only, for now.
 
 
 def target_platform(platform: str | None) -> str:
@@ -152,10 +152,11 @@ def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_a
             (every eligible layer uses its sparse kernel) or ``"dense"`` (channel slicing only).
         calibrate: with ``policy="auto"`` and the CPU kernels, time every candidate layer at
             its shape (dense vs sparse) and decide from that; the report shows both times.
-        platform: the platform the model will run on: ``"cpu"``, ``"cuda"`` or ``"tpu"``
-            (None: the local default device's). Kernels and the cost model follow it, so a
-            model compiled on a CPU machine for ``"cuda"`` lowers there with cuSPARSELt 2:4 and
-            the Pallas GPU kernel (``jax.jit(sp).trace(...).lower(lowering_platforms=...)``).
+        platform: the platform the model will run on: ``"cpu"``, ``"cuda"``, ``"tpu"`` or
+            ``"rocm"`` (portable lowerings); None: the local default device's. Kernels and the
+            cost model follow it, so a model compiled on a CPU machine for ``"cuda"`` lowers
+            there with cuSPARSELt 2:4 and the Pallas GPU kernel
+            (``jax.jit(sp).trace(...).lower(lowering_platforms=...)``).
 
     Returns:
         A :class:`SparseModel` ``sp``; ``sp(sp.variables, *args)`` equals
