@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxsparse.compiler import layers
 from jaxsparse.compiler.interpreter import Context, eval_jaxpr
-from jaxsparse.compiler.packed import _is_rewritten, nbytes
+from jaxsparse.compiler.packed import is_rewritten, nbytes
 from jaxsparse.compiler.report import CompileReport
 from jaxsparse.compiler.values import WRef, plain
 from jaxsparse.gpu import cusparselt
@@ -107,8 +107,8 @@ class SparseModel:
 
     def __call__(self, variables: dict, *args: Any) -> Any:
         leaves = jax.tree_util.tree_flatten_with_path(variables["model"],
-                                                      is_leaf=_is_rewritten)[0]
-        vals = [WRef(path_str(p), v, None) if _is_rewritten(v) or np.ndim(v) >= 2 else v
+                                                      is_leaf=is_rewritten)[0]
+        vals = [WRef(path_str(p), v, None) if is_rewritten(v) or np.ndim(v) >= 2 else v
                 for p, v in leaves]
         ctx = Context(compiling=False, plan=self._plan, apply=layers.apply,
                       folded=variables.get("folded", {}), options=self._options)

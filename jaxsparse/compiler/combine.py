@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from jaxsparse.compiler.api import align_masks, compile
-from jaxsparse.compiler.packed import _is_rewritten
+from jaxsparse.compiler.packed import is_rewritten
 from jaxsparse.pruning.masks import compute_mask
 from jaxsparse.pruning.patterns import NM, parse_pattern
 from jaxsparse.pruning.tree_paths import named_leaves, path_str
@@ -49,8 +49,8 @@ def nm_on_kept_channels(apply_fn: Callable[..., Any], variables: Any, masks: Any
     out = align_masks(variables, masks)
     sliced = compile(apply_fn, variables, masks, *example_args, policy="dense")
     leaves = dict(named_leaves(variables))
-    for path, weight in named_leaves(sliced.variables["model"], is_leaf=_is_rewritten):
-        if not _is_rewritten(weight) or path not in out:
+    for path, weight in named_leaves(sliced.variables["model"], is_leaf=is_rewritten):
+        if not is_rewritten(weight) or path not in out:
             continue
         lay = weight.layout
         cin = np.arange(lay.shape[-2]) if lay.in_keep is None else np.asarray(lay.in_keep)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from jaxsparse.pruning.patterns import NM, Block, Pattern, Unstructured
@@ -11,15 +9,6 @@ from jaxsparse.pruning.patterns import NM, Block, Pattern, Unstructured
 NM_GROUP_SIZES = (4, 8, 16)
 BLOCK_SIZES = ((128, 128), (64, 64), (32, 32), (16, 16), (8, 8), (32, 8), (8, 32), (16, 8),
                (8, 16), (4, 4))
-
-
-@dataclasses.dataclass(frozen=True)
-class Detected:
-    """What a mask is: removed output channels plus the pattern of the kept sub-weight."""
-
-    out_keep: np.ndarray | None  # None: no output channel removed.
-    pattern: Pattern | None  # None: the kept sub-weight is fully dense.
-    density: float  # Of the kept sub-weight.
 
 
 def removed_outputs(mask: np.ndarray) -> np.ndarray | None:
@@ -58,11 +47,3 @@ def block_views(pattern: Block) -> list[Block]:
                if pattern.bh % bh == 0 and pattern.bw % bw == 0 and (bh, bw) !=
                (pattern.bh, pattern.bw)]
     return [pattern, *smaller]
-
-
-def detect(mask: np.ndarray) -> Detected:
-    """Removed output channels and the pattern of the rest of ``mask``."""
-    mask = np.asarray(mask, bool)
-    out_keep = removed_outputs(mask)
-    sub = mask if out_keep is None else mask[..., out_keep]
-    return Detected(out_keep, sub_pattern(sub), float(sub.mean()) if sub.size else 0.0)

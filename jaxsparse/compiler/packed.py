@@ -23,8 +23,8 @@ class Layout:
     """Where a rewritten weight sits inside the original one.
 
     ``shape`` is the original weight shape ``(..., cin, cout)``; ``in_keep``/``out_keep`` are
-    the kept input/output channel indices (None: all kept); ``gemm`` is the shape of the kept
-    weight's GEMM view ``(K', cout')``.
+    the kept input/output channel indices (None: all kept); ``kept_shape`` is the shape of the
+    kept weight ``(..., cin', cout')``.
     """
 
     shape: tuple[int, ...]
@@ -108,7 +108,8 @@ def block_shape(pattern: Block | Unstructured) -> tuple[int, int]:
     return (1, 1) if isinstance(pattern, Unstructured) else (pattern.bh, pattern.bw)
 
 
-def _is_rewritten(x: Any) -> bool:
+def is_rewritten(x: Any) -> bool:
+    """True for the weight containers a compiled model stores (dense, N:M or blocked-ELL)."""
     return isinstance(x, DenseWeight | NMWeight | BlockWeight)
 
 
@@ -121,5 +122,5 @@ def unpack(variables: Any) -> Any:
     ``sp.variables["folded"]``).
     """
     tree = variables.get("model", variables) if isinstance(variables, dict) else variables
-    return jax.tree.map(lambda x: x.layout.scatter(x.dense_kept()) if _is_rewritten(x) else x,
-                        tree, is_leaf=_is_rewritten)
+    return jax.tree.map(lambda x: x.layout.scatter(x.dense_kept()) if is_rewritten(x) else x,
+                        tree, is_leaf=is_rewritten)

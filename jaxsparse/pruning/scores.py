@@ -25,5 +25,3 @@ def saliency(params: Any, grads: Any) -> Any:
     """``|w * dL/dw|``: first-order Taylor saliency (SNIP-like)."""
     return jax.tree.map(lambda w, g: jnp.abs(w * g), params, grads)
 
-
-SCORERS = {"magnitude": magnitude, "random": random, "saliency": saliency}

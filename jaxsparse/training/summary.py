@@ -101,10 +101,6 @@ class Writer:
         for k, v in metrics.items():
             self._tb.add_scalar(k, float(v), 0)
 
-    def flush(self) -> None:
-        if self._tb is not None:
-            self._tb.flush()
-
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
