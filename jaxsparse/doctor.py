@@ -18,9 +18,12 @@ import numpy as np
 
 def _lowers(fn, args, platform: str) -> str:
     """``"ok (custom calls)"`` when ``fn`` lowers for ``platform``, else the error's first line."""
+    from jaxsparse.gpu.aot import cuda_target
+
     t0 = time.perf_counter()
     try:
-        text = jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+        with cuda_target():
+            text = jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
     except Exception as e:  # noqa: BLE001 - reporting any lowering failure is the point.
         return f"no ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
     calls = sorted({line.split("custom_call @")[1].split("(")[0] for line in text.splitlines()

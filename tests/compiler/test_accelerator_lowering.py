@@ -16,6 +16,7 @@ from flax import nnx
 
 import jaxsparse as js
 from jaxsparse.gpu import cusparselt
+from jaxsparse.gpu.aot import cuda_target
 from jaxsparse.models import ResNetTinyBottleneck, functional
 
 # Layers a 128x128 block does not tile stay dense (with a warning): expected on this model.
@@ -50,7 +51,8 @@ def variant_masks(variant):
 
 def custom_calls(sp, platform):
     _, _, x = model()
-    text = jax.jit(sp).trace(sp.variables, x).lower(lowering_platforms=(platform,)).as_text()
+    with cuda_target():  # Names the target GPU where jax asks for it (0.11+), no GPU needed.
+        text = jax.jit(sp).trace(sp.variables, x).lower(lowering_platforms=(platform,)).as_text()
     return collections.Counter(line.split("custom_call @")[1].split("(")[0]
                                for line in text.splitlines() if "custom_call @" in line)
 
