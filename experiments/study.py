@@ -6,7 +6,6 @@
 The logic lives in :mod:`jaxsparse.study`; this is only the command line.
 """
 
-
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags

@@ -102,16 +102,6 @@ def time_alternating(fns, args) -> list[float]:
     return [float(np.median(t)) for t in times]
 
 
-def mask_24(w: np.ndarray) -> np.ndarray:
-    """Keeps the 2 largest of every 4 consecutive rows (along K) of a (K, N) weight."""
-    k, n = w.shape
-    g = np.abs(w).reshape(k // 4, 4, n)
-    order = np.argsort(-g, axis=1)
-    m = np.zeros_like(g, bool)
-    np.put_along_axis(m, order[:, :2], True, axis=1)
-    return m.reshape(k, n)
-
-
 def mask_blocks(k: int, n: int, b: int, density: float, rng) -> np.ndarray:
     """A random block mask keeping ``density`` of the ``b x b`` blocks."""
     keep = rng.random((k // b, n // b)) < density
@@ -125,7 +115,7 @@ def gemm_section() -> list[dict]:
         m = FLAGS.gemm_batch * per_image
         x = jax.random.normal(jax.random.key(m + k), (m, k), jnp.bfloat16)
         w = rng.standard_normal((k, n)).astype(np.float32)
-        w24 = np.where(mask_24(w), w, 0)
+        w24 = np.where(np.asarray(js.compute_mask(w, "2:4")), w, 0)
         values, idx = pack_nm(w24, w24 != 0, 2, 4)
         values = jnp.asarray(values, jnp.bfloat16)
         idx = jnp.asarray(idx)

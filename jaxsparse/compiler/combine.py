@@ -52,15 +52,10 @@ def nm_on_kept_channels(apply_fn: Callable[..., Any], variables: Any, masks: Any
     for path, weight in named_leaves(sliced.variables["model"], is_leaf=is_rewritten):
         if not is_rewritten(weight) or path not in out:
             continue
-        lay = weight.layout
-        cin = np.arange(lay.shape[-2]) if lay.in_keep is None else np.asarray(lay.in_keep)
-        cout = np.arange(lay.shape[-1]) if lay.out_keep is None else np.asarray(lay.out_keep)
+        cin, cout = weight.layout.channels()
         if len(cin) % nm.m:
             continue
         kept = np.asarray(leaves[path], np.float32)[..., cin[:, None], cout[None, :]]
-        kept_mask = np.asarray(compute_mask(kept, nm), bool)
-        full = np.zeros(lay.shape, bool)
-        full[..., cin[:, None], cout[None, :]] = kept_mask
-        out[path] = out[path] & full
+        out[path] = out[path] & np.asarray(weight.layout.scatter(compute_mask(kept, nm)))
     flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
     return jax.tree.unflatten(treedef, [out.get(path_str(p)) for p, _ in flat])

@@ -37,12 +37,16 @@ class Layout:
         cout = len(self.out_keep) if self.out_keep is not None else self.shape[-1]
         return (*self.shape[:-2], cin, cout)
 
-    def scatter(self, kept: jax.Array) -> jax.Array:
-        """The full-shape weight with ``kept`` at the kept channels and zeros elsewhere."""
-        out = jnp.zeros(self.shape, kept.dtype)
+    def channels(self) -> tuple[np.ndarray, np.ndarray]:
+        """The kept ``(input, output)`` channel indices, every channel where none was removed."""
         cin = np.arange(self.shape[-2]) if self.in_keep is None else np.asarray(self.in_keep)
         cout = np.arange(self.shape[-1]) if self.out_keep is None else np.asarray(self.out_keep)
-        return out.at[..., cin[:, None], cout[None, :]].set(kept)
+        return cin, cout
+
+    def scatter(self, kept: jax.Array) -> jax.Array:
+        """The full-shape weight with ``kept`` at the kept channels and zeros elsewhere."""
+        cin, cout = self.channels()
+        return jnp.zeros(self.shape, kept.dtype).at[..., cin[:, None], cout[None, :]].set(kept)
 
 
 @jax.tree_util.register_dataclass

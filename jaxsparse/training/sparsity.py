@@ -24,8 +24,7 @@ from jaxsparse.pruning.prune import apply_masks, layer_densities, prune, sparsit
 from jaxsparse.pruning.report import sparsity_report
 from jaxsparse.pruning.srste import sr_ste, ste_params
 from jaxsparse.pruning.transforms import masked_pruning
-
-METHODS = ("none", "one_shot", "gradual", "sr_ste")
+from jaxsparse.training.validate import check_sparsity_block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,11 +82,11 @@ def setup(config: ml_collections.ConfigDict, params: Any, tx: optax.GradientTran
     channels from coupled layers and their BatchNorm vectors (``sparsity.grouped``).
 
     Raises:
-        ValueError: for an unknown method or a method/pattern mismatch (SR-STE needs N:M).
+        ValueError: for a bad sparsity block (see
+            :func:`~jaxsparse.training.validate.check_sparsity_block`) or groups with a pattern
+            other than channel.
     """
-    if config.method not in METHODS:
-        raise ValueError(f"sparsity.method={config.method!r} is not valid; use one of "
-                         f"{METHODS}.")
+    check_sparsity_block(config)
     if config.method == "none":
         return PruningSetup(tx, None, None)
     pattern = parse_pattern(config.pattern)
@@ -99,9 +98,6 @@ def setup(config: ml_collections.ConfigDict, params: Any, tx: optax.GradientTran
                          f"{config.pattern!r}.")
     prune(params, pattern, target, config.distribution, include, groups=groups)  # Validates.
     if config.method == "sr_ste":
-        if not isinstance(pattern, NM):
-            raise ValueError(f"sparsity.method='sr_ste' needs an N:M pattern; got "
-                             f"{config.pattern!r}.")
         return PruningSetup(
             sr_ste(tx, pattern, config.sr_ste_decay, include),
             lambda p: ste_params(p, pattern, include),

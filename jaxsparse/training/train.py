@@ -25,18 +25,12 @@ from jaxsparse.training.bench import benchmark
 from jaxsparse.training.checkpoint import Checkpointer
 from jaxsparse.training.sharding import DataParallel, data_parallel, maybe_initialize_distributed
 from jaxsparse.training.summary import Writer, environment, write_json
-from jaxsparse.training.validate import validate_config
+from jaxsparse.training.validate import precision_dtype, validate_config
 
 log = logging.getLogger(__name__)
-PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
 def compute_dtype(config: ml_collections.ConfigDict):
     """The computation dtype named by ``config.precision``."""
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"precision={config.precision!r} is not valid; use one of "
-                         f"{sorted(PRECISIONS)}.")
-    return PRECISIONS[config.precision]
+    return precision_dtype(config.precision)
 
 
 def load_splits(config: ml_collections.ConfigDict) -> tuple[data_lib.Split, data_lib.Split]:

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import os
 
+import jax.numpy as jnp
 import ml_collections
 
 from jaxsparse.pruning.masks import check_sparsity
 from jaxsparse.pruning.patterns import NM, Channel, parse_pattern
-from jaxsparse.training.sparsity import METHODS
 
+METHODS = ("none", "one_shot", "gradual", "sr_ste")
 DISTRIBUTIONS = ("uniform", "erk", "global")
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The sparsity block's values when pruning is off (experiments/configs/default.py; a test keeps
 # the two equal). Any other value needs a method.
 SPARSITY_OFF = {"pattern": "unstructured", "sparsity": 0.0, "distribution": "uniform",
@@ -37,7 +38,24 @@ def check_workdir(workdir: str) -> None:
                          f"created if missing).")
 
 
-def _check_sparsity_block(s: ml_collections.ConfigDict) -> None:
+def precision_dtype(precision: str):
+    """The computation dtype named by a config's ``precision``.
+
+    Raises:
+        ValueError: for a name that is not in :data:`PRECISIONS`.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not valid; use one of "
+                         f"{sorted(PRECISIONS)}.")
+    return PRECISIONS[precision]
+
+
+def check_sparsity_block(s: ml_collections.ConfigDict) -> None:
+    """Checks a config's ``sparsity`` block (method, pattern, sparsity, schedule).
+
+    Raises:
+        ValueError: naming the first bad field, its value and what is valid.
+    """
     if s.method not in METHODS:
         raise ValueError(f"sparsity.method={s.method!r} is not valid; use one of {METHODS}.")
     if s.method == "none":
@@ -83,9 +101,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
     """
     if workdir is not None:
         check_workdir(workdir)
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"precision={config.precision!r} is not valid; use one of "
-                         f"{PRECISIONS}.")
+    precision_dtype(config.precision)
     for key in ("train.batch_size", "eval.batch_size"):
         section, field = key.split(".")
         if config[section][field] < 1:
@@ -93,7 +109,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
     if config.train.epochs < 0 or config.train.num_steps < 0:
         raise ValueError(f"train.epochs={config.train.epochs} and train.num_steps="
                          f"{config.train.num_steps} must be >= 0.")
-    _check_sparsity_block(config.sparsity)
+    check_sparsity_block(config.sparsity)
     d = config.distill
     if not 0.0 <= d.alpha <= 1.0:
         raise ValueError(f"distill.alpha={d.alpha} must be in [0, 1].")
