@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsparse.compiler import layers
-from jaxsparse.compiler.interpreter import Context, eval_jaxpr
+from jaxsparse.compiler import engine, layers
+from jaxsparse.compiler.interpreter import MISSING_RULE, Context, eval_jaxpr
 from jaxsparse.compiler.packed import is_rewritten, nbytes
 from jaxsparse.compiler.report import CompileReport
 from jaxsparse.compiler.values import WRef, plain
@@ -111,7 +111,8 @@ class SparseModel:
         vals = [WRef(path_str(p), v, None) if is_rewritten(v) or np.ndim(v) >= 2 else v
                 for p, v in leaves]
         ctx = Context(compiling=False, plan=self._plan, apply=layers.apply,
-                      folded=variables.get("folded", {}), options=self._options)
+                      folded=variables.get("folded", {}), options=self._options,
+                      missing_rule=self._options.missing_rule)
         flat_args = jax.tree.leaves(args)
         expected = [(v.aval.shape, v.aval.dtype) for v in
                     self._jaxpr.jaxpr.invars[len(leaves):]]
@@ -126,7 +127,8 @@ class SparseModel:
 
 def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_args: Any,
             backend: str = "auto", policy: str = "auto",
-            calibrate: bool = False, platform: str | None = None) -> SparseModel:
+            calibrate: bool = False, platform: str | None = None,
+            missing_rule: str = "error") -> SparseModel:
     """Rewrites the masked function ``apply_fn(variables * masks, *args)`` to skip its zeros.
 
     Every ``conv_general_dilated`` and ``dot_general`` whose weight is a leaf of ``variables``
@@ -157,18 +159,27 @@ def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_a
             cost model follow it, so a model compiled on a CPU machine for ``"cuda"`` lowers
             there with cuSPARSELt 2:4 and the Pallas GPU kernel
             (``jax.jit(sp).trace(...).lower(lowering_platforms=...)``).
+        missing_rule: what to do when an activation with removed channels reaches a primitive
+            the pass has no rule for (see ``compiler/channels.FLOW``): ``"error"`` (raise
+            :class:`~jaxsparse.compiler.interpreter.UnsupportedPrimitiveError` naming it) or
+            ``"densify"`` (rebuild the full activation there, exact; the report lists where).
 
     Returns:
         A :class:`SparseModel` ``sp``; ``sp(sp.variables, *args)`` equals
         ``apply_fn(apply_masks(variables, masks), *args)``.
 
     Raises:
-        ValueError: for a bad backend, policy, platform or masks.
+        ValueError: for a bad backend, policy, platform, missing_rule or masks.
+        UnsupportedPrimitiveError: a sliced activation reaches a primitive without a rule
+            (``missing_rule="error"``).
     """
     platform = target_platform(platform)
     impl, note = resolve_backend(backend, platform)
     if policy not in layers.POLICIES:
         raise ValueError(f"policy={policy!r} is not valid; use one of {layers.POLICIES}.")
+    if missing_rule not in MISSING_RULE:
+        raise ValueError(f"missing_rule={missing_rule!r} is not valid; use one of "
+                         f"{MISSING_RULE}.")
     t0 = time.perf_counter()
     mask_of = align_masks(variables, masks)
     flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
@@ -177,17 +188,17 @@ def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_a
     leaves = [np.where(mask_of[p], np.asarray(v), np.zeros((), np.asarray(v).dtype))
               if p in mask_of else np.asarray(v) for p, v in zip(paths, (v for _, v in flat),
                                                                strict=True)]
-    closed, out_shape = jax.make_jaxpr(
-        lambda leaves, *a: apply_fn(jax.tree.unflatten(treedef, leaves), *a),
-        return_shape=True)(leaves, *example_args)
+    closed, _, out_shape = engine.trace(apply_fn, jax.tree.unflatten(treedef, leaves),
+                                        *example_args)
     out_tree = jax.tree.structure(out_shape)
     on_gpu = platform == "cuda" and target_platform(None) == "cuda"
     opts = layers.Options(policy, impl, platform, calibrate, note,
-                          precompress=on_gpu and cusparselt.available())
+                          precompress=on_gpu and cusparselt.available(),
+                          missing_rule=missing_rule)
     forced: frozenset[str] = frozenset()
     while True:
         ctx = Context(compiling=True, plan={}, decide=layers.decide, apply=layers.apply,
-                      options=opts, forced_dense=forced)
+                      options=opts, forced_dense=forced, missing_rule=missing_rule)
         vals = [WRef(p, v, mask_of.get(p)) if np.ndim(v) >= 2 else v
                 for p, v in zip(paths, leaves, strict=True)]
 
@@ -210,5 +221,6 @@ def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_a
     if platform == "cuda":
         kernels += f"; cuSPARSELt 2:4: {cusparselt.status().reason}"
     report = CompileReport(tuple(ctx.rows), time.perf_counter() - t0, backend, policy, kernels,
-                           nbytes(variables), nbytes(sp_vars))
+                           nbytes(variables), nbytes(sp_vars),
+                           tuple(sorted(ctx.densified.items())))
     return SparseModel(sp_vars, report, closed, out_tree, ctx.plan, opts)

@@ -4,7 +4,10 @@ A residual add ``x + f(x)`` couples the channels of everything that writes into 
 stream: a channel can only be removed from it if every producer (the convolutions feeding the
 add, through BatchNorm and activations) removes it. :func:`channel_groups` finds these groups by
 following channels through the jaxpr of a function, with the per-channel vectors (BatchNorm
-scale and bias, biases) applied to each group on the way.
+scale and bias, biases) applied to each group on the way. It is a value domain of
+:mod:`~jaxsparse.compiler.engine`: values are :class:`_Chan` (an activation carrying a group's
+channels) and :class:`_Leaf` (a function of weights only), and how channels flow through each
+primitive comes from :data:`jaxsparse.compiler.channels.FLOW`, as for the rewrite.
 """
 
 from __future__ import annotations
@@ -14,14 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-from jax import lax
-from jax.extend.core import Literal
 
-from jaxsparse.compiler.interpreter import ELEMENTWISE
+from jaxsparse.compiler import channels, engine
 from jaxsparse.pruning.tree_paths import named_leaves
-
-_CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
-_LAYOUT = (lax.convert_element_type_p, lax.reshape_p, lax.broadcast_in_dim_p)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +65,63 @@ class _Leaf:
     paths: tuple[str, ...]
 
 
+@dataclasses.dataclass
+class _Analysis:
+    """What the walk collects: each layer's group, unions of groups, vectors per group."""
+
+    uf: _UnionFind = dataclasses.field(default_factory=_UnionFind)
+    kernels: dict[int, list[str]] = dataclasses.field(default_factory=dict)
+    vectors: dict[int, list[str]] = dataclasses.field(default_factory=dict)
+
+
+def _none(ctx: _Analysis, eqn, invals: list) -> list:
+    return [None] * len(eqn.outvars)
+
+
+def _layer(ctx: _Analysis, eqn, invals: list) -> list:
+    """A conv/dot whose kernel is one leaf starts a group on its output channels."""
+    w = invals[1]
+    if not (isinstance(w, _Leaf) and len(w.paths) == 1):
+        return _none(ctx, eqn, invals)
+    gid = len(ctx.kernels)
+    ctx.kernels[gid], ctx.vectors[gid] = [w.paths[0]], []
+    return [_Chan(gid, eqn.outvars[0].aval.ndim - 1)]
+
+
+def _flow(ctx: _Analysis, eqn, invals: list) -> list:
+    """Channels through a primitive of ``channels.FLOW``: inputs carrying groups on the
+    surviving axis are coupled (a residual add), weight inputs are that group's vectors.
+    Weights through a host-evaluable op stay weights."""
+    chans = [v for v in invals if isinstance(v, _Chan)]
+    leaves = [v for v in invals if isinstance(v, _Leaf)]
+    if not chans:
+        if leaves and eqn.primitive in channels.HOST:
+            return [_Leaf(tuple(p for v in leaves for p in v.paths))]
+        return _none(ctx, eqn, invals)
+    axis = channels.out_axis(eqn, tuple(v.axis if isinstance(v, _Chan) else None
+                                        for v in invals))
+    if axis is None:
+        return _none(ctx, eqn, invals)
+    gid = chans[0].group
+    for c in chans[1:]:
+        gid = ctx.uf.union(gid, c.group)
+    gid = ctx.uf.find(gid)
+    for v in leaves:
+        ctx.vectors.setdefault(gid, []).extend(v.paths)
+    return [_Chan(gid, axis)]
+
+
+DOMAIN = engine.Domain(
+    name="channel groups",
+    rules={**{p: _flow for p in (*channels.FLOW, *channels.HOST)},
+           **{p: _layer for p in channels.LAYERS}},
+    tracks=lambda v: isinstance(v, _Chan | _Leaf),
+    untracked=_none,
+    no_rule=_none,  # An analysis: the value is no longer followed (the rewrite would raise).
+    lift=lambda v: None,
+)
+
+
 def channel_groups(apply_fn: Callable[..., Any], variables: Any,
                    *example_args: Any) -> list[ChannelGroup]:
     """The coupled-channel groups of ``apply_fn(variables, *example_args)``.
@@ -75,55 +130,12 @@ def channel_groups(apply_fn: Callable[..., Any], variables: Any,
         One :class:`ChannelGroup` per set of coupled kernels (singletons included), in the order
         the kernels are first used. Paths are those of ``variables``.
     """
-    flat, treedef = jax.tree.flatten(variables)
     paths = [p for p, _ in named_leaves(variables)]
-    closed = jax.make_jaxpr(lambda leaves, *a: apply_fn(jax.tree.unflatten(treedef, leaves), *a))(
-        flat, *example_args)
-    uf = _UnionFind()
-    kernels: dict[int, list[str]] = {}
-    vectors: dict[int, list[str]] = {}
-
-    def walk(jaxpr, args):
-        env = dict(zip(jaxpr.invars, args, strict=True))
-        for c in jaxpr.constvars:
-            env[c] = None
-        for eqn in jaxpr.eqns:
-            ins = [None if isinstance(v, Literal) else env.get(v) for v in eqn.invars]
-            outs = [None] * len(eqn.outvars)
-            sub = next((eqn.params[k] for k in _CALL_PARAMS if k in eqn.params), None)
-            if sub is not None:
-                outs = walk(getattr(sub, "jaxpr", sub), ins)
-            elif eqn.primitive in (lax.conv_general_dilated_p, lax.dot_general_p) and \
-                    isinstance(ins[1], _Leaf) and len(ins[1].paths) == 1:
-                gid = len(kernels)
-                kernels[gid], vectors[gid] = [ins[1].paths[0]], []
-                outs = [_Chan(gid, eqn.outvars[0].aval.ndim - 1)]
-            elif eqn.primitive in _LAYOUT and isinstance(ins[0], _Leaf):
-                outs = [ins[0]]
-            elif eqn.primitive in ELEMENTWISE or eqn.primitive is lax.convert_element_type_p:
-                chans = [v for v in ins if isinstance(v, _Chan)]
-                if chans and all(c.axis == chans[0].axis for c in chans):
-                    gid = chans[0].group
-                    for c in chans[1:]:
-                        gid = uf.union(gid, c.group)
-                    for v in ins:
-                        if isinstance(v, _Leaf):
-                            vectors.setdefault(uf.find(gid), []).extend(v.paths)
-                    outs = [_Chan(uf.find(gid), chans[0].axis)]
-                elif not chans and any(isinstance(v, _Leaf) for v in ins):
-                    outs = [_Leaf(tuple(p for v in ins if isinstance(v, _Leaf)
-                                        for p in v.paths))]
-            elif eqn.primitive in (lax.reduce_sum_p, lax.reduce_max_p) and \
-                    isinstance(ins[0], _Chan) and ins[0].axis not in eqn.params["axes"]:
-                axis = ins[0].axis - sum(a < ins[0].axis for a in eqn.params["axes"])
-                outs = [_Chan(ins[0].group, axis)]
-            elif eqn.primitive is lax.reduce_window_max_p and isinstance(ins[0], _Chan):
-                outs = [ins[0]]
-            for var, val in zip(eqn.outvars, outs, strict=True):
-                env[var] = val
-        return [None if isinstance(v, Literal) else env.get(v) for v in jaxpr.outvars]
-
-    walk(closed.jaxpr, [_Leaf((p,)) for p in paths] + [None] * len(jax.tree.leaves(example_args)))
+    closed, _, _ = engine.trace(apply_fn, variables, *example_args)
+    ctx = _Analysis()
+    engine.run(DOMAIN, ctx, closed.jaxpr, [None] * len(closed.consts),
+               [_Leaf((p,)) for p in paths] + [None] * len(jax.tree.leaves(example_args)))
+    uf, kernels, vectors = ctx.uf, ctx.kernels, ctx.vectors
     merged: dict[int, tuple[list[str], list[str]]] = {}
     for gid in sorted(kernels):
         root = uf.find(gid)

@@ -1,10 +1,17 @@
-"""The sparsifying interpreter: evaluates a jaxpr, rewriting layers by a rule table.
+"""The sparsifying rewrite: a value domain of :mod:`~jaxsparse.compiler.engine`.
 
-``RULES`` maps a primitive to a rule ``rule(ctx, eqn, invals) -> outvals``. Equations without a
-rule, or whose inputs are all plain arrays, are re-bound unchanged (special inputs are first made
-plain, which is always correct). The same interpreter runs twice: at compile time
-(``ctx.compiling``) the layer rules decide what to do, build the rewritten weights and record a
-plan; at run time they replay the plan on the rewritten weights.
+Values are plain arrays, :class:`~jaxsparse.compiler.values.Sliced` activations and
+:class:`~jaxsparse.compiler.values.WRef` weights. ``RULES`` maps a primitive to
+``rule(ctx, eqn, invals) -> outvals``: one per primitive of
+:data:`jaxsparse.compiler.channels.FLOW` (where the channel axis survives, the activation stays
+sliced; otherwise the rule rebuilds it in full, which is exact) and the layer rule for conv/dot.
+Equations whose inputs are all plain are re-bound unchanged (folded in numpy at compile time when
+their inputs are host constants). A weight read by a primitive with no rule is read densely and
+the pass keeps that weight whole; a sliced activation reaching a primitive with no rule raises
+:class:`UnsupportedPrimitiveError` naming it, unless ``missing_rule="densify"``.
+
+The same interpreter runs twice: at compile time (``ctx.compiling``) the layer rules decide what
+to do, build the rewritten weights and record a plan; at run time they replay the plan.
 """
 
 from __future__ import annotations
@@ -16,12 +23,17 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.extend.core import Literal, Primitive
+from jax.extend.core import Primitive
 
+from jaxsparse.compiler import channels, engine
 from jaxsparse.compiler.values import Sliced, WRef, is_special, plain
 
-Rule = Callable[["Context", Any, list], list]
-RULES: dict[Primitive, Rule] = {}
+RULES: dict[Primitive, engine.Rule] = {}
+MISSING_RULE = ("error", "densify")
+
+
+class UnsupportedPrimitiveError(ValueError):
+    """A sliced activation reached a primitive the pass has no rule for."""
 
 
 @dataclasses.dataclass
@@ -40,6 +52,10 @@ class Context:
         rows: compile time: the report rows.
         conflicts: compile time: leaves rewritten twice or also read densely.
         forced_dense: leaves the layer rules must leave whole (from an earlier attempt).
+        missing_rule: ``"error"`` or ``"densify"``: a sliced activation at a primitive with no
+            rule raises, or is rebuilt in full there.
+        densified: compile time: ``{primitive name: count}`` of the places a sliced activation
+            was rebuilt in full because of ``missing_rule="densify"``.
     """
 
     compiling: bool
@@ -53,6 +69,8 @@ class Context:
     rows: list = dataclasses.field(default_factory=list)
     conflicts: set[str] = dataclasses.field(default_factory=set)
     forced_dense: frozenset[str] = frozenset()
+    missing_rule: str = "error"
+    densified: dict[str, int] = dataclasses.field(default_factory=dict)
     counter: int = 0
 
     def next_key(self, name: str) -> str:
@@ -65,25 +83,7 @@ class Context:
 
 def eval_jaxpr(ctx: Context, jaxpr, consts: list, args: list) -> list:
     """Evaluates ``jaxpr`` on interpreter values (plain arrays, :class:`Sliced`, :class:`WRef`)."""
-    env: dict = {}
-
-    def read(v):
-        return v.val if isinstance(v, Literal) else env[v]
-
-    for var, val in zip(jaxpr.constvars, consts, strict=True):
-        env[var] = val
-    for var, val in zip(jaxpr.invars, args, strict=True):
-        env[var] = val
-    for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        if any(is_special(v) for v in invals):
-            rule = RULES.get(eqn.primitive, default_rule)
-            outvals = rule(ctx, eqn, invals)
-        else:
-            outvals = (ctx.compiling and numpy_eval(eqn, invals)) or bind(eqn, invals)
-        for var, val in zip(eqn.outvars, outvals, strict=True):
-            env[var] = val
-    return [read(v) for v in jaxpr.outvars]
+    return engine.run(DOMAIN, ctx, jaxpr, consts, args)
 
 
 def bind_params(eqn) -> tuple[list, dict]:
@@ -100,19 +100,32 @@ def bind(eqn, invals: list) -> list:
 
 
 def default_rule(ctx: Context, eqn, invals: list) -> list:
-    """No rule: make every input plain and re-bind (always correct)."""
+    """Make every input plain and re-bind (always correct): what a rule does with inputs it
+    cannot keep sliced."""
     return bind(eqn, [ctx.plain(v) for v in invals])
 
 
-def _inline(ctx: Context, eqn, invals: list) -> list:
-    """Calls (jit, custom_jvp/vjp): interpret the body so rewrites reach inside."""
-    closed = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr") or \
-        eqn.params.get("fun_jaxpr")
-    if closed is None:
-        return default_rule(ctx, eqn, invals)
-    inner = getattr(closed, "jaxpr", closed)
-    consts = list(getattr(closed, "consts", []))
-    return eval_jaxpr(ctx, inner, consts, invals)
+def _untracked(ctx: Context, eqn, invals: list) -> list:
+    """Plain inputs: fold host constants in numpy at compile time, else re-bind."""
+    return (ctx.compiling and numpy_eval(eqn, invals)) or bind(eqn, invals)
+
+
+def _no_rule(ctx: Context, eqn, invals: list) -> list:
+    """A primitive without a rule: weights are read densely (the pass then keeps them whole);
+    a sliced activation is an error naming the primitive, unless ``missing_rule="densify"``."""
+    sliced = [v for v in invals if isinstance(v, Sliced)]
+    if sliced and ctx.missing_rule != "densify":
+        s = sliced[0]
+        raise UnsupportedPrimitiveError(
+            f"jaxsparse.compile: no rule for primitive {eqn.primitive.name!r}, which reads an "
+            f"activation with removed channels ({len(s.keep)} of {s.full} kept on axis "
+            f"{s.axis}). Pass missing_rule='densify' to rebuild the full activation there "
+            f"(exact; layers after it lose their input slicing), or teach the primitive to "
+            f"jaxsparse/compiler/channels.FLOW and interpreter.RULES.")
+    if sliced and ctx.compiling:
+        name = eqn.primitive.name
+        ctx.densified[name] = ctx.densified.get(name, 0) + 1
+    return default_rule(ctx, eqn, invals)
 
 
 def _convert(ctx: Context, eqn, invals: list) -> list:
@@ -135,38 +148,12 @@ def _concrete(v: Any) -> bool:
     return isinstance(v, np.ndarray | np.generic | int | float | bool)
 
 
-def _bdim(a, shape, broadcast_dimensions, **_):
-    expanded = np.reshape(a, [a.shape[broadcast_dimensions.index(d)] if d in broadcast_dimensions
-                              else 1 for d in range(len(shape))])
-    return np.broadcast_to(expanded, shape)
-
-
-# Constants (functions of the weights only) are computed in numpy at compile time, so the pass
-# neither stages them nor compiles one tiny XLA program per BatchNorm vector.
-_NUMPY = {
-    lax.add_p: np.add, lax.sub_p: np.subtract, lax.mul_p: np.multiply, lax.div_p: np.divide,
-    lax.max_p: np.maximum, lax.min_p: np.minimum, lax.neg_p: np.negative, lax.exp_p: np.exp,
-    lax.log_p: np.log, lax.tanh_p: np.tanh, lax.sqrt_p: np.sqrt, lax.abs_p: np.abs,
-    lax.sign_p: np.sign, lax.log1p_p: np.log1p, lax.expm1_p: np.expm1, lax.square_p: np.square,
-    lax.pow_p: np.power, lax.rsqrt_p: lambda a: 1.0 / np.sqrt(a),
-    lax.logistic_p: lambda a: 1.0 / (1.0 + np.exp(-a)),
-    lax.convert_element_type_p: lambda a, new_dtype, **_: np.asarray(a).astype(new_dtype),
-    lax.integer_pow_p: lambda a, y: np.power(a, y),
-    lax.reshape_p: lambda a, new_sizes, dimensions, **_: (
-        np.reshape(a, new_sizes) if dimensions is None else None),
-    lax.broadcast_in_dim_p: _bdim,
-}
-_PARAMS = {lax.convert_element_type_p: ("new_dtype",), lax.integer_pow_p: ("y",),
-           lax.reshape_p: ("new_sizes", "dimensions"),
-           lax.broadcast_in_dim_p: ("shape", "broadcast_dimensions")}
-
-
 def numpy_eval(eqn, args: list) -> list | None:
     """Evaluates ``eqn`` in numpy when every input is concrete and numpy knows the op."""
-    fn = _NUMPY.get(eqn.primitive)
+    fn = channels.HOST.get(eqn.primitive)
     if fn is None or eqn.primitive.multiple_results or not all(_concrete(a) for a in args):
         return None
-    kw = {k: eqn.params[k] for k in _PARAMS.get(eqn.primitive, ())}
+    kw = {k: eqn.params[k] for k in channels.HOST_PARAMS.get(eqn.primitive, ())}
     dtype = eqn.outvars[0].aval.dtype if hasattr(eqn.outvars[0], "aval") else None
     with np.errstate(all="ignore"):
         out = fn(*[np.asarray(a) for a in args], **kw)
@@ -185,13 +172,18 @@ def _eval_fill(eqn, args: list) -> Any:
     return eqn.primitive.bind(*subfuns, *args, **params)
 
 
+def _axes(invals: list) -> tuple[int | None, ...]:
+    return tuple(v.axis if isinstance(v, Sliced) else None for v in invals)
+
+
 def _elementwise(ctx: Context, eqn, invals: list) -> list:
     """Per-channel ops keep an activation sliced; both operands sliced: union of channels."""
     sliced = [v for v in invals if isinstance(v, Sliced)]
-    if any(isinstance(v, WRef) for v in invals):
+    if not sliced or any(isinstance(v, WRef) for v in invals) or \
+            channels.out_axis(eqn, _axes(invals)) is None:
         return default_rule(ctx, eqn, invals)
     axis, full, ndim = sliced[0].axis, sliced[0].full, sliced[0].data.ndim
-    if any(s.axis != axis or s.full != full or s.data.ndim != ndim for s in sliced):
+    if any(s.full != full or s.data.ndim != ndim for s in sliced):
         return default_rule(ctx, eqn, invals)
     keep = sliced[0].keep
     for s in sliced[1:]:
@@ -226,7 +218,8 @@ def _reduce(ctx: Context, eqn, invals: list) -> list:
     """Reductions over non-channel axes keep the channel axis sliced."""
     (x,) = invals
     axes = tuple(eqn.params["axes"])
-    if not isinstance(x, Sliced) or x.axis in axes:
+    new_axis = channels.out_axis(eqn, _axes(invals))
+    if new_axis is None:
         return default_rule(ctx, eqn, invals)
     data = bind(eqn, [x.data])[0]
     if eqn.primitive is lax.reduce_sum_p:
@@ -234,16 +227,13 @@ def _reduce(ctx: Context, eqn, invals: list) -> list:
         fill = x.fill * count
     else:
         fill = x.fill
-    new_axis = x.axis - sum(a < x.axis for a in axes)
     return [Sliced(data, new_axis, x.keep, x.full, fill)]
 
 
 def _reduce_window_max(ctx: Context, eqn, invals: list) -> list:
     """Max-pooling with a window of 1 along the channel axis keeps it sliced."""
     (x,) = invals
-    p = eqn.params
-    if not isinstance(x, Sliced) or p["window_dimensions"][x.axis] != 1 or \
-            tuple(p["padding"][x.axis]) != (0, 0) or p["window_strides"][x.axis] != 1:
+    if channels.out_axis(eqn, _axes(invals)) is None:
         return default_rule(ctx, eqn, invals)
     return [Sliced(bind(eqn, [x.data])[0], x.axis, x.keep, x.full, x.fill)]
 
@@ -251,12 +241,12 @@ def _reduce_window_max(ctx: Context, eqn, invals: list) -> list:
 def _reshape(ctx: Context, eqn, invals: list) -> list:
     """Reshapes that leave a last channel axis alone keep it sliced."""
     x = invals[0]
-    sizes = tuple(eqn.params["new_sizes"])
-    if len(invals) != 1 or not isinstance(x, Sliced) or x.axis != x.data.ndim - 1 or \
-            sizes[-1] != x.full or eqn.params.get("dimensions") is not None:
+    new_axis = channels.out_axis(eqn, _axes(invals))
+    if new_axis is None:
         return default_rule(ctx, eqn, invals)
+    sizes = tuple(eqn.params["new_sizes"])
     data = jnp.reshape(x.data, (*sizes[:-1], len(x.keep)))
-    return [Sliced(data, len(sizes) - 1, x.keep, x.full, x.fill)]
+    return [Sliced(data, new_axis, x.keep, x.full, x.fill)]
 
 
 def _layer(ctx: Context, eqn, invals: list) -> list:
@@ -270,30 +260,15 @@ def _layer(ctx: Context, eqn, invals: list) -> list:
     return ctx.apply(ctx, key, ctx.plan[key], eqn, x, w)
 
 
-ELEMENTWISE = (lax.add_p, lax.sub_p, lax.mul_p, lax.div_p, lax.max_p, lax.min_p, lax.neg_p,
-               lax.exp_p, lax.log_p, lax.tanh_p, lax.logistic_p, lax.rsqrt_p, lax.sqrt_p,
-               lax.abs_p, lax.integer_pow_p, lax.pow_p, lax.square_p, lax.erf_p, lax.sign_p,
-               lax.log1p_p, lax.expm1_p)
-for _p in ELEMENTWISE:
+for _p in channels.ELEMENTWISE:
     RULES[_p] = _elementwise
 RULES[lax.convert_element_type_p] = _convert
 RULES[lax.reduce_sum_p] = _reduce
 RULES[lax.reduce_max_p] = _reduce
 RULES[lax.reduce_window_max_p] = _reduce_window_max
 RULES[lax.reshape_p] = _reshape
-RULES[lax.conv_general_dilated_p] = _layer
-RULES[lax.dot_general_p] = _layer
+for _p in channels.LAYERS:
+    RULES[_p] = _layer
 
-
-def register_call_rules() -> None:
-    """Inlines call-like primitives (jit, custom_jvp_call, custom_vjp_call, closed_call)."""
-    from jax.extend.core import primitives as P
-
-    for name in ("pjit_p", "jit_p", "custom_jvp_call_p", "custom_vjp_call_p", "closed_call_p",
-                 "custom_vjp_call_jaxpr_p"):
-        prim = getattr(P, name, None)
-        if prim is not None:
-            RULES[prim] = _inline
-
-
-register_call_rules()
+DOMAIN = engine.Domain(name="sparsifying rewrite", rules=RULES, tracks=is_special,
+                       untracked=_untracked, no_rule=_no_rule)

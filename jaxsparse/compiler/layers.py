@@ -66,6 +66,7 @@ class Options:
         kernel_note: why the CPU kernels are not used, when they are not (for the report).
         precompress: make cuSPARSELt's compressed copy of every 2:4 weight at compile time
             (compiling for ``cuda`` on a machine with an NVIDIA GPU).
+        missing_rule: ``"error"`` or ``"densify"`` (see :func:`jaxsparse.compile`).
     """
 
     policy: str
@@ -74,6 +75,7 @@ class Options:
     calibrate: bool = False
     kernel_note: str = ""
     precompress: bool = False  # Compress 2:4 weights for cuSPARSELt now (a local CUDA GPU).
+    missing_rule: str = "error"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,6 +60,7 @@ class CompileReport:
     kernels: str = ""
     model_bytes_before: int = 0
     model_bytes_after: int = 0
+    densified: tuple[tuple[str, int], ...] = ()  # (primitive, count): missing_rule="densify".
 
     @property
     def flops_before(self) -> float:
@@ -92,6 +93,7 @@ class CompileReport:
                 "bytes_after": self.bytes_after,
                 "model_bytes_before": self.model_bytes_before,
                 "model_bytes_after": self.model_bytes_after,
+                "densified": dict(self.densified),
                 "layers": [dataclasses.asdict(r) for r in self.rows]}
 
     def markdown(self) -> str:
@@ -114,6 +116,10 @@ class CompileReport:
                      f"policy {self.policy}; pass took {self.pass_seconds:.2f} s")
         if self.kernels:
             lines.append(f"kernels: {self.kernels}")
+        if self.densified:
+            where = ", ".join(f"{name} (x{n})" for name, n in self.densified)
+            lines.append(f"activations rebuilt in full at primitives without a rule "
+                         f"(missing_rule='densify'): {where}")
         return "\n".join(lines)
 
     def timing_markdown(self) -> str:

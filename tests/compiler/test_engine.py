@@ -1,0 +1,94 @@
+"""The one jaxpr engine: both domains (channel groups, the rewrite) read one flow table."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import jaxsparse as js
+from jaxsparse.compiler import channels, engine, groups, interpreter
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _params(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"a": jnp.asarray(rng.standard_normal((3, 3, 4, 8)) * 0.3, jnp.float32),
+            "b": jnp.asarray(rng.standard_normal((1, 1, 4, 8)) * 0.3, jnp.float32),
+            "s": jnp.asarray(rng.standard_normal(8) + 2.0, jnp.float32),
+            "head": jnp.asarray(rng.standard_normal((8, 3)) * 0.3, jnp.float32)}
+
+
+def _conv(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)
+
+
+def test_every_flow_primitive_has_a_rewrite_rule_and_a_groups_rule():
+    assert set(channels.FLOW) <= set(interpreter.RULES)
+    assert set(channels.FLOW) <= set(groups.DOMAIN.rules)
+    assert set(channels.LAYERS) <= set(interpreter.RULES) & set(groups.DOMAIN.rules)
+
+
+def test_groups_follow_reshape_and_calls():
+    """Two convs added after a flatten (reshape), inside a jitted call, are coupled."""
+
+    @jax.jit
+    def body(p, x):
+        ya = jnp.reshape(_conv(x, p["a"]) * p["s"], (-1, 8))
+        yb = jnp.reshape(_conv(x, p["b"]), (-1, 8))
+        return ya + yb
+
+    fn = lambda p, x: body(p, x) @ p["head"]
+    got = js.channel_groups(fn, _params(), jnp.ones((2, 5, 5, 4)))
+    coupled = [g for g in got if len(g.kernels) > 1]
+    assert [set(g.kernels) for g in coupled] == [{"a", "b"}]
+    assert coupled[0].vectors == ("s",)
+
+
+def _transposing(p, x):
+    y = jax.nn.relu(_conv(x, p["a"]) + 0.5)
+    y = jnp.transpose(y, (0, 3, 1, 2))  # No rule: the pass cannot keep channels sliced here.
+    return jnp.mean(y, axis=(2, 3)) @ p["head"]
+
+
+def test_missing_rule_is_an_error_naming_the_primitive():
+    p, x = _params(), jnp.ones((2, 5, 5, 4))
+    masks = js.prune(p, "channel", 0.5, include="a")
+    with pytest.raises(interpreter.UnsupportedPrimitiveError, match="'transpose'.*4 of 8"):
+        js.compile(_transposing, p, masks, x)
+
+
+def test_missing_rule_densify_equals_masked_and_is_reported():
+    p = _params()
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
+    masks = js.prune(p, "channel", 0.5, include="a")
+    sp = js.compile(_transposing, p, masks, x, missing_rule="densify")
+    ref = _transposing(js.apply_masks(p, masks), x)
+    np.testing.assert_allclose(jax.jit(sp)(sp.variables, x), ref, rtol=1e-5, atol=1e-6)
+    assert sp.report.densified == (("transpose", 1),)
+    assert "transpose (x1)" in str(sp.report)
+    assert sp.report.as_dict()["densified"] == {"transpose": 1}
+
+
+def test_bad_missing_rule():
+    p = _params()
+    with pytest.raises(ValueError, match="missing_rule='skip'.*'error', 'densify'"):
+        js.compile(_transposing, p, None, jnp.ones((2, 5, 5, 4)), missing_rule="skip")
+
+
+def test_loops_are_not_inlined():
+    """scan carries a ``jaxpr`` too, but it is a loop: the engine must not inline it."""
+    def fn(p, x):
+        def step(c, _):
+            return c @ p["w"], None
+        return lax.scan(step, x, None, length=2)[0]
+
+    closed, _, _ = engine.trace(fn, {"w": jnp.eye(3)}, jnp.ones((1, 3)))
+    scan = next(e for e in closed.jaxpr.eqns if e.primitive.name == "scan")
+    assert engine.called(scan) is None
+    p = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((4, 4)), jnp.float32)}
+    masks = js.prune(p, "2:4", include="w")
+    sp = js.compile(fn, p, masks, jnp.ones((2, 4)), policy="sparse")
+    np.testing.assert_allclose(sp(sp.variables, jnp.ones((2, 4))),
+                               fn(js.apply_masks(p, masks), jnp.ones((2, 4))), rtol=1e-5)
