@@ -9,10 +9,10 @@ medians over trials of ``--reps`` back-to-back calls, so launch overhead is amor
 * ``gemm``: ResNet50's GEMMs at batch 256 (1x1 convs as GEMMs, 3x3 convs as im2col GEMMs, the
   classifier), bf16: ``jnp.dot`` against ``nm_dot`` on cuSPARSELt (weight compressed in the
   program, every call), the cuSPARSELt kernel alone (weight compressed once, beforehand, as
-  ``js.compile`` does on a GPU), and
+  ``js.sparsify`` does on a GPU), and
   block-sparse 90% with the Pallas Triton kernel (32x32 and 128x128 blocks).
 * ``e2e``: ResNet50 224x224 bf16 inference at each ``--batches`` size: dense, 2:4, block 90%,
-  channel 50%, channel 50% + 2:4, each ``js.compile``-d for this GPU (``policy="sparse"``; 2:4
+  channel 50%, channel 50% + 2:4, each ``js.sparsify``-d for this GPU (``policy="sparse"``; 2:4
   weights compressed once at compile time) and checked against the masked dense model first.
 
 Writes (and on a later run, updates section by section) ``<out>/<device>-<date>.json`` and
@@ -59,7 +59,7 @@ GEMMS = [
 ]
 # name -> (pattern, sparsity, channel groups first). Every variant compiles with
 # policy="sparse", so each layer the pattern allows runs its kernel (the figures are the
-# kernels'; js.compile's default policy="auto" keeps layers dense where they measured slower).
+# kernels'; js.sparsify's default policy="auto" keeps layers dense where they measured slower).
 VARIANTS = {
     "nm24": ("2:4", None, False),
     "block90_32": ("block:32x32", 0.9, False),
@@ -157,7 +157,7 @@ def build_variant(name, apply_fn, variables, example):
     else:
         masks = js.prune(variables["params"], pattern, sparsity)
     t0 = time.perf_counter()
-    sp = js.compile(apply_fn, variables, masks, example, policy="sparse")
+    sp = js.sparsify(apply_fn, variables, masks, example, policy="sparse")
     return sp, masks, time.perf_counter() - t0
 
 

@@ -4,7 +4,7 @@
         --variants=block90_32,block90_16,unstructured90,unstructured80,channel50 \
         --layer_table --out=docs/results
 
-For each variant: prune the (randomly initialised) model, run ``js.compile`` (timing the pass),
+For each variant: prune the (randomly initialised) model, run ``js.sparsify`` (timing the pass),
 check the compiled output against the masked dense model, then time every
 variant and the dense model back to back (compile and warm-up first, medians of interleaved
 batches). Every variant uses ``policy="auto"`` (the measured cost table decides layer by layer)
@@ -50,7 +50,7 @@ flags.DEFINE_integer("batch_size", 16, "Images per batch.")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_list("variants", "channel50,block90_16,block90_32,nm24",
                   f"Variants to compare with dense: {sorted(VARIANTS)}.")
-flags.DEFINE_string("backend", "auto", "js.compile backend for block-sparse layers.")
+flags.DEFINE_string("backend", "auto", "js.sparsify backend for block-sparse layers.")
 flags.DEFINE_bool("layer_table", False, "Also measure every sparse layer (calibrate=True).")
 flags.DEFINE_integer("warmup", 2, "Untimed batches after compilation.")
 flags.DEFINE_integer("num_batches", 10, "Timed batches per variant.")
@@ -70,11 +70,11 @@ def build_variant(name, apply_fn, variables, example):
     else:
         masks = js.prune(variables["params"], pattern, sparsity)
     t0 = time.perf_counter()
-    sp = js.compile(apply_fn, variables, masks, example, backend=FLAGS.backend, policy=policy)
+    sp = js.sparsify(apply_fn, variables, masks, example, backend=FLAGS.backend, policy=policy)
     pass_s = time.perf_counter() - t0
     table = None
     if FLAGS.layer_table and pattern != "channel":
-        table = js.compile(apply_fn, variables, masks, example, backend=FLAGS.backend,
+        table = js.sparsify(apply_fn, variables, masks, example, backend=FLAGS.backend,
                            policy="auto", calibrate=True).report.timing_markdown()
     return sp, masks, pass_s, table
 

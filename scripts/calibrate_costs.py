@@ -2,10 +2,10 @@
 
     python scripts/calibrate_costs.py --batch=8 --out=jaxsparse/compiler/cost_tables/cpu.json
 
-``js.compile(policy="auto")`` reads ``jaxsparse/compiler/cost_tables/<platform>.json`` to
+``js.sparsify(policy="auto")`` reads ``jaxsparse/compiler/cost_tables/<platform>.json`` to
 decide, layer by layer, whether the sparse kernel beats dense. The table ships measured on the
 project's 2-core CPU; rerun this on another machine (a few minutes) to recalibrate, or pass
-``calibrate=True`` to ``js.compile`` to time each layer of one model instead.
+``calibrate=True`` to ``js.sparsify`` to time each layer of one model instead.
 """
 
 import datetime

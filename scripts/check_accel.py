@@ -4,7 +4,7 @@
 
 Run by ``scripts/check_accel.sh`` (its own venv with the CUDA plugin and libtpu). For each
 variant (ResNet50 224x224 bf16, batch ``--batch``, pruned 2:4 or block 90%) and target:
-``js.compile(..., platform=<cuda|tpu>)`` on this CPU machine, then ``jax.jit(sp).trace(...)
+``js.sparsify(..., platform=<cuda|tpu>)`` on this CPU machine, then ``jax.jit(sp).trace(...)
 .lower().compile()`` against a compile-only device of that target
 (``jax.experimental.topologies``: an H100 from its target config, TPUs from their topology
 names), printing the compile time and the custom calls the program holds. Exits 1 when any
@@ -117,7 +117,7 @@ def main(argv: list[str]) -> int:
                 pattern = "block:128x128" if platform == "tpu" else "block:64x64"
             masks = js.prune(variables["params"], pattern, sparsity)
             t0 = time.perf_counter()
-            sp = js.compile(apply_fn, variables, masks, example, policy="sparse",
+            sp = js.sparsify(apply_fn, variables, masks, example, policy="sparse",
                             platform=platform)
             pass_s = time.perf_counter() - t0
             spec = functools.partial(abstract, sharding=replicated)

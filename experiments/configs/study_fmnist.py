@@ -4,7 +4,7 @@
         --workdir=runs/study_fmnist
 
 Trains the dense baseline, fine-tunes each variant from it (NVIDIA ASP's one-shot recipe, or
-SR-STE), compiles each with js.compile, evaluates the compiled model, and benchmarks them all
+SR-STE), compiles each with js.sparsify, evaluates the compiled model, and benchmarks them all
 back to back. Add a variant with one more entry in `variants`. On an accelerator, use
 `--config.base.model.name=resnet50 --config.base.precision=bfloat16` for the real experiment.
 """

@@ -1,9 +1,12 @@
 """The compiler pass: a jaxpr interpreter that turns masked dense functions into sparse ones."""
 
-from jaxsparse.compiler.api import SparseModel, compile
+from jaxsparse.compiler.api import SparseModel, sparsify
 from jaxsparse.compiler.combine import nm_on_kept_channels
+from jaxsparse.compiler.groups import ChannelGroup, channel_groups
+from jaxsparse.compiler.interpreter import UnsupportedPrimitiveError
 from jaxsparse.compiler.packed import BlockWeight, DenseWeight, Layout, NMWeight, unpack
 from jaxsparse.compiler.report import CompileReport, LayerRow
 
-__all__ = ["BlockWeight", "CompileReport", "DenseWeight", "LayerRow", "Layout", "NMWeight",
-           "SparseModel", "compile", "nm_on_kept_channels", "unpack"]
+__all__ = ["BlockWeight", "ChannelGroup", "CompileReport", "DenseWeight", "LayerRow", "Layout",
+           "NMWeight", "SparseModel", "UnsupportedPrimitiveError", "channel_groups",
+           "nm_on_kept_channels", "sparsify", "unpack"]

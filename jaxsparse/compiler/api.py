@@ -1,4 +1,4 @@
-"""``js.compile``: from a masked dense function to one that skips the zeros."""
+"""``js.sparsify``: from a masked dense function to one that skips the zeros."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def align_masks(variables: Any, masks: Any) -> dict[str, np.ndarray]:
 class SparseModel:
     """A compiled sparse function. Call it as ``sp(sp.variables, *args)``; it is jittable
     and vmappable. It is specialised to the shapes and dtypes of the example inputs given to
-    :func:`compile` (another batch size needs another ``compile``, or ``jax.vmap``).
+    :func:`sparsify` (another batch size needs another ``sparsify``, or ``jax.vmap``).
 
     Attributes:
         variables: ``{"model": the variables with packed/sliced weights, "folded": constant
@@ -119,13 +119,13 @@ class SparseModel:
         got = [(tuple(np.shape(a)), jnp.result_type(a)) for a in flat_args]
         if got != expected:
             raise ValueError(f"this SparseModel was compiled for inputs {expected} (shape, dtype) "
-                             f"but got {got}; call js.compile again with example inputs of the "
+                             f"but got {got}; call js.sparsify again with example inputs of the "
                              f"new shape (jax.vmap over extra leading axes works).")
         outs = eval_jaxpr(ctx, self._jaxpr.jaxpr, list(self._jaxpr.consts), vals + flat_args)
         return jax.tree.unflatten(self._out_tree, [plain(o) for o in outs])
 
 
-def compile(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_args: Any,
+def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_args: Any,
             backend: str = "auto", policy: str = "auto",
             calibrate: bool = False, platform: str | None = None,
             missing_rule: str = "error") -> SparseModel:

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxsparse.compiler.api import align_masks, compile
+from jaxsparse.compiler.api import align_masks, sparsify
 from jaxsparse.compiler.packed import is_rewritten
 from jaxsparse.pruning.masks import compute_mask
 from jaxsparse.pruning.patterns import NM, parse_pattern
@@ -47,7 +47,7 @@ def nm_on_kept_channels(apply_fn: Callable[..., Any], variables: Any, masks: Any
     if not isinstance(nm, NM):
         raise ValueError(f"pattern={pattern!r} is not an N:M pattern such as '2:4'.")
     out = align_masks(variables, masks)
-    sliced = compile(apply_fn, variables, masks, *example_args, policy="dense")
+    sliced = sparsify(apply_fn, variables, masks, *example_args, policy="dense")
     leaves = dict(named_leaves(variables))
     for path, weight in named_leaves(sliced.variables["model"], is_leaf=is_rewritten):
         if not is_rewritten(weight) or path not in out:

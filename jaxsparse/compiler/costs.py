@@ -7,7 +7,7 @@ alternating, after warm-up, at several densities. An entry is keyed by kernel (`
 layers; ``spatial``: larger windows) and holds the median ratio per density. ``policy="auto"``
 runs a layer sparse when the predicted ratio is below :data:`MAX_RATIO`.
 
-``js.compile(..., calibrate=True)`` measures every candidate layer at its real shape with
+``js.sparsify(..., calibrate=True)`` measures every candidate layer at its real shape with
 :func:`measure_pair` instead and decides from that; the report shows both.
 """
 

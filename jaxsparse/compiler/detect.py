@@ -1,4 +1,4 @@
-"""Recognising the sparsity pattern of a mask, so ``js.compile`` needs masks only."""
+"""Recognising the sparsity pattern of a mask, so ``js.sparsify`` needs masks only."""
 
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ class NMWeight:
     """An N:M-packed weight (see :mod:`jaxsparse.primitives.nm_dot`).
 
     ``blob``, when set, is cuSPARSELt's compressed copy of the weight in the layer's compute
-    dtype, made once by ``js.compile`` on an NVIDIA GPU so that inference does not compress on
+    dtype, made once by ``js.sparsify`` on an NVIDIA GPU so that inference does not compress on
     every call. It is an inference copy: ``values`` stays the weight of record (gradients,
     ``unpack``, other platforms); after changing ``values``, compile again.
     """

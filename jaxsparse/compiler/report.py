@@ -47,7 +47,7 @@ def _ratio(x: float | None) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class CompileReport:
-    """What ``js.compile`` did; ``str()`` renders a markdown table.
+    """What ``js.sparsify`` did; ``str()`` renders a markdown table.
 
     ``model_bytes_before``/``after`` count every array of the variables (weights, BatchNorm,
     packed values and indices, folded constants).

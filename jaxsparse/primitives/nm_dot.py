@@ -84,7 +84,7 @@ def nm_dot(x: jax.Array, values: jax.Array, indices: jax.Array, *, m: int,
         indices: ``(K // m * n, cout)`` int8 positions inside each group of ``m``.
         m: group size M.
         blob: optional cuSPARSELt-compressed copy of ``W`` in ``x.dtype``
-            (:func:`jaxsparse.gpu.cusparselt.compress`, made once by ``js.compile`` on a GPU):
+            (:func:`jaxsparse.gpu.cusparselt.compress`, made once by ``js.sparsify`` on a GPU):
             the CUDA lowering then runs the sparse GEMM alone instead of compressing on every
             call. It must hold the same weight as ``values`` (other lowerings, and gradients,
             read ``values``).

@@ -1,4 +1,4 @@
-"""Masks for a whole parameter tree: ``prune``, ``apply_masks`` and ``sparsity``.
+"""Masks for a whole parameter tree: ``prune``, ``apply_masks`` and ``measured_sparsity``.
 
 A masks tree has the structure of the params tree with a bool array for every pruned leaf and
 ``None`` for every leaf left dense.
@@ -116,7 +116,7 @@ def apply_masks(params: Any, masks: Any) -> Any:
                      masks, params)
 
 
-def sparsity(tree: Any) -> float:
+def measured_sparsity(tree: Any) -> float:
     """Fraction of zeros.
 
     For a masks tree (bool leaves, ``None`` for dense ones): the fraction of False over the

@@ -1,4 +1,4 @@
-"""Pruning as optax transformations (exposed as ``jaxsparse.optax``).
+"""Pruning as optax transformations (exposed as ``jaxsparse.transforms``).
 
 ``masked_pruning`` wraps any optimizer: it keeps the masks in its state, recomputes them at the
 schedule's update steps, masks the gradients fed to the inner optimizer, and returns updates

@@ -2,7 +2,7 @@
 
 1. Train the dense baseline once (``<workdir>/dense``).
 2. For each variant: fine-tune from the dense run with its pruning method
-   (``<workdir>/<name>``), read the masks back from the pruned weights, ``js.compile`` it, and
+   (``<workdir>/<name>``), read the masks back from the pruned weights, ``js.sparsify`` it, and
    evaluate the *compiled* model's accuracy on the test set.
 3. Benchmark dense and every compiled variant back to back in this process (alternating).
 4. Write ``report.json``, ``report.md``, ``pareto.png`` and TensorBoard scalars and images.
@@ -155,7 +155,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         res = run_or_load(variant_config(config, v, dense_dir), vdir)
         variables = train.load_final_variables(vdir, template, dp)
         masks = js.masks_from_zeros(variables["params"])
-        sp = js.compile(apply_fn, variables, masks, example, policy=v.policy)
+        sp = js.sparsify(apply_fn, variables, masks, example, policy=v.policy)
         cached = os.path.join(vdir, "study.json")
         if os.path.isfile(cached):
             with open(cached) as f:

@@ -19,8 +19,7 @@ from jaxsparse import data as data_lib
 from jaxsparse.compiler.groups import channel_groups
 from jaxsparse.models import create_model, functional
 from jaxsparse.pruning.patterns import NM, parse_pattern
-from jaxsparse.training import optim, steps
-from jaxsparse.training import sparsity as sparsity_lib
+from jaxsparse.training import methods, optim, steps
 from jaxsparse.training.bench import benchmark
 from jaxsparse.training.checkpoint import Checkpointer
 from jaxsparse.training.sharding import DataParallel, data_parallel, maybe_initialize_distributed
@@ -161,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.sparsity.grouped:
         example = jnp.zeros((1, *train_split.images.shape[1:]), dtype)
         groups = channel_groups(apply_fn, variables, example)
-    pruning = sparsity_lib.setup(config.sparsity, variables["params"], base_tx, num_steps,
+    pruning = methods.setup(config.sparsity, variables["params"], base_tx, num_steps,
                                  groups)
     state = jax.device_put(steps.create_train_state(variables, pruning.tx), dp.replicated)
 

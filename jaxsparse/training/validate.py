@@ -20,8 +20,8 @@ import ml_collections
 
 from jaxsparse.pruning.masks import check_sparsity
 from jaxsparse.pruning.patterns import NM, Channel, parse_pattern
+from jaxsparse.training import methods
 
-METHODS = ("none", "one_shot", "gradual", "sr_ste")
 DISTRIBUTIONS = ("uniform", "erk", "global")
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The sparsity block's values when pruning is off (experiments/configs/default.py; a test keeps
@@ -56,13 +56,14 @@ def check_sparsity_block(s: ml_collections.ConfigDict) -> None:
     Raises:
         ValueError: naming the first bad field, its value and what is valid.
     """
-    if s.method not in METHODS:
-        raise ValueError(f"sparsity.method={s.method!r} is not valid; use one of {METHODS}.")
+    valid = methods.names()
+    if s.method not in valid:
+        raise ValueError(f"sparsity.method={s.method!r} is not valid; use one of {valid}.")
     if s.method == "none":
         for key, off in SPARSITY_OFF.items():
             if key in s and s[key] != off:
                 raise ValueError(f"sparsity.{key}={s[key]!r} is set but sparsity.method='none' "
-                                 f"(no pruning); set sparsity.method to one of {METHODS[1:]} "
+                                 f"(no pruning); set sparsity.method to one of {valid[1:]} "
                                  f"or leave sparsity.{key} at {off!r}.")
         return
     try:

@@ -61,7 +61,7 @@ def custom_calls(sp, platform):
 @pytest.mark.parametrize("variant", ["2:4", "block:32x32", "channel", "channel+2:4"])
 def test_lowers_for_cuda_with_its_kernels(variant):
     apply_fn, variables, x = model()
-    sp = js.compile(apply_fn, variables, variant_masks(variant), x, policy="sparse",
+    sp = js.sparsify(apply_fn, variables, variant_masks(variant), x, policy="sparse",
                     platform="cuda")
     calls = custom_calls(sp, "cuda")
     actions = " ".join(r.action for r in sp.report.rows)
@@ -76,7 +76,7 @@ def test_lowers_for_cuda_with_its_kernels(variant):
                                      "channel+2:4"])
 def test_lowers_for_tpu_with_its_kernels(variant):
     apply_fn, variables, x = model()
-    sp = js.compile(apply_fn, variables, variant_masks(variant), x, policy="sparse",
+    sp = js.sparsify(apply_fn, variables, variant_masks(variant), x, policy="sparse",
                     platform="tpu")
     calls = custom_calls(sp, "tpu")
     rows = sp.report.rows
@@ -94,14 +94,14 @@ def test_lowers_for_tpu_with_its_kernels(variant):
 def test_bad_platform_is_one_clear_error():
     apply_fn, variables, x = model()
     with pytest.raises(ValueError, match="platform=.metal. is not valid"):
-        js.compile(apply_fn, variables, None, x, platform="metal")
+        js.sparsify(apply_fn, variables, None, x, platform="metal")
 
 
 def test_portable_nm_dot_without_the_library(monkeypatch):
     apply_fn, variables, x = model()
     monkeypatch.setattr(cusparselt, "status", lambda: cusparselt.LibraryStatus(
         False, None, "the cuSPARSELt FFI library is not built"))
-    sp = js.compile(apply_fn, variables, variant_masks("2:4"), x, platform="cuda")
+    sp = js.sparsify(apply_fn, variables, variant_masks("2:4"), x, platform="cuda")
     assert "jaxsparse_cusparselt_matmul" not in custom_calls(sp, "cuda")
     assert any("no cuSPARSELt kernel: the cuSPARSELt FFI library is not built" in r.why
                for r in sp.report.rows)

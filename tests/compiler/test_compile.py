@@ -1,4 +1,4 @@
-"""js.compile against the dense masked reference (rtol 1e-5 in f32)."""
+"""js.sparsify against the dense masked reference (rtol 1e-5 in f32)."""
 
 import dataclasses
 import functools
@@ -50,7 +50,7 @@ CASES = [("2:4", None), ("1:4", None), ("2:8", None), ("block:16x16", 0.5),
 def test_resnet_equals_masked(pattern, sparsity, bottleneck, stem):
     apply_fn, variables, x = resnet(bottleneck, stem)
     masks = js.prune(variables["params"], pattern, sparsity)
-    sp = js.compile(apply_fn, variables, masks, x, policy="sparse")
+    sp = js.sparsify(apply_fn, variables, masks, x, policy="sparse")
     ref = masked_reference(apply_fn, variables, masks)(x)
     assert_close(jax.jit(sp)(sp.variables, x), ref)
     actions = " ".join(r.action for r in sp.report.rows)
@@ -66,7 +66,7 @@ def test_coupled_residual_channel_pruning(bottleneck):
     assert any(len(g.kernels) > 1 for g in groups)
     masks = js.prune(variables, "channel", sparsity=0.5, groups=groups,
                      include=lambda p, w: w.ndim == 4)
-    sp = js.compile(apply_fn, variables, masks, x)
+    sp = js.sparsify(apply_fn, variables, masks, x)
     assert_close(jax.jit(sp)(sp.variables, x), masked_reference(apply_fn, variables, masks)(x))
     # Every conv, the residual stream included, lost input and output channels.
     convs = [r for r in sp.report.rows if r.kind == "conv"]
@@ -94,7 +94,7 @@ def test_grouped_masks_cover_batchnorm_and_round_to_multiple():
 def test_vmap_and_bfloat16():
     apply_fn, variables, x = resnet(False, "small")
     masks = js.prune(variables["params"], "block:16x16", 0.75)
-    sp = js.compile(apply_fn, variables, masks, x, policy="sparse")
+    sp = js.sparsify(apply_fn, variables, masks, x, policy="sparse")
     xs = jnp.stack([x, -x])
     ref = masked_reference(apply_fn, variables, masks)
     assert_close(jax.jit(jax.vmap(lambda a: sp(sp.variables, a)))(xs),
@@ -103,7 +103,7 @@ def test_vmap_and_bfloat16():
                        rngs=nnx.Rngs(0))
     f16, v16 = functional(model)
     m16 = js.prune(v16["params"], "2:4")
-    sp16 = js.compile(f16, v16, m16, x.astype(jnp.bfloat16), policy="sparse")
+    sp16 = js.sparsify(f16, v16, m16, x.astype(jnp.bfloat16), policy="sparse")
     assert_close(jax.jit(sp16)(sp16.variables, x.astype(jnp.bfloat16)),
                  masked_reference(f16, v16, m16)(x.astype(jnp.bfloat16)), rtol=1e-2)
 
@@ -128,7 +128,7 @@ def test_flax_linen_model(pattern, sparsity):
     masks = js.prune(variables["params"], pattern, sparsity,
                      include=lambda p, w: w.ndim >= 2 and w.shape[-2] % 8 == 0
                      and w.shape[-1] % 8 == 0)
-    sp = js.compile(model.apply, variables, masks, x, policy="sparse")
+    sp = js.sparsify(model.apply, variables, masks, x, policy="sparse")
     assert_close(jax.jit(sp)(sp.variables, x), masked_reference(model.apply, variables,
                                                                 masks)(x))
 
@@ -154,7 +154,7 @@ def test_plain_jax_strided_padded_dilated_grouped():
     x = jnp.asarray(rng.standard_normal((2, 11, 11, 8)), jnp.float32)
     for pattern, sparsity in [("2:4", None), ("block:8x8", 0.75), ("channel", 0.5)]:
         masks = js.prune(params, pattern, sparsity, include=".*")
-        sp = js.compile(_plain_fn, params, masks, x, policy="sparse")
+        sp = js.sparsify(_plain_fn, params, masks, x, policy="sparse")
         assert_close(jax.jit(sp)(sp.variables, x), _plain_fn(js.apply_masks(params, masks), x))
         row = {r.name: r for r in sp.report.rows}["g"]
         assert row.action == "dense (unsupported)" and row.why == "grouped convolution"
@@ -196,14 +196,14 @@ def test_random_residual_networks(net):
     fn, params, (pattern, sparsity) = net
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 8))
     masks = js.prune(params, pattern, sparsity, include=r"(stem|b\d/w)$")
-    sp = js.compile(fn, params, masks, x, policy="sparse")
+    sp = js.sparsify(fn, params, masks, x, policy="sparse")
     assert_close(sp(sp.variables, x), fn(js.apply_masks(params, masks), x))
 
 
 def test_gradients_flow_to_packed_values():
     apply_fn, variables, x = resnet(False, "small")
     masks = js.prune(variables["params"], "block:16x16", 0.75)
-    sp = js.compile(apply_fn, variables, masks, x, policy="sparse")
+    sp = js.sparsify(apply_fn, variables, masks, x, policy="sparse")
     # Block indices are integers: they get no gradient (allow_int gives them float0 zeros).
     grads = jax.jit(jax.grad(lambda v: jnp.sum(sp(v, x) ** 2), allow_int=True))(sp.variables)
     masked = {**variables, "params": js.apply_masks(variables["params"], masks)}
@@ -221,7 +221,7 @@ def test_unpack_round_trip_and_checkpoint(tmp_path):
     apply_fn, variables, x = resnet(False, "small")
     for pattern, sparsity in [("2:4", None), ("block:16x16", 0.75)]:
         masks = js.prune(variables["params"], pattern, sparsity)
-        sp = js.compile(apply_fn, variables, masks, x, policy="sparse")
+        sp = js.sparsify(apply_fn, variables, masks, x, policy="sparse")
         unpacked = js.unpack(sp.variables)
         expected = js.apply_masks(variables["params"], masks)
         for a, b in zip(jax.tree.leaves(unpacked["params"]), jax.tree.leaves(expected),
@@ -239,12 +239,12 @@ def test_unpack_round_trip_and_checkpoint(tmp_path):
 
 def test_policy_auto_and_report():
     apply_fn, variables, x = resnet(False, "small")
-    sp = js.compile(apply_fn, variables, js.prune(variables["params"], "2:4"), x)
+    sp = js.sparsify(apply_fn, variables, js.prune(variables["params"], "2:4"), x)
     rows = [r for r in sp.report.rows if r.pattern == "2:4"]
     assert rows and all(r.action == "dense" and "no 2:4 sparse tensor cores on cpu" in r.why
                        for r in rows)
     assert "| params/layer1/0/conv1/kernel | conv |" in str(sp.report)
-    sp = js.compile(apply_fn, variables, js.prune(variables["params"], "unstructured", 0.9),
+    sp = js.sparsify(apply_fn, variables, js.prune(variables["params"], "unstructured", 0.9),
                     x, policy="sparse", backend="xla")
     assert all("mask only" in r.why for r in sp.report.rows if r.pattern == "unstructured")
 
@@ -253,7 +253,7 @@ def test_shared_weight_is_kept_whole():
     w = jnp.asarray(np.random.default_rng(0).standard_normal((8, 8)), jnp.float32)
     fn = lambda p, x: jnp.sum(p["w"]) + (x @ p["w"]) @ p["w"]
     masks = js.prune({"w": w}, "2:4", include="w")
-    sp = js.compile(fn, {"w": w}, masks, jnp.ones((3, 8)), policy="sparse")
+    sp = js.sparsify(fn, {"w": w}, masks, jnp.ones((3, 8)), policy="sparse")
     assert_close(sp(sp.variables, jnp.ones((3, 8))),
                  fn(js.apply_masks({"w": w}, masks), jnp.ones((3, 8))))
 
@@ -263,17 +263,17 @@ def test_shared_weight_is_kept_whole():
 def test_bad_arguments(kwargs, match):
     apply_fn, variables, x = resnet(False, "small")
     with pytest.raises(ValueError, match=match):
-        js.compile(apply_fn, variables, js.prune(variables["params"], "2:4"), x, **kwargs)
+        js.sparsify(apply_fn, variables, js.prune(variables["params"], "2:4"), x, **kwargs)
 
 
 def test_mask_for_unknown_leaf():
     with pytest.raises(ValueError, match="no leaf of variables"):
-        js.compile(lambda p, x: x @ p["w"], {"w": jnp.ones((4, 4))},
+        js.sparsify(lambda p, x: x @ p["w"], {"w": jnp.ones((4, 4))},
                    {"v": jnp.ones((4, 4), bool)}, jnp.ones((1, 4)))
 
 
 def test_other_input_shape_is_a_clear_error():
     apply_fn, variables, x = resnet(False, "small")
-    sp = js.compile(apply_fn, variables, js.prune(variables["params"], "2:4"), x)
+    sp = js.sparsify(apply_fn, variables, js.prune(variables["params"], "2:4"), x)
     with pytest.raises(ValueError, match="compiled for inputs"):
         sp(sp.variables, x[:1])

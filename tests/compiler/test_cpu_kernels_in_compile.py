@@ -1,4 +1,4 @@
-"""js.compile with the C++ CPU kernels: block and unstructured layers equal the masked model
+"""js.sparsify with the C++ CPU kernels: block and unstructured layers equal the masked model
 (rtol 1e-5 f32), really call the FFI kernels, store fewer bytes, and fall back clearly."""
 
 import json
@@ -42,7 +42,7 @@ def test_plain_net_equals_masked_and_calls_the_kernels(pattern, sparsity, batch)
     fn, p = conv_net()
     x = jax.random.normal(jax.random.key(0), (batch, 15, 15, 16))
     masks = js.prune(p, pattern, sparsity, include=lambda path, w: True)
-    sp = js.compile(fn, p, masks, x, policy="sparse")
+    sp = js.sparsify(fn, p, masks, x, policy="sparse")
     assert_close(jax.jit(sp)(sp.variables, x), fn(js.apply_masks(p, masks), x))
     kind = "ell" if pattern == "unstructured" else "block"
     convs = [r for r in sp.report.rows if r.kind == "conv"]
@@ -58,7 +58,7 @@ def test_vmap_over_a_compiled_model():
     fn, p = conv_net()
     x = jax.random.normal(jax.random.key(0), (2, 3, 15, 15, 16))
     masks = js.prune(p, "unstructured", 0.8, include=lambda path, w: True)
-    sp = js.compile(fn, p, masks, x[0], policy="sparse")
+    sp = js.sparsify(fn, p, masks, x[0], policy="sparse")
     got = jax.jit(jax.vmap(lambda a: sp(sp.variables, a)))(x)
     assert_close(got, jax.vmap(lambda a: fn(js.apply_masks(p, masks), a))(x))
 
@@ -67,7 +67,7 @@ def test_vmap_over_a_compiled_model():
 def test_resnet_with_cpu_kernels_equals_masked(pattern):
     apply_fn, variables, x = resnet(True, "imagenet")
     masks = js.prune(variables["params"], pattern, 0.9)
-    sp = js.compile(apply_fn, variables, masks, x, policy="sparse")
+    sp = js.sparsify(apply_fn, variables, masks, x, policy="sparse")
     assert_close(jax.jit(sp)(sp.variables, x), masked_reference(apply_fn, variables, masks)(x))
     assert any("cpu" in r.action for r in sp.report.rows)
     assert "stored: weights" in str(sp.report)
@@ -77,7 +77,7 @@ def test_gradients_through_the_ffi_path():
     fn, p = conv_net()
     x = jax.random.normal(jax.random.key(0), (2, 15, 15, 16))
     masks = js.prune(p, "unstructured", 0.8, include=lambda path, w: True)
-    sp = js.compile(fn, p, masks, x, policy="sparse")
+    sp = js.sparsify(fn, p, masks, x, policy="sparse")
     g = jax.jit(jax.grad(lambda a: jnp.sum(sp(sp.variables, a) ** 2)))(x)
     ref = jax.grad(lambda a: jnp.sum(fn(js.apply_masks(p, masks), a) ** 2))(x)
     assert_close(g, ref, rtol=1e-4)
@@ -90,12 +90,12 @@ def test_auto_policy_uses_the_measured_table_and_calibrate_measures():
     fn, p = conv_net()
     x = jax.random.normal(jax.random.key(0), (4, 15, 15, 16))
     masks = js.prune(p, "unstructured", 0.9, include=lambda path, w: True)
-    sp = js.compile(fn, p, masks, x)
+    sp = js.sparsify(fn, p, masks, x)
     for r in sp.report.rows:
         assert r.timing is not None and r.timing.predicted_ratio is not None
         assert "predicted" in r.why, r.why
     assert_close(sp(sp.variables, x), fn(js.apply_masks(p, masks), x))
-    sp = js.compile(fn, p, masks, x, calibrate=True)
+    sp = js.sparsify(fn, p, masks, x, calibrate=True)
     assert all(r.timing.measured_ratio is not None and "measured" in r.why
                for r in sp.report.rows)
     assert sp.report.timing_markdown().count("\n") == len(sp.report.rows) + 1
@@ -119,10 +119,10 @@ def test_without_the_library_layers_fall_back_and_say_why():
         fn, p = conv_net()
         x = jax.random.normal(jax.random.key(0), (2, 15, 15, 16))
         masks = js.prune(p, "unstructured", 0.9, include=lambda path, w: True)
-        sp = js.compile(fn, p, masks, x)
+        sp = js.sparsify(fn, p, masks, x)
         err = float(np.abs(sp(sp.variables, x) - fn(js.apply_masks(p, masks), x)).max())
         try:
-            js.compile(fn, p, masks, x, backend="cpu")
+            js.sparsify(fn, p, masks, x, backend="cpu")
             msg = ""
         except ValueError as e:
             msg = str(e)

@@ -56,14 +56,14 @@ def test_missing_rule_is_an_error_naming_the_primitive():
     p, x = _params(), jnp.ones((2, 5, 5, 4))
     masks = js.prune(p, "channel", 0.5, include="a")
     with pytest.raises(interpreter.UnsupportedPrimitiveError, match="'transpose'.*4 of 8"):
-        js.compile(_transposing, p, masks, x)
+        js.sparsify(_transposing, p, masks, x)
 
 
 def test_missing_rule_densify_equals_masked_and_is_reported():
     p = _params()
     x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
     masks = js.prune(p, "channel", 0.5, include="a")
-    sp = js.compile(_transposing, p, masks, x, missing_rule="densify")
+    sp = js.sparsify(_transposing, p, masks, x, missing_rule="densify")
     ref = _transposing(js.apply_masks(p, masks), x)
     np.testing.assert_allclose(jax.jit(sp)(sp.variables, x), ref, rtol=1e-5, atol=1e-6)
     assert sp.report.densified == (("transpose", 1),)
@@ -74,7 +74,7 @@ def test_missing_rule_densify_equals_masked_and_is_reported():
 def test_bad_missing_rule():
     p = _params()
     with pytest.raises(ValueError, match="missing_rule='skip'.*'error', 'densify'"):
-        js.compile(_transposing, p, None, jnp.ones((2, 5, 5, 4)), missing_rule="skip")
+        js.sparsify(_transposing, p, None, jnp.ones((2, 5, 5, 4)), missing_rule="skip")
 
 
 def test_loops_are_not_inlined():
@@ -89,6 +89,6 @@ def test_loops_are_not_inlined():
     assert engine.called(scan) is None
     p = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((4, 4)), jnp.float32)}
     masks = js.prune(p, "2:4", include="w")
-    sp = js.compile(fn, p, masks, jnp.ones((2, 4)), policy="sparse")
+    sp = js.sparsify(fn, p, masks, jnp.ones((2, 4)), policy="sparse")
     np.testing.assert_allclose(sp(sp.variables, jnp.ones((2, 4))),
                                fn(js.apply_masks(p, masks), jnp.ones((2, 4))), rtol=1e-5)

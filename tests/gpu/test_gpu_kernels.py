@@ -110,7 +110,7 @@ def test_compiled_resnet_on_gpu_equals_masked(variant):
     apply_fn, variables, _ = model()  # The model tests/compiler lowers for cuda, run here.
     x = jax.random.normal(jax.random.key(3), (8, 64, 64, 3), jnp.bfloat16)
     masks = variant_masks(variant)
-    sp = js.compile(apply_fn, variables, masks, x, policy="sparse")
+    sp = js.sparsify(apply_fn, variables, masks, x, policy="sparse")
     masked = js.apply_masks(variables, masks) if "params" in masks else \
         {**variables, "params": js.apply_masks(variables["params"], masks)}
     close(jax.jit(sp)(sp.variables, x), apply_fn(masked, x), 3e-2)

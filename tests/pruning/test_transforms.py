@@ -45,7 +45,7 @@ def _train(tx, params, loss, steps):
                                               ("block:4x4", 0.5), ("channel", 0.5)])
 def test_pruned_weights_stay_exactly_zero_for_100_steps(inner, pattern, sparsity):
     params, loss = _problem()
-    tx = js.optax.masked_pruning(inner, pattern, js.schedules.one_shot(3, sparsity),
+    tx = js.transforms.masked_pruning(inner, pattern, js.schedules.one_shot(3, sparsity),
                                  include="kernel")
     state = tx.init(params)
     step = jax.jit(lambda p, s: (lambda u_s: (optax.apply_updates(p, u_s[0]), u_s[1]))(
@@ -59,31 +59,31 @@ def test_pruned_weights_stay_exactly_zero_for_100_steps(inner, pattern, sparsity
                 assert np.all(np.asarray(params[path]["kernel"])[~m] == 0.0)
     assert state.masks["l1"]["bias"] is None
     expected = 0.5 if pattern in ("2:4", "block:4x4", "channel") else 0.7
-    assert js.sparsity(state.masks) == pytest.approx(expected, abs=0.05)
+    assert js.measured_sparsity(state.masks) == pytest.approx(expected, abs=0.05)
     assert float(loss(params)) < loss0
 
 
 def test_gradual_reaches_final_sparsity_at_end():
     params, loss = _problem()
     sched = js.schedules.gradual(0.0, 0.8, 2, 20, 3)
-    tx = js.optax.masked_pruning(optax.sgd(0.01), "unstructured", sched, include="kernel")
+    tx = js.transforms.masked_pruning(optax.sgd(0.01), "unstructured", sched, include="kernel")
     _, state = _train(tx, params, loss, 21)
-    assert js.sparsity(state.masks) == pytest.approx(0.8, abs=0.01)
+    assert js.measured_sparsity(state.masks) == pytest.approx(0.8, abs=0.01)
 
 
 def test_gradual_with_erk_and_global_distributions():
     params, loss = _problem()
     for dist in ("erk", "global"):
-        tx = js.optax.masked_pruning(optax.sgd(0.01), "unstructured",
+        tx = js.transforms.masked_pruning(optax.sgd(0.01), "unstructured",
                                      js.schedules.gradual(0.0, 0.6, 0, 10, 2),
                                      distribution=dist, include="kernel")
         _, state = _train(tx, params, loss, 11)
-        assert js.sparsity(state.masks) == pytest.approx(0.6, abs=0.01)
+        assert js.measured_sparsity(state.masks) == pytest.approx(0.6, abs=0.01)
 
 
 def test_jit_and_eager_agree():
     params, loss = _problem()
-    tx = js.optax.masked_pruning(optax.sgd(0.1, momentum=0.9), "2:4", js.schedules.one_shot(1),
+    tx = js.transforms.masked_pruning(optax.sgd(0.1, momentum=0.9), "2:4", js.schedules.one_shot(1),
                                  include="kernel")
     s_eager, s_jit = tx.init(params), tx.init(params)
     p_eager = p_jit = params
@@ -101,7 +101,7 @@ def test_jit_and_eager_agree():
 
 def test_update_without_params_is_a_clear_error():
     params, _ = _problem()
-    tx = js.optax.masked_pruning(optax.sgd(0.1), "2:4", js.schedules.one_shot(0),
+    tx = js.transforms.masked_pruning(optax.sgd(0.1), "2:4", js.schedules.one_shot(0),
                                  include="kernel")
     with pytest.raises(ValueError, match="needs params"):
         tx.update(params, tx.init(params))
@@ -114,7 +114,7 @@ import jaxsparse as js
 mesh = jax.make_mesh((4,), ("x",))
 params = {"k": jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((16, 8)),
                                           jnp.float32), NamedSharding(mesh, P(None, "x")))}
-tx = js.optax.masked_pruning(optax.sgd(0.1, momentum=0.9), "2:4", js.schedules.one_shot(0),
+tx = js.transforms.masked_pruning(optax.sgd(0.1, momentum=0.9), "2:4", js.schedules.one_shot(0),
                              include="k")
 state = tx.init(params)
 @jax.jit
@@ -153,7 +153,7 @@ def test_ste_params_forward_is_sparse_and_gradient_is_dense():
 def test_sr_ste_adds_the_sparse_refined_decay():
     params, _ = _problem()
     zero_grads = jax.tree.map(jnp.zeros_like, params)
-    tx = js.optax.sr_ste(optax.identity(), "2:4", decay=0.5, include="kernel")
+    tx = js.transforms.sr_ste(optax.identity(), "2:4", decay=0.5, include="kernel")
     updates, _ = tx.update(zero_grads, tx.init(params), params)
     m = np.asarray(js.prune(params, "2:4", include="kernel")["l1"]["kernel"])
     u, w = np.asarray(updates["l1"]["kernel"]), np.asarray(params["l1"]["kernel"])
@@ -163,4 +163,4 @@ def test_sr_ste_adds_the_sparse_refined_decay():
 
 def test_sr_ste_needs_nm():
     with pytest.raises(ValueError, match="N:M"):
-        js.optax.sr_ste(optax.sgd(0.1), "unstructured")
+        js.transforms.sr_ste(optax.sgd(0.1), "unstructured")

@@ -1,6 +1,7 @@
-"""Wires a config's ``sparsity`` block into training: optimizer, forward pass and logging.
+"""The pruning methods of training, a registry: a config's ``sparsity`` block -> optimizer,
+forward pass and logging.
 
-Methods:
+Methods (:func:`names`; add one with :func:`register`):
     ``none``: dense training.
     ``one_shot``: prune once at ``begin_step`` and train on with the mask fixed (with
         ``init_from`` a dense run and ``begin_step=0`` this is NVIDIA ASP's recipe: train dense,
@@ -19,12 +20,11 @@ import ml_collections
 import optax
 
 from jaxsparse.pruning import schedules
-from jaxsparse.pruning.patterns import NM, Channel, parse_pattern
-from jaxsparse.pruning.prune import apply_masks, layer_densities, prune, sparsity
+from jaxsparse.pruning.patterns import NM, Channel, Pattern, parse_pattern
+from jaxsparse.pruning.prune import apply_masks, layer_densities, measured_sparsity, prune
 from jaxsparse.pruning.report import sparsity_report
 from jaxsparse.pruning.srste import sr_ste, ste_params
 from jaxsparse.pruning.transforms import masked_pruning
-from jaxsparse.training.validate import check_sparsity_block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,7 @@ class PruningSetup:
         if self.masks is None:
             return {}
         masks = self.masks(params, opt_state)
-        out = {"sparsity/global": sparsity(masks)}
+        out = {"sparsity/global": measured_sparsity(masks)}
         out.update({f"sparsity/{p}": 1.0 - d for p, d in layer_densities(masks).items()})
         return out
 
@@ -63,7 +63,7 @@ class PruningSetup:
             return {"sparsity": {"method": "none", "pattern": "dense", "achieved": 0.0}}
         masks = self.masks(params, opt_state)
         return {"sparsity": {"method": self.method, "pattern": self.pattern,
-                             "achieved": sparsity(masks),
+                             "achieved": measured_sparsity(masks),
                              "layer_density": layer_densities(masks)}}
 
     def texts(self, params: Any, opt_state: Any) -> dict[str, str]:
@@ -74,21 +74,90 @@ class PruningSetup:
         return {"sparsity/report": report.markdown()}
 
 
+@dataclasses.dataclass(frozen=True)
+class MethodArgs:
+    """What a method's builder gets: the parsed sparsity block and the run's optimizer.
+
+    Attributes:
+        config: the ``sparsity`` block.
+        pattern: its parsed pattern.
+        target: the sparsity to reach (None: fixed by an N:M pattern).
+        include: which weights are pruned (None: the default selection).
+        tx: the run's optimizer.
+        num_steps: the run's training steps.
+        groups: coupled channel groups (``sparsity.grouped``), or None.
+    """
+
+    config: ml_collections.ConfigDict
+    pattern: Pattern
+    target: float | None
+    include: str | None
+    tx: optax.GradientTransformation
+    num_steps: int
+    groups: Any = None
+
+
+Builder = Callable[[MethodArgs], PruningSetup]
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Registers a pruning method's builder under ``name`` (``sparsity.method=name``)."""
+    def add(builder: Builder) -> Builder:
+        _BUILDERS[name] = builder
+        return builder
+    return add
+
+
+def _masked(a: MethodArgs, schedule: schedules.Schedule, method: str) -> PruningSetup:
+    wrapped = masked_pruning(a.tx, a.pattern, schedule, distribution=a.config.distribution,
+                             include=a.include, groups=a.groups)
+    return PruningSetup(wrapped, None, lambda p, s: s.masks, str(a.pattern), method)
+
+
+@register("one_shot")
+def _one_shot(a: MethodArgs) -> PruningSetup:
+    return _masked(a, schedules.one_shot(a.config.begin_step, a.target), "one_shot")
+
+
+@register("gradual")
+def _gradual(a: MethodArgs) -> PruningSetup:
+    c = a.config
+    end = c.end_step if c.end_step >= 0 else int(round(c.end_fraction * a.num_steps))
+    return _masked(a, schedules.gradual(0.0, a.target or 0.0, c.begin_step, end, c.frequency),
+                   "gradual")
+
+
+@register("sr_ste")
+def _sr_ste(a: MethodArgs) -> PruningSetup:
+    pattern, include = a.pattern, a.include
+    return PruningSetup(sr_ste(a.tx, pattern, a.config.sr_ste_decay, include),
+                        lambda p: ste_params(p, pattern, include),
+                        lambda p, s: prune(p, pattern, include=include), str(pattern), "sr_ste")
+
+
+def names() -> tuple[str, ...]:
+    """The valid ``sparsity.method`` values: ``"none"`` and every registered method."""
+    return ("none", *_BUILDERS)
+
+
 def setup(config: ml_collections.ConfigDict, params: Any, tx: optax.GradientTransformation,
           num_steps: int, groups: Any = None) -> PruningSetup:
-    """The :class:`PruningSetup` for a config's ``sparsity`` block.
+    """The :class:`PruningSetup` for a config's ``sparsity`` block (checked first by
+    :func:`~jaxsparse.training.validate.validate_config`).
 
     ``groups`` (from :func:`jaxsparse.channel_groups`) make the channel pattern remove the same
     channels from coupled layers and their BatchNorm vectors (``sparsity.grouped``).
 
     Raises:
-        ValueError: for a bad sparsity block (see
-            :func:`~jaxsparse.training.validate.check_sparsity_block`) or groups with a pattern
-            other than channel.
+        ValueError: for an unknown method, a pattern or sparsity that does not fit ``params``,
+            or groups with a pattern other than channel.
     """
-    check_sparsity_block(config)
     if config.method == "none":
         return PruningSetup(tx, None, None)
+    if config.method not in _BUILDERS:
+        raise ValueError(f"sparsity.method={config.method!r} is not valid; use one of "
+                         f"{names()}.")
     pattern = parse_pattern(config.pattern)
     include = config.include or None
     # N:M fixes its own sparsity; 0 (the default) means "not given", anything else is checked.
@@ -97,18 +166,5 @@ def setup(config: ml_collections.ConfigDict, params: Any, tx: optax.GradientTran
         raise ValueError(f"sparsity.grouped=True needs the channel pattern; got "
                          f"{config.pattern!r}.")
     prune(params, pattern, target, config.distribution, include, groups=groups)  # Validates.
-    if config.method == "sr_ste":
-        return PruningSetup(
-            sr_ste(tx, pattern, config.sr_ste_decay, include),
-            lambda p: ste_params(p, pattern, include),
-            lambda p, s: prune(p, pattern, include=include), str(pattern), config.method)
-    if config.method == "one_shot":
-        schedule = schedules.one_shot(config.begin_step, target)
-    else:
-        end = config.end_step if config.end_step >= 0 else \
-            int(round(config.end_fraction * num_steps))
-        schedule = schedules.gradual(0.0, target or 0.0, config.begin_step, end,
-                                     config.frequency)
-    wrapped = masked_pruning(tx, pattern, schedule, distribution=config.distribution,
-                             include=include, groups=groups)
-    return PruningSetup(wrapped, None, lambda p, s: s.masks, str(pattern), config.method)
+    return _BUILDERS[config.method](MethodArgs(config, pattern, target, include, tx, num_steps,
+                                               groups))

@@ -1,0 +1,51 @@
+"""The public surface: the root's names come from the subpackages; renamed names warn."""
+
+import warnings
+
+import pytest
+
+import jaxsparse as js
+from jaxsparse import compiler, pruning
+from jaxsparse.training import methods
+
+
+def test_root_exports_are_the_subpackages_exports():
+    assert set(js.__all__) == set(compiler.__all__) | set(pruning.__all__)
+    for name in js.__all__:
+        assert getattr(js, name) is (getattr(compiler, name, None) or getattr(pruning, name))
+    for name in ("sparsify", "transforms", "measured_sparsity", "sr_ste", "ste_params",
+                 "masked_pruning", "channel_groups", "UnsupportedPrimitiveError"):
+        assert name in js.__all__
+
+
+@pytest.mark.parametrize("old,new", [("compile", "sparsify"), ("optax", "transforms"),
+                                     ("sparsity", "measured_sparsity")])
+def test_renamed_names_work_and_warn(old, new):
+    with pytest.warns(DeprecationWarning, match=f"jaxsparse.{old} is deprecated.*"
+                                                f"use jaxsparse.{new}"):
+        got = getattr(js, old)
+    assert got is getattr(js, new)
+
+
+def test_new_names_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        js.sparsify, js.transforms.masked_pruning, js.measured_sparsity  # noqa: B018
+
+
+def test_unknown_attribute():
+    with pytest.raises(AttributeError, match="no attribute 'compyle'"):
+        js.compyle  # noqa: B018
+
+
+def test_methods_registry():
+    assert methods.names() == ("none", "one_shot", "gradual", "sr_ste")
+
+    @methods.register("test_only")
+    def _build(a):
+        return methods.PruningSetup(a.tx, None, None)
+
+    try:
+        assert "test_only" in methods.names()
+    finally:
+        methods._BUILDERS.pop("test_only")
