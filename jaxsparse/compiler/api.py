@@ -18,10 +18,11 @@ from jaxsparse.compiler.report import CompileReport
 from jaxsparse.compiler.values import WRef, plain
 from jaxsparse.gpu import cusparselt
 from jaxsparse.kernels import cpu_library
+from jaxsparse.primitives.block_sparse_dot import IMPLS, check_impl
 from jaxsparse.pruning.prune import named_masks
 from jaxsparse.pruning.tree_paths import named_leaves, path_str
 
-BACKENDS = ("auto", "cpu", "xla", "pallas", "pallas_interpret")
+BACKENDS = ("auto", *IMPLS)
 PLATFORMS = ("cpu", "cuda", "tpu", "rocm")  # rocm: portable lowerings only, for now.
 
 
@@ -43,27 +44,37 @@ def target_platform(platform: str | None) -> str:
     return platform
 
 
-def resolve_backend(backend: str, platform: str) -> tuple[str, str]:
-    """``(impl, note)``: the block/unstructured implementation for ``backend`` on
+def resolve_backend(backend: str, platform: str, interpret: bool = False
+                    ) -> tuple[str, bool, str]:
+    """``(impl, interpret, note)``: the block/unstructured implementation for ``backend`` on
     ``platform``, and why the C++ CPU kernels are not used when they are not.
 
     ``"auto"`` is ``"cpu"`` on a CPU with the C++ kernels built, ``"pallas"`` on ``cuda`` and
-    ``tpu`` (each platform's Pallas kernel), else ``"xla"``.
+    ``tpu`` (each platform's Pallas kernel), else ``"xla"``; with ``interpret`` it is
+    ``"pallas"``.
 
     Raises:
-        ValueError: for an unknown backend, or ``"cpu"`` when the CPU kernels cannot load.
+        ValueError: for an unknown backend, ``interpret`` with a backend other than
+            ``"pallas"``/``"auto"``, or ``"cpu"`` when the CPU kernels cannot load.
     """
-    if backend not in BACKENDS:
+    if backend == "auto" and interpret:
+        backend = "pallas"
+    if backend not in (*BACKENDS, "pallas_interpret"):
         raise ValueError(f"backend={backend!r} is not valid; use one of {BACKENDS}.")
+    if backend != "auto":
+        try:
+            backend, interpret = check_impl(backend, interpret)
+        except ValueError as e:
+            raise ValueError(str(e).replace("impl=", "backend=")) from None
     st = cpu_library.status()
     note = "" if st.available else st.reason
     if backend == "cpu" and not st.available:
         raise ValueError(f"backend='cpu' needs the jaxsparse CPU kernel library: {st.reason}.")
     if backend == "auto":
         if platform in ("cuda", "tpu"):
-            return "pallas", ""
-        return ("cpu" if platform == "cpu" and st.available else "xla"), note
-    return backend, note
+            return "pallas", False, ""
+        return ("cpu" if platform == "cpu" and st.available else "xla"), False, note
+    return backend, interpret, note
 
 
 def align_masks(variables: Any, masks: Any) -> dict[str, np.ndarray]:
@@ -128,7 +139,7 @@ class SparseModel:
 def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_args: Any,
             backend: str = "auto", policy: str = "auto",
             calibrate: bool = False, platform: str | None = None,
-            missing_rule: str = "error") -> SparseModel:
+            missing_rule: str = "error", interpret: bool = False) -> SparseModel:
     """Rewrites the masked function ``apply_fn(variables * masks, *args)`` to skip its zeros.
 
     Every ``conv_general_dilated`` and ``dot_general`` whose weight is a leaf of ``variables``
@@ -147,8 +158,8 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
         backend: kernel for block-sparse and unstructured layers: ``"auto"`` (``"cpu"`` on a
             CPU where the C++ kernels are built, else ``"xla"``), ``"cpu"`` (C++ XLA FFI
             kernels: block and unstructured), ``"xla"`` (XLA gather + batched GEMM, every
-            platform, block only), ``"pallas"`` (the target platform's Pallas kernel: Triton on
-            ``cuda``, Mosaic on ``tpu``) or ``"pallas_interpret"`` (tests).
+            platform, block only) or ``"pallas"`` (the target platform's Pallas kernel: Triton
+            on ``cuda``, Mosaic on ``tpu``).
         policy: ``"auto"`` (cost model: a layer goes sparse where its kernel is predicted
             faster, from the measured table in ``compiler/cost_tables``), ``"sparse"``
             (every eligible layer uses its sparse kernel) or ``"dense"`` (channel slicing only).
@@ -163,6 +174,8 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
             the pass has no rule for (see ``compiler/channels.FLOW``): ``"error"`` (raise
             :class:`~jaxsparse.compiler.interpreter.UnsupportedPrimitiveError` naming it) or
             ``"densify"`` (rebuild the full activation there, exact; the report lists where).
+        interpret: run the Pallas kernels in the Pallas interpreter (``backend="pallas"``; any
+            platform, for tests), as Pallas ops do.
 
     Returns:
         A :class:`SparseModel` ``sp``; ``sp(sp.variables, *args)`` equals
@@ -174,7 +187,7 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
             (``missing_rule="error"``).
     """
     platform = target_platform(platform)
-    impl, note = resolve_backend(backend, platform)
+    impl, interpret, note = resolve_backend(backend, platform, interpret)
     if policy not in layers.POLICIES:
         raise ValueError(f"policy={policy!r} is not valid; use one of {layers.POLICIES}.")
     if missing_rule not in MISSING_RULE:
@@ -194,7 +207,7 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
     on_gpu = platform == "cuda" and target_platform(None) == "cuda"
     opts = layers.Options(policy, impl, platform, calibrate, note,
                           precompress=on_gpu and cusparselt.available(),
-                          missing_rule=missing_rule)
+                          missing_rule=missing_rule, interpret=interpret)
     forced: frozenset[str] = frozenset()
     while True:
         ctx = Context(compiling=True, plan={}, decide=layers.decide, apply=layers.apply,
@@ -216,8 +229,9 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
     new_leaves = [ctx.rewritten.get(p, v) for p, v in zip(paths, leaves, strict=True)]
     sp_vars = jax.tree.map(jnp.asarray, {"model": jax.tree.unflatten(treedef, new_leaves),
                                          "folded": dict(ctx.folded)})
-    kernels = f"impl {impl!r} on {platform}" + (f"; CPU kernels not used: {note}"
-                                                if note and platform == "cpu" else "")
+    kernels = f"impl {impl!r}{' (Pallas interpreter)' if interpret else ''} on {platform}"
+    if note and platform == "cpu":
+        kernels += f"; CPU kernels not used: {note}"
     if platform == "cuda":
         kernels += f"; cuSPARSELt 2:4: {cusparselt.status().reason}"
     report = CompileReport(tuple(ctx.rows), time.perf_counter() - t0, backend, policy, kernels,

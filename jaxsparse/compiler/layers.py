@@ -60,13 +60,14 @@ class Options:
 
     Attributes:
         policy: ``"auto"``, ``"sparse"`` or ``"dense"``.
-        impl: block-sparse implementation (``"cpu"``, ``"xla"``, ``"pallas"``, ...).
+        impl: block-sparse implementation (``"cpu"``, ``"xla"`` or ``"pallas"``).
         platform: the platform compiled for.
         calibrate: measure each candidate layer (dense vs sparse) instead of predicting.
         kernel_note: why the CPU kernels are not used, when they are not (for the report).
         precompress: make cuSPARSELt's compressed copy of every 2:4 weight at compile time
             (compiling for ``cuda`` on a machine with an NVIDIA GPU).
-        missing_rule: ``"error"`` or ``"densify"`` (see :func:`jaxsparse.compile`).
+        missing_rule: ``"error"`` or ``"densify"`` (see :func:`jaxsparse.sparsify`).
+        interpret: run the Pallas kernels in the Pallas interpreter (tests).
     """
 
     policy: str
@@ -76,6 +77,7 @@ class Options:
     kernel_note: str = ""
     precompress: bool = False  # Compress 2:4 weights for cuSPARSELt now (a local CUDA GPU).
     missing_rule: str = "error"
+    interpret: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +178,7 @@ def _choose(c: Candidate | None, opts: Options) -> tuple[str, str, LayerTiming |
                          f"{opts.impl!r} skips them (mask only){note}"), None
     assert isinstance(pattern, Block)
     if opts.impl == "pallas":
-        kernel, why = pallas_kernel(opts.platform, pattern.bh, pattern.bw)
+        kernel, why = _pallas(opts, pattern.bh, pattern.bw)
         if kernel is None:
             if opts.policy == "sparse":
                 return "block", f"policy='sparse' (portable block_sparse_dot: {why})", None
@@ -200,6 +202,14 @@ def _choose(c: Candidate | None, opts: Options) -> tuple[str, str, LayerTiming |
     return "block", f"density {c.density:.2f} <= {BLOCK_MAX_DENSITY} on a large layer", None
 
 
+def _pallas(opts: Options, bh: int, bw: int) -> tuple[str | None, str]:
+    """``(Pallas kernel or None, why)`` for ``bh x bw`` blocks on the target (the interpreter
+    with ``interpret=True``)."""
+    if opts.interpret:
+        return "pallas-interpret", "Pallas interpreter (interpret=True)"
+    return pallas_kernel(opts.platform, bh, bw)
+
+
 def _kernel_block(pattern, opts: Options):
     """The block view of a detected block pattern that the kernel runs: the largest the
     target's Pallas kernel supports, or up to 32x32 for the CPU kernels and the XLA gather
@@ -208,7 +218,7 @@ def _kernel_block(pattern, opts: Options):
         return pattern
     views = block_views(pattern)
     if opts.impl == "pallas":
-        return next((v for v in views if pallas_kernel(opts.platform, v.bh, v.bw)[0]), pattern)
+        return next((v for v in views if _pallas(opts, v.bh, v.bw)[0]), pattern)
     return next((v for v in views if v.bh <= 32 and v.bw <= 32), pattern)
 
 
@@ -246,10 +256,10 @@ def _measure(eqn, c: Candidate, weight: BlockWeight, dense_kernel: np.ndarray,
             dense = DenseWeight(dense_kernel, weight.layout)
             return costs.measure_pair(
                 lambda a: lowering.conv(a, dense, eqn.params, "xla"),
-                lambda a: lowering.conv(a, weight, eqn.params, opts.impl), x)
+                lambda a: lowering.conv(a, weight, eqn.params, opts.impl, opts.interpret), x)
         k2 = dense_kernel.reshape(-1, dense_kernel.shape[-1])
         return costs.measure_pair(lambda a: a @ k2,
-                                  lambda a: lowering.gemm(a, weight, opts.impl),
+                                  lambda a: lowering.gemm(a, weight, opts.impl, opts.interpret),
                                   x.reshape(-1, c.x_shape[-1]))
 
 
@@ -287,7 +297,7 @@ def _action(low: str, pattern, opts: Options, gemm_kn: tuple[int, int], dtype) -
         kind = "ell" if isinstance(pattern, Unstructured) else "block"
         return f"block_sparse_dot (cpu {kind} kernel)"
     if opts.impl == "pallas":
-        kernel = pallas_kernel(opts.platform, *block_shape(pattern))[0]
+        kernel = _pallas(opts, *block_shape(pattern))[0]
         return f"block_sparse_dot ({kernel or 'portable'})"
     return f"block_sparse_dot ({opts.impl})"
 
@@ -403,9 +413,10 @@ def apply(ctx: Context, key: str, entry: dict, eqn, x: Any, w: WRef) -> list:
     if w.dtype is not None:
         xd = xd.astype(w.dtype) if xd.dtype != w.dtype else xd
     if entry["kind"] == "conv":
-        y = lowering.conv(xd, weight, eqn.params, ctx.options.impl)
+        y = lowering.conv(xd, weight, eqn.params, ctx.options.impl, ctx.options.interpret)
     else:
-        y = lowering.gemm(xd.reshape(-1, xd.shape[-1]), weight, ctx.options.impl)
+        y = lowering.gemm(xd.reshape(-1, xd.shape[-1]), weight, ctx.options.impl,
+                          ctx.options.interpret)
         y = y.reshape(*xd.shape[:-1], y.shape[-1])
     y = y.astype(out_dtype)
     if entry["fold"]:

@@ -35,18 +35,21 @@ def conv_supported(params: dict) -> str | None:
     return None
 
 
-def gemm(x2d: jax.Array, weight: Rewritten, impl: str) -> jax.Array:
-    """``x2d @ W`` for a rewritten weight (dense, N:M-packed or blocked-ELL)."""
+def gemm(x2d: jax.Array, weight: Rewritten, impl: str, interpret: bool = False) -> jax.Array:
+    """``x2d @ W`` for a rewritten weight (dense, N:M-packed or blocked-ELL); ``impl`` and
+    ``interpret`` go to :func:`~jaxsparse.primitives.block_sparse_dot`."""
     if isinstance(weight, NMWeight):
         return nm_dot(x2d, weight.values.astype(x2d.dtype), weight.indices, m=weight.m,
                       blob=weight.blob)
     if isinstance(weight, BlockWeight):
-        return block_sparse_dot(x2d, weight.values.astype(x2d.dtype), weight.rows, impl=impl)
+        return block_sparse_dot(x2d, weight.values.astype(x2d.dtype), weight.rows, impl=impl,
+                                interpret=interpret)
     k = weight.kernel
     return jnp.matmul(x2d, k.reshape(-1, k.shape[-1]).astype(x2d.dtype))
 
 
-def conv(x: jax.Array, weight: Rewritten, params: dict, impl: str) -> jax.Array:
+def conv(x: jax.Array, weight: Rewritten, params: dict, impl: str,
+         interpret: bool = False) -> jax.Array:
     """An NHWC conv with a rewritten HWIO weight; dense weights use XLA's own conv, blocked-ELL
     weights the windowed ``block_sparse_dot`` (implicit GEMM where the kernel has one)."""
     if isinstance(weight, DenseWeight):
@@ -58,10 +61,10 @@ def conv(x: jax.Array, weight: Rewritten, params: dict, impl: str) -> jax.Array:
     window = ConvWindow.from_conv_params(weight.layout.shape[:2], params)
     if isinstance(weight, BlockWeight):
         return block_sparse_dot(x, weight.values.astype(x.dtype), weight.rows, window=window,
-                                impl=impl)
+                                impl=impl, interpret=interpret)
     patches = im2col(x, window)
     b, oh, ow, k = patches.shape
-    y = gemm(patches.reshape(b * oh * ow, k), weight, impl)
+    y = gemm(patches.reshape(b * oh * ow, k), weight, impl, interpret)
     return y.reshape(b, oh, ow, -1)
 
 

@@ -20,8 +20,8 @@ Implementations (``impl``):
 * ``"pallas"``: Pallas kernels, chosen by the platform the program is lowered for: on ``cuda``
   :mod:`jaxsparse.kernels.block_sparse_gpu` (Triton backend), on ``tpu``
   :mod:`jaxsparse.kernels.block_sparse` (Mosaic, scalar prefetch); block shapes a kernel does
-  not support, and other platforms, lower the ``"xla"`` way;
-* ``"pallas_interpret"``: the TPU kernel in the Pallas interpreter (CPU, tests).
+  not support, and other platforms, lower the ``"xla"`` way; with ``interpret=True`` the TPU
+  kernel runs in the Pallas interpreter on every platform (CPU tests), as Pallas ops do.
 
 Each platform's lowering is registered separately (``mlir.register_lowering(...,
 platform=...)``), so one jaxpr carries the portable path and every accelerator kernel, and a
@@ -29,6 +29,8 @@ program traced on a CPU machine lowers for ``cuda`` or ``tpu`` with that target'
 """
 
 from __future__ import annotations
+
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +43,7 @@ from jaxsparse.kernels.window import ConvWindow, im2col
 from jaxsparse.primitives.rules import bilinear_jvp, rows_batcher
 
 block_sparse_dot_p = Primitive("block_sparse_dot")
-IMPLS = ("xla", "cpu", "pallas", "pallas_interpret")
+IMPLS = ("xla", "cpu", "pallas")
 
 
 def pack_block_ell(w: np.ndarray, mask: np.ndarray, bh: int, bw: int,
@@ -105,8 +107,28 @@ def block_sparse_dot_xla(x: jax.Array, values: jax.Array, rows: jax.Array) -> ja
     return y.reshape(b, cb * bw).astype(x.dtype)
 
 
+def check_impl(impl: str, interpret: bool) -> tuple[str, bool]:
+    """``(impl, interpret)`` checked, with the 0.1 spelling ``"pallas_interpret"`` mapped.
+
+    Raises:
+        ValueError: for an unknown ``impl``, or ``interpret`` without ``impl="pallas"``.
+    """
+    if impl == "pallas_interpret":
+        warnings.warn("impl='pallas_interpret' is deprecated and will be removed in jaxsparse "
+                      "0.3; use impl='pallas', interpret=True.", DeprecationWarning,
+                      stacklevel=3)
+        impl, interpret = "pallas", True
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r} is not valid; use one of {IMPLS}.")
+    if interpret and impl != "pallas":
+        raise ValueError(f"interpret=True runs a Pallas kernel: it needs impl='pallas', "
+                         f"not {impl!r}.")
+    return impl, bool(interpret)
+
+
 def block_sparse_dot(x: jax.Array, values: jax.Array, rows: jax.Array, *,
-                     window: ConvWindow | None = None, impl: str = "xla") -> jax.Array:
+                     window: ConvWindow | None = None, impl: str = "xla",
+                     interpret: bool = False) -> jax.Array:
     """``x @ W`` for a blocked-ELL weight ``W`` of shape ``(K, cout)``, or a convolution.
 
     Args:
@@ -115,31 +137,35 @@ def block_sparse_dot(x: jax.Array, values: jax.Array, rows: jax.Array, *,
         values: ``(cout//bw, maxk, bh, bw)`` stored blocks.
         rows: ``(cout//bw, maxk)`` int32 row-block index of each stored block (-1: padding).
         window: the convolution's window; None for a dense layer.
-        impl: ``"xla"``, ``"cpu"`` (C++ kernels on the cpu platform), ``"pallas"`` (the
-            target platform's Pallas kernel) or ``"pallas_interpret"`` (Pallas on CPU, tests).
+        impl: ``"xla"``, ``"cpu"`` (C++ kernels on the cpu platform) or ``"pallas"`` (the
+            target platform's Pallas kernel). ``"pallas_interpret"`` (0.1) still works, with a
+            ``DeprecationWarning``: it is ``impl="pallas", interpret=True``.
+        interpret: with ``impl="pallas"``, run the Pallas kernel in the Pallas interpreter
+            (any platform; tests).
 
     Returns:
         ``(..., cout)``, or with ``window`` ``(B, OH, OW, cout)``.
 
     Raises:
-        ValueError: for an unknown ``impl``, or ``impl="cpu"`` when the CPU kernels are not
-            built or do not support the call (dtype, block shape).
+        ValueError: for an unknown ``impl``, ``interpret`` without ``impl="pallas"``, or
+            ``impl="cpu"`` when the CPU kernels are not built or do not support the call
+            (dtype, block shape).
     """
-    if impl not in IMPLS:
-        raise ValueError(f"impl={impl!r} is not valid; use one of {IMPLS}.")
+    impl, interpret = check_impl(impl, interpret)
     if impl == "cpu":
         why = cpu_sparse_conv.cannot_run(x.shape, x.dtype, values.shape, window)
         if why is not None:
             raise ValueError(f"block_sparse_dot(impl='cpu'): {why}.")
     if window is not None:
-        return block_sparse_dot_p.bind(x, values, rows, impl=impl, window=window)
+        return block_sparse_dot_p.bind(x, values, rows, impl=impl, interpret=interpret,
+                                       window=window)
     lead = x.shape[:-1]
     y = block_sparse_dot_p.bind(x.reshape(-1, x.shape[-1]), values, rows, impl=impl,
-                                window=None)
+                                interpret=interpret, window=None)
     return y.reshape(*lead, values.shape[0] * values.shape[-1])
 
 
-def _abstract_eval(x, values, rows, *, impl, window):
+def _abstract_eval(x, values, rows, *, impl, interpret, window):
     if values.ndim != 4 or rows.shape != values.shape[:2] or \
             x.ndim != (2 if window is None else 4):
         raise ValueError(f"block_sparse_dot: need x (B, K) (or NHWC with a window), values "
@@ -191,37 +217,37 @@ def _run(x, values, rows, window, kernel):
     return y.reshape(*patches.shape[:-1], y.shape[-1])
 
 
-def _impl(x, values, rows, *, impl, window):
-    """The portable path (every platform without a kernel of its own)."""
-    return _run(x, values, rows, window, "pallas-interpret" if impl == "pallas_interpret"
-                else "xla")
+def _impl(x, values, rows, *, impl, interpret, window):
+    """The portable path (every platform without a kernel of its own), or the Pallas kernel in
+    the interpreter."""
+    return _run(x, values, rows, window, "pallas-interpret" if interpret else "xla")
 
 
 def _accelerator_lowering(platform: str):
     """The ``platform`` lowering: its Pallas kernel for ``impl="pallas"`` where the block shape
     allows, else the portable path."""
 
-    def lower(ctx, x, values, rows, *, impl, window):
+    def lower(ctx, x, values, rows, *, impl, interpret, window):
         kernel = None
-        if impl == "pallas":
+        if impl == "pallas" and not interpret:
             kernel = pallas_kernel(platform, *ctx.avals_in[1].shape[2:])[0]
         if kernel is None:
-            return mlir.lower_fun(_impl, multiple_results=False)(ctx, x, values, rows,
-                                                                 impl=impl, window=window)
+            return mlir.lower_fun(_impl, multiple_results=False)(
+                ctx, x, values, rows, impl=impl, interpret=interpret, window=window)
         return mlir.lower_fun(lambda x, v, r: _run(x, v, r, window, kernel),
                               multiple_results=False)(ctx, x, values, rows)
 
     return lower
 
 
-def _cpu_lowering(ctx, x, values, rows, *, impl, window):
+def _cpu_lowering(ctx, x, values, rows, *, impl, interpret, window):
     """The cpu platform's lowering: the C++ kernel for ``impl="cpu"``, else the portable one."""
     fn = _impl
     if impl == "cpu":
-        def fn(x, values, rows, *, impl, window):
+        def fn(x, values, rows, **_):
             return cpu_sparse_conv.sparse_conv(x, values, rows, window)
     return mlir.lower_fun(fn, multiple_results=False)(ctx, x, values, rows, impl=impl,
-                                                      window=window)
+                                                      interpret=interpret, window=window)
 
 
 def _ct_x_gemm(ct, values, rows, k):
@@ -249,7 +275,7 @@ def _ct_values_gemm(x2d, ct, values_aval, rows):
     return dv.astype(values_aval.dtype)
 
 
-def _transpose(ct, x, values, rows, *, impl, window):
+def _transpose(ct, x, values, rows, *, impl, interpret, window):
     if type(ct) is ad.Zero:
         return [None, None, None]
     ct2 = ct.reshape(-1, ct.shape[-1])

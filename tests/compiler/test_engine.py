@@ -92,3 +92,19 @@ def test_loops_are_not_inlined():
     sp = js.sparsify(fn, p, masks, jnp.ones((2, 4)), policy="sparse")
     np.testing.assert_allclose(sp(sp.variables, jnp.ones((2, 4))),
                                fn(js.apply_masks(p, masks), jnp.ones((2, 4))), rtol=1e-5)
+
+
+def test_sparsify_with_pallas_interpreter():
+    """interpret=True runs every block layer through the Pallas kernel in the interpreter."""
+    rng = np.random.default_rng(0)
+    p = {"w": jnp.asarray(rng.standard_normal((3, 3, 16, 32)) * 0.3, jnp.float32)}
+    x = jnp.asarray(rng.standard_normal((2, 6, 6, 16)), jnp.float32)
+    fn = lambda p, x: _conv(x, p["w"])
+    masks = js.prune(p, "block:8x8", 0.75, include="w")
+    sp = js.sparsify(fn, p, masks, x, policy="sparse", interpret=True)
+    np.testing.assert_allclose(sp(sp.variables, x), fn(js.apply_masks(p, masks), x),
+                               rtol=1e-5, atol=1e-5)
+    assert sp.report.rows[0].action == "block_sparse_dot (pallas-interpret)"
+    assert "Pallas interpreter" in sp.report.kernels
+    with pytest.raises(ValueError, match="needs backend='pallas', not 'xla'"):
+        js.sparsify(fn, p, masks, x, backend="xla", interpret=True)

@@ -103,10 +103,15 @@ def test_block_gradients_match_dense_masked_and_skip_padding():
                 atol=1e-2, rtol=1e-2)
 
 
-def test_pallas_interpret_impl_matches():
+def test_pallas_interpret_matches():
     x, wm, _, v, r = _block()
-    np.testing.assert_allclose(block_sparse_dot(x, v, r, impl="pallas_interpret"), x @ wm,
+    np.testing.assert_allclose(block_sparse_dot(x, v, r, impl="pallas", interpret=True), x @ wm,
                                rtol=1e-5, atol=1e-5)
+    with pytest.warns(DeprecationWarning, match="impl='pallas', interpret=True"):
+        y = block_sparse_dot(x, v, r, impl="pallas_interpret")  # The 0.1 spelling.
+    np.testing.assert_allclose(y, x @ wm, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="needs impl='pallas', not 'xla'"):
+        block_sparse_dot(x, v, r, impl="xla", interpret=True)
 
 
 def test_bad_arguments():
