@@ -11,26 +11,17 @@ The root's names are those of :mod:`jaxsparse.pruning` and :mod:`jaxsparse.compi
 ``js.transforms``: it does not shadow optax) and ``js.sparsity`` (now ``js.measured_sparsity``).
 """
 
-import warnings
-from typing import Any
-
 from jaxsparse import compiler, pruning
 from jaxsparse.compiler import *  # noqa: F403
+from jaxsparse.deprecation import renamed
 from jaxsparse.pruning import *  # noqa: F403
 
 __version__ = "0.1.0"
 
 __all__ = sorted({*compiler.__all__, *pruning.__all__})
 
-# Old name -> (new name, where it lives now). Removed in 0.3.
-_RENAMED = {"compile": ("sparsify", compiler), "optax": ("transforms", pruning),
-            "sparsity": ("measured_sparsity", pruning)}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _RENAMED:
-        new, home = _RENAMED[name]
-        warnings.warn(f"jaxsparse.{name} is deprecated and will be removed in jaxsparse 0.3; "
-                      f"use jaxsparse.{new}.", DeprecationWarning, stacklevel=2)
-        return getattr(home, new)
-    raise AttributeError(f"module 'jaxsparse' has no attribute {name!r}")
+__getattr__ = renamed(__name__, {
+    "compile": ("sparsify", lambda: compiler.sparsify),
+    "optax": ("transforms", lambda: pruning.transforms),
+    "sparsity": ("measured_sparsity", lambda: pruning.measured_sparsity),
+})

@@ -18,13 +18,14 @@ def test_root_exports_are_the_subpackages_exports():
         assert name in js.__all__
 
 
-@pytest.mark.parametrize("old,new", [("compile", "sparsify"), ("optax", "transforms"),
-                                     ("sparsity", "measured_sparsity")])
-def test_renamed_names_work_and_warn(old, new):
-    with pytest.warns(DeprecationWarning, match=f"jaxsparse.{old} is deprecated.*"
-                                                f"use jaxsparse.{new}"):
-        got = getattr(js, old)
-    assert got is getattr(js, new)
+@pytest.mark.parametrize("module,old,new", [
+    (js, "compile", "sparsify"), (js, "optax", "transforms"),
+    (js, "sparsity", "measured_sparsity"), (compiler, "LayerRow", "CompiledLayer")])
+def test_renamed_names_work_and_warn(module, old, new):
+    name = module.__name__
+    with pytest.warns(DeprecationWarning, match=f"{name}.{old} is deprecated.*use {name}.{new}"):
+        got = getattr(module, old)
+    assert got is getattr(module, new)
 
 
 def test_new_names_do_not_warn():

@@ -43,8 +43,8 @@ class Context:
     Attributes:
         compiling: True at compile time (decide and record), False at run time (replay).
         plan: per-layer decisions, keyed ``"<primitive><n>"`` in visiting order.
-        decide: compile-time callback ``(ctx, key, eqn, x, wref) -> plan entry`` for a layer.
-        apply: run-time callback ``(ctx, entry, eqn, x, wref) -> outputs`` for a layer.
+        decide: compile-time callback ``(ctx, key, eqn, x, wref) -> LayerPlan`` for a layer.
+        apply: callback ``(ctx, key, plan, eqn, x, wref) -> outputs`` running a layer's plan.
         folded: constant bias maps folded from removed channels, by plan key.
         materialized: paths of weights read densely by an op without a rule (compile time).
         options: compile options (policy, kernel implementation, platform).

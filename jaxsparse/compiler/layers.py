@@ -2,8 +2,8 @@
 
 ``decide`` (compile time) looks at the layer's mask and its input's kept channels, slices away
 removed input and output channels, folds removed-but-constant input channels into a bias map,
-picks a kernel by the policy's cost model, builds the rewritten weight and returns the plan
-entry. ``apply`` (both times) runs the layer from the plan entry.
+picks a kernel by the policy's cost model, builds the rewritten weight and returns a
+:class:`LayerPlan`. ``apply`` (both times) runs the layer from its plan.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from jaxsparse.compiler.packed import (
     block_shape,
     nbytes,
 )
-from jaxsparse.compiler.report import LayerRow, LayerTiming
+from jaxsparse.compiler.report import CompiledLayer, LayerTiming
 from jaxsparse.compiler.values import Sliced, WRef
 from jaxsparse.gpu import cusparselt
 from jaxsparse.kernels import cpu_sparse_conv
@@ -78,6 +78,28 @@ class Options:
     precompress: bool = False  # Compress 2:4 weights for cuSPARSELt now (a local CUDA GPU).
     missing_rule: str = "error"
     interpret: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    """What ``decide`` chose for one layer, replayed by ``apply`` at run time.
+
+    Attributes:
+        lowering: ``"unchanged"`` (the original op), ``"dense"``, ``"nm"`` or ``"block"``.
+        kind: ``"conv"`` or ``"dot"``.
+        in_keep: the input channels kept (the input arrives sliced to them), or None.
+        out_keep: the output channels computed (the output leaves sliced), or None.
+        fold: whether a constant bias map from removed input channels is added.
+    """
+
+    lowering: str
+    kind: str = ""
+    in_keep: tuple[int, ...] | None = None
+    out_keep: tuple[int, ...] | None = None
+    fold: bool = False
+
+
+UNCHANGED = LayerPlan("unchanged")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,7 +324,7 @@ def _action(low: str, pattern, opts: Options, gemm_kn: tuple[int, int], dtype) -
     return f"block_sparse_dot ({opts.impl})"
 
 
-def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
+def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
     """Compile-time decision for one layer; fills ``ctx.rewritten``, ``ctx.folded``, rows."""
     opts: Options = ctx.options
     kind = "conv" if eqn.primitive is lax.conv_general_dilated_p else "dot"
@@ -321,10 +343,10 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
         out_keep = np.zeros(1, np.int64)  # Keep one (all-zero) channel: no zero-size arrays.
     if why is not None or (in_keep is None and out_keep is None and w.mask is None):
         action = "dense (unchanged)" if why is None else "dense (unsupported)"
-        ctx.rows.append(LayerRow(w.path, kind, shape, "dense" if w.mask is None else "masked",
+        ctx.rows.append(CompiledLayer(w.path, kind, shape, "dense" if w.mask is None else "masked",
                                  action, before, before, why or "no mask", dense_bytes,
                                  dense_bytes))
-        return {"lowering": "unchanged"}
+        return UNCHANGED
     x_aval = eqn.invars[0].aval
     dtype = np.dtype(w.dtype or x_aval.dtype)
     kernel_hw = tuple(shape[:2]) if kind == "conv" else (1, 1)
@@ -390,18 +412,17 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> dict:
         label = "channel" if pattern is None else f"channel+{pattern}"
     else:
         label = str(pattern) if pattern is not None else "dense"
-    ctx.rows.append(LayerRow(w.path, kind, shape, label, action, before, after, reason,
+    ctx.rows.append(CompiledLayer(w.path, kind, shape, label, action, before, after, reason,
                              dense_bytes, nbytes(weight), timing))
-    return {"lowering": low, "in_keep": in_keep, "out_keep": out_keep, "fold": fold is not None,
-            "kind": kind}
+    return LayerPlan(low, kind, layout.in_keep, layout.out_keep, fold is not None)
 
 
-def apply(ctx: Context, key: str, entry: dict, eqn, x: Any, w: WRef) -> list:
+def apply(ctx: Context, key: str, plan: LayerPlan, eqn, x: Any, w: WRef) -> list:
     """Runs one layer as planned (the same code at compile time and at run time)."""
-    if entry["lowering"] == "unchanged":
+    if plan.lowering == "unchanged":
         return default_rule(ctx, eqn, [x, w])
     weight = ctx.rewritten[w.path] if ctx.compiling else w.value
-    in_keep, out_keep = entry["in_keep"], entry["out_keep"]
+    in_keep, out_keep = plan.in_keep, plan.out_keep
     if in_keep is not None:
         if not (isinstance(x, Sliced) and np.array_equal(x.keep, in_keep)):
             raise RuntimeError(f"jaxsparse.compile: the input channels of {w.path} changed "
@@ -412,14 +433,14 @@ def apply(ctx: Context, key: str, entry: dict, eqn, x: Any, w: WRef) -> list:
     out_dtype = eqn.outvars[0].aval.dtype
     if w.dtype is not None:
         xd = xd.astype(w.dtype) if xd.dtype != w.dtype else xd
-    if entry["kind"] == "conv":
+    if plan.kind == "conv":
         y = lowering.conv(xd, weight, eqn.params, ctx.options.impl, ctx.options.interpret)
     else:
         y = lowering.gemm(xd.reshape(-1, xd.shape[-1]), weight, ctx.options.impl,
                           ctx.options.interpret)
         y = y.reshape(*xd.shape[:-1], y.shape[-1])
     y = y.astype(out_dtype)
-    if entry["fold"]:
+    if plan.fold:
         y = y + ctx.folded[key].astype(out_dtype)
     if out_keep is not None:
         full = weight.layout.shape[-1]

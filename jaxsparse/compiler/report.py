@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jaxsparse.markdown import shape, table
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerTiming:
@@ -24,9 +26,9 @@ class LayerTiming:
 
 
 @dataclasses.dataclass(frozen=True)
-class LayerRow:
-    """One conv or dense layer. FLOPs are multiply-adds x 2 at the example batch; bytes are
-    the stored weight (dense, or packed values + indices)."""
+class CompiledLayer:
+    """One conv or dense layer of a compile report. FLOPs are multiply-adds x 2 at the
+    example batch; bytes are the stored weight (dense, or packed values + indices)."""
 
     name: str
     kind: str
@@ -53,7 +55,7 @@ class CompileReport:
     packed values and indices, folded constants).
     """
 
-    rows: tuple[LayerRow, ...]
+    rows: tuple[CompiledLayer, ...]
     pass_seconds: float
     backend: str
     policy: str
@@ -97,16 +99,16 @@ class CompileReport:
                 "layers": [dataclasses.asdict(r) for r in self.rows]}
 
     def markdown(self) -> str:
-        lines = ["| layer | op | shape | pattern | action | MFLOP before | MFLOP after | KiB "
-                 "before | KiB after | predicted t/t_dense | measured t/t_dense | why |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        header = ["layer", "op", "shape", "pattern", "action", "MFLOP before", "MFLOP after",
+                  "KiB before", "KiB after", "predicted t/t_dense", "measured t/t_dense", "why"]
+        cells = []
         for r in self.rows:
             t = r.timing or LayerTiming()
-            lines.append(
-                f"| {r.name} | {r.kind} | {'x'.join(map(str, r.shape))} | {r.pattern} "
-                f"| {r.action} | {r.flops_before / 1e6:.1f} | {r.flops_after / 1e6:.1f} "
-                f"| {r.bytes_before / 1024:.0f} | {r.bytes_after / 1024:.0f} "
-                f"| {_ratio(t.predicted_ratio)} | {_ratio(t.measured_ratio)} | {r.why} |")
+            cells.append([r.name, r.kind, shape(r.shape), r.pattern, r.action,
+                          f"{r.flops_before / 1e6:.1f}", f"{r.flops_after / 1e6:.1f}",
+                          f"{r.bytes_before / 1024:.0f}", f"{r.bytes_after / 1024:.0f}",
+                          _ratio(t.predicted_ratio), _ratio(t.measured_ratio), r.why])
+        lines = [table(header, cells)]
         lines.append(f"\nconv/dot FLOPs: {self.flops_before / 1e9:.3f} -> "
                      f"{self.flops_after / 1e9:.3f} GFLOP ({self.flops_ratio:.3f}x); "
                      f"stored: weights {self.bytes_before / 2**20:.2f} -> "
@@ -125,18 +127,15 @@ class CompileReport:
     def timing_markdown(self) -> str:
         """Per-layer measured times (``calibrate=True``): dense XLA vs the sparse kernel, with
         GFLOP/s (dense: the layer's FLOPs; kernel: the FLOPs it actually runs)."""
-        lines = ["| layer | shape | pattern | dense ms | sparse ms | dense GFLOP/s | kernel "
-                 "GFLOP/s | speedup | chosen |", "|---|---|---|---|---|---|---|---|---|"]
-        for r in self.rows:
-            t = r.timing
-            if t is None or t.measured_ratio is None:
-                continue
-            lines.append(
-                f"| {r.name} | {'x'.join(map(str, r.shape))} | {r.pattern} | "
-                f"{t.measured_dense_ms:.2f} | {t.measured_sparse_ms:.2f} | "
-                f"{r.flops_before / t.measured_dense_ms / 1e6:.1f} | "
-                f"{t.sparse_flops / t.measured_sparse_ms / 1e6:.1f} | "
-                f"{1 / t.measured_ratio:.2f}x | {r.action} |")
-        return "\n".join(lines)
+        header = ["layer", "shape", "pattern", "dense ms", "sparse ms", "dense GFLOP/s",
+                  "kernel GFLOP/s", "speedup", "chosen"]
+        cells = [[r.name, shape(r.shape), r.pattern, f"{r.timing.measured_dense_ms:.2f}",
+                  f"{r.timing.measured_sparse_ms:.2f}",
+                  f"{r.flops_before / r.timing.measured_dense_ms / 1e6:.1f}",
+                  f"{r.timing.sparse_flops / r.timing.measured_sparse_ms / 1e6:.1f}",
+                  f"{1 / r.timing.measured_ratio:.2f}x", r.action]
+                 for r in self.rows
+                 if r.timing is not None and r.timing.measured_ratio is not None]
+        return table(header, cells)
 
     __str__ = markdown

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxsparse.pruning.masks import keep_count, keep_top
+
 DISTRIBUTIONS = ("uniform", "erk", "global")
 
 
@@ -51,10 +53,7 @@ def global_ranks(scores: Sequence[jax.Array], sparsity) -> list[jax.Array]:
     Returns boolean masks shaped like ``scores`` (ties go to the earlier layer / lower index).
     """
     flat = jnp.concatenate([s.ravel().astype(jnp.float32) for s in scores])
-    k = jnp.round((1.0 - jnp.asarray(sparsity, jnp.float32)) * flat.size).astype(jnp.int32)
-    order = jnp.argsort(-flat, stable=True)
-    rank = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
-    keep = rank < k
+    keep = keep_top(flat, keep_count(flat.size, sparsity))
     out, start = [], 0
     for s in scores:
         out.append(keep[start:start + s.size].reshape(s.shape))

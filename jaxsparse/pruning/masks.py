@@ -60,7 +60,7 @@ def incompatibility(shape: tuple[int, ...], pattern: Pattern) -> str | None:
     return None
 
 
-def _keep_top(scores: jax.Array, k) -> jax.Array:
+def keep_top(scores: jax.Array, k) -> jax.Array:
     """Boolean mask keeping the ``k`` largest of a 1-D ``scores`` (stable: lower index wins)."""
     order = jnp.argsort(-scores, stable=True)
     rank = jnp.zeros(scores.shape, jnp.int32).at[order].set(jnp.arange(scores.size,
@@ -110,7 +110,7 @@ def channel_keep(scores: jax.Array, sparsity, multiple: int = 1) -> jax.Array:
     k = keep_count(c, sparsity)
     if multiple > 1:
         k = jnp.round(k / multiple).astype(jnp.int32) * multiple
-    return _keep_top(scores, jnp.clip(k, min(multiple, c), c))
+    return keep_top(scores, jnp.clip(k, min(multiple, c), c))
 
 
 def compute_mask(w: jax.Array, pattern: str | Pattern, sparsity=None, scores=None, *,
@@ -149,10 +149,10 @@ def compute_mask(w: jax.Array, pattern: str | Pattern, sparsity=None, scores=Non
     if isinstance(pattern, NM):
         return nm_mask(s, pattern)
     if isinstance(pattern, Unstructured):
-        return _keep_top(s.ravel(), keep_count(s.size, sparsity)).reshape(w.shape)
+        return keep_top(s.ravel(), keep_count(s.size, sparsity)).reshape(w.shape)
     if isinstance(pattern, Block):
         bs = block_scores(s, pattern, block_score)
-        keep = _keep_top(bs.ravel(), keep_count(bs.size, sparsity)).reshape(bs.shape)
+        keep = keep_top(bs.ravel(), keep_count(bs.size, sparsity)).reshape(bs.shape)
         return expand_blocks(keep, pattern, w.shape)
     assert isinstance(pattern, Channel)
     return jnp.broadcast_to(channel_keep(channel_scores(s), sparsity, channel_multiple), w.shape)

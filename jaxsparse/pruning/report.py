@@ -7,15 +7,16 @@ from typing import Any
 
 import numpy as np
 
+from jaxsparse.markdown import shape, table
 from jaxsparse.pruning.prune import named_masks
 from jaxsparse.pruning.tree_paths import named_leaves
 
 
 @dataclasses.dataclass(frozen=True)
-class LayerRow:
-    """One weight of the report. ``flops_kept`` is the fraction of its multiply-adds left: for
-    a GEMM or convolution each weight costs one MAC per output position, so it equals the
-    weight's density."""
+class LayerSparsity:
+    """One weight of a sparsity report. ``flops_kept`` is the fraction of its multiply-adds
+    left: for a GEMM or convolution each weight costs one MAC per output position, so it
+    equals the weight's density."""
 
     name: str
     shape: tuple[int, ...]
@@ -28,7 +29,7 @@ class LayerRow:
 class SparsityReport:
     """The table returned by :func:`sparsity_report`; ``str()`` renders it as markdown."""
 
-    rows: tuple[LayerRow, ...]
+    rows: tuple[LayerSparsity, ...]
     global_sparsity: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -36,10 +37,9 @@ class SparsityReport:
                 "layers": [dataclasses.asdict(r) for r in self.rows]}
 
     def markdown(self) -> str:
-        lines = ["| layer | shape | pattern | density | FLOPs kept |", "|---|---|---|---|---|"]
-        for r in self.rows:
-            lines.append(f"| {r.name} | {'x'.join(map(str, r.shape))} | {r.pattern} | "
-                         f"{r.density:.3f} | {r.flops_kept:.3f} |")
+        lines = [table(["layer", "shape", "pattern", "density", "FLOPs kept"],
+                       [[r.name, shape(r.shape), r.pattern, f"{r.density:.3f}",
+                         f"{r.flops_kept:.3f}"] for r in self.rows])]
         lines.append(f"\nglobal sparsity over the listed weights: {self.global_sparsity:.4f}")
         return "\n".join(lines)
 
@@ -64,7 +64,7 @@ def sparsity_report(params: Any, masks: Any, pattern: str | None = None) -> Spar
             density, pat = float(np.mean(np.asarray(w) != 0)), "dense"
         else:
             density, pat = float(np.mean(np.asarray(m))), pattern or "masked"
-        rows.append(LayerRow(name, tuple(w.shape), pat, density, density))
+        rows.append(LayerSparsity(name, tuple(w.shape), pat, density, density))
         kept += density * w.size
         total += w.size
     return SparsityReport(tuple(rows), 1.0 - kept / total if total else 0.0)

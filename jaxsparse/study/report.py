@@ -21,12 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from jaxsparse.markdown import table
+
 MASK_ONLY_RATIO = 0.99
 ACCURACY_BAR = 0.99  # MLPerf's quality target: 99% of the reference (dense) accuracy.
 
 
 @dataclasses.dataclass(frozen=True)
-class Row:
+class VariantRow:
     """One variant of the study (the dense baseline included)."""
 
     variant: str
@@ -52,7 +54,7 @@ class Row:
             self.images_per_sec is not None
 
 
-def speedup(row: Row, dense: Row) -> float | None:
+def speedup(row: VariantRow, dense: VariantRow) -> float | None:
     """``row``'s images/s over dense, or None when the row may not claim one."""
     if row is dense:
         return 1.0
@@ -61,13 +63,13 @@ def speedup(row: Row, dense: Row) -> float | None:
     return row.images_per_sec / dense.images_per_sec
 
 
-def measurable(row: Row) -> bool:
+def measurable(row: VariantRow) -> bool:
     """False when the speedup's spread includes 1.0x (a change the timing cannot resolve)."""
     lo_hi = row.speedup_range
     return lo_hi is None or not lo_hi[0] <= 1.0 <= lo_hi[1]
 
 
-def _speed_cell(row: Row, dense: Row) -> str:
+def _speed_text(row: VariantRow, dense: VariantRow) -> str:
     s = speedup(row, dense)
     if s is not None and row is not dense:
         spread = "" if row.speedup_range is None else \
@@ -97,8 +99,10 @@ def dense_reason(rows: list[dict[str, Any]]) -> str:
     return why.most_common(1)[0][0] if why else ""
 
 
-def build_report(rows: list[Row], env: dict[str, Any]) -> dict[str, Any]:
-    """The report as JSON-ready data: one entry per row plus the run's environment.
+def build_report(rows: list[VariantRow], env: dict[str, Any]) -> dict[str, Any]:
+    """The report as JSON-ready data: one entry per row plus the run's environment. Each
+    entry also carries what the table shows: ``speed_text`` and ``note`` (why a row has no
+    measurable speedup).
 
     Raises:
         ValueError: if the first row is not the dense baseline.
@@ -117,7 +121,10 @@ def build_report(rows: list[Row], env: dict[str, Any]) -> dict[str, Any]:
                         "accuracy_delta": None if r.accuracy is None or dense.accuracy is None
                         else r.accuracy - dense.accuracy,
                         "images_per_sec": r.images_per_sec if s is not None else None,
-                        "measured_images_per_sec": r.images_per_sec})
+                        "measured_images_per_sec": r.images_per_sec,
+                        "speed_text": _speed_text(r, dense),
+                        "note": r.why if (r.mask_only or not measurable(r)) and r is not dense
+                        else ""})
     return {**env, "rows": entries, "summary": summary(entries)}
 
 
@@ -138,28 +145,23 @@ def summary(entries: list[dict[str, Any]]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The report table (every speed figure beside its accuracy)."""
-    names = [f.name for f in dataclasses.fields(Row)]
-    rows = [Row(**{k: e[k] for k in names if k not in ("images_per_sec", "speedup_range", "why")},
-                images_per_sec=e["measured_images_per_sec"], why=e.get("why", ""),
-                speedup_range=tuple(e["speedup_range"]) if e.get("speedup_range") else None)
-            for e in report["rows"]]
-    dense = rows[0]
-    head = ("| variant | division | pattern | sparsity | FLOPs ratio | accuracy | Δ acc vs dense "
-            "| ≥99% of dense | images/s | speedup vs dense | why |")
-    lines = [f"{report['device_kind']}, {report['precision']}, batch {report['batch_size']}, "
-             f"jax {report['jax']}. Speedup: median of per-repetition ratios to dense (timed "
-             f"back to back), [interquartile range].", "", head, "|" + "---|" * 11]
-    for r, e in zip(rows, report["rows"], strict=True):
-        acc = "not measured" if r.accuracy is None else f"{r.accuracy:.4f}"
+    """The report table (every speed figure beside its accuracy), from :func:`build_report`'s
+    data."""
+    cells = []
+    for e in report["rows"]:
+        acc = "not measured" if e["accuracy"] is None else f"{e['accuracy']:.4f}"
         delta = "-" if e["accuracy_delta"] is None else f"{100 * e['accuracy_delta']:+.2f} pt"
         ips = f"{e['images_per_sec']:.1f}" if e["images_per_sec"] is not None else "-"
-        label = r.variant + (" (mask only)" if r.mask_only else "")
+        label = e["variant"] + (" (mask only)" if e["mask_only"] else "")
         meets = {True: "yes", False: "no", None: "-"}[e.get("meets_99")]
-        why = r.why if (r.mask_only or not measurable(r)) and r is not dense else ""
-        lines.append(f"| {label} | {r.division} | {r.pattern} | {r.achieved_sparsity:.3f} | "
-                     f"{r.flops_ratio:.3f} | {acc} | {delta} | {meets} | {ips} | "
-                     f"{_speed_cell(r, dense)} | {why} |")
+        cells.append([label, e["division"], e["pattern"], f"{e['achieved_sparsity']:.3f}",
+                      f"{e['flops_ratio']:.3f}", acc, delta, meets, ips, e["speed_text"],
+                      e["note"]])
+    header = ["variant", "division", "pattern", "sparsity", "FLOPs ratio", "accuracy",
+              "Δ acc vs dense", "≥99% of dense", "images/s", "speedup vs dense", "why"]
+    lines = [f"{report['device_kind']}, {report['precision']}, batch {report['batch_size']}, "
+             f"jax {report['jax']}. Speedup: median of per-repetition ratios to dense (timed "
+             f"back to back), [interquartile range].", "", table(header, cells)]
     if report.get("summary"):
         lines += ["", report["summary"]]
     return "\n".join(lines)

@@ -138,7 +138,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     bs = config.bench.batch_size
     example = jnp.zeros((bs, *image_shape), dtype)
     dense_vars = train.load_final_variables(dense_dir, template, dp)
-    rows = [report_lib.Row("dense", "dense", "none", 0.0, 1.0, dense_res["accuracy"], None,
+    rows = [report_lib.VariantRow("dense", "dense", "none", 0.0, 1.0, dense_res["accuracy"], None,
                            False)]
     fns, args, dirs = [jax.jit(lambda v, x: apply_fn(v, x))], [(dense_vars, example)], \
         [dense_dir]
@@ -168,7 +168,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         train.say(f"[study] {v.name}: compiled accuracy {acc:.4f} (masked "
                   f"{res['accuracy']:.4f}), FLOPs ratio {sp.report.flops_ratio:.3f}.")
         ratio = sp.report.flops_ratio
-        rows.append(report_lib.Row(v.name, v.pattern, v.method, res["sparsity"]["achieved"],
+        rows.append(report_lib.VariantRow(v.name, v.pattern, v.method, res["sparsity"]["achieved"],
                                    ratio, acc, None, ratio >= report_lib.MASK_ONLY_RATIO,
                                    report_lib.dense_reason(sp.report.as_dict()["layers"])))
         fns.append(jax.jit(sp))

@@ -82,7 +82,7 @@ def _scalars(logdir, tag):
 
 
 def _row(name, acc, ips, mask_only=False):
-    return report_lib.Row(name, "p", "m", 0.5, 0.5 if not mask_only else 1.0, acc, ips,
+    return report_lib.VariantRow(name, "p", "m", 0.5, 0.5 if not mask_only else 1.0, acc, ips,
                           mask_only)
 
 
