@@ -20,16 +20,16 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 import jaxsparse as js
-from jaxsparse import data as data_lib
 from jaxsparse.study import plot
 from jaxsparse.study import report as report_lib
+from jaxsparse.training import experiment as experiment_lib
 from jaxsparse.training import train
 from jaxsparse.training.bench import benchmark
-from jaxsparse.training.sharding import data_parallel, maybe_initialize_distributed
+from jaxsparse.training.experiment import Experiment
+from jaxsparse.training.sharding import maybe_initialize_distributed
 from jaxsparse.training.summary import Writer, environment, write_json
 from jaxsparse.training.validate import SPARSITY_OFF, check_workdir, validate_config
 
@@ -79,28 +79,23 @@ def variant_config(config: ml_collections.ConfigDict, v: ml_collections.ConfigDi
     return c
 
 
-def run_or_load(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """A finished run's results.json, or the run itself (resuming if it was interrupted)."""
+def run_or_load(config: ml_collections.ConfigDict, workdir: str,
+                experiment: Experiment | None = None) -> dict[str, Any]:
+    """A finished run's results.json, or the run itself (resuming if it was interrupted) on
+    ``experiment``'s data and model."""
     path = os.path.join(workdir, "results.json")
     if os.path.isfile(path):
         train.say(f"[study] {workdir}: finished earlier, reusing its results.")
         with open(path) as f:
             return json.load(f)
     train.say(f"[study] {workdir}: training.")
-    return train.train_and_evaluate(config, workdir)
+    return train.train_and_evaluate(config, workdir, experiment=experiment)
 
 
-def compiled_accuracy(sp: js.SparseModel, split: data_lib.Split, batch_size: int,
-                      dtype) -> float:
-    """Test accuracy of a compiled model, over every example."""
-    fn = jax.jit(sp)
-    correct = count = 0.0
-    for b in data_lib.eval_batches(split, batch_size):
-        logits = fn(sp.variables, b["image"].astype(dtype))
-        hit = (jnp.argmax(logits, -1) == b["label"]).astype(jnp.float32) * b["mask"]
-        correct += float(jnp.sum(hit))
-        count += float(jnp.sum(b["mask"]))
-    return correct / count
+def compiled_accuracy(exp: Experiment, sp: js.SparseModel, batch_size: int) -> float:
+    """Test accuracy of a compiled model (compiled for ``batch_size``), over every example."""
+    return exp.evaluate(sp.variables, apply_fn=lambda v, x, train=False: sp(v, x),
+                        batch_size=batch_size)["accuracy"]
 
 
 def dense_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -129,15 +124,12 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         validate_config(variant_config(config, v, dense_dir), check_paths=False)
     os.makedirs(workdir, exist_ok=True)
     t_start = time.perf_counter()
-    dtype = train.compute_dtype(base)
-    dense_res = run_or_load(base, dense_dir)
-    _, test = train.load_splits(base)
-    image_shape = test.images.shape[1:]
-    apply_fn, template = train.build_model(base, image_shape[-1])
-    dp = data_parallel()
+    exp = experiment_lib.build(base)
+    apply_fn = exp.apply_fn
+    dense_res = run_or_load(base, dense_dir, exp)
     bs = config.bench.batch_size
-    example = jnp.zeros((bs, *image_shape), dtype)
-    dense_vars = train.load_final_variables(dense_dir, template, dp)
+    example = exp.example(bs)
+    dense_vars = exp.load_variables(dense_dir)
     rows = [report_lib.VariantRow("dense", "dense", "none", 0.0, 1.0, dense_res["accuracy"], None,
                            False)]
     fns, args, dirs = [jax.jit(lambda v, x: apply_fn(v, x))], [(dense_vars, example)], \
@@ -152,8 +144,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         train.say(f"[study] variant {i + 1}/{len(all_variants)}: {v.name} ({v.method} "
                   f"{v.pattern}); {elapsed / 60:.1f} min elapsed{eta}.")
         vdir = os.path.join(workdir, v.name)
-        res = run_or_load(variant_config(config, v, dense_dir), vdir)
-        variables = train.load_final_variables(vdir, template, dp)
+        res = run_or_load(variant_config(config, v, dense_dir), vdir, exp)
+        variables = exp.load_variables(vdir)
         masks = js.masks_from_zeros(variables["params"])
         sp = js.sparsify(apply_fn, variables, masks, example, policy=v.policy)
         cached = os.path.join(vdir, "study.json")
@@ -162,7 +154,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
                 acc = json.load(f)["compiled_accuracy"]
         else:
             train.say(f"[study] {v.name}: evaluating the compiled model.")
-            acc = compiled_accuracy(sp, test, bs, dtype)
+            acc = compiled_accuracy(exp, sp, bs)
             write_json(cached, {"compiled_accuracy": acc, "masked_accuracy": res["accuracy"],
                                 "compile_report": sp.report.as_dict()})
         train.say(f"[study] {v.name}: compiled accuracy {acc:.4f} (masked "

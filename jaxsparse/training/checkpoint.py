@@ -1,4 +1,7 @@
-"""Atomic, resumable checkpoints with orbax ``CheckpointManager``."""
+"""Every checkpoint of a run, through orbax: the training state (``Checkpointer``, atomic and
+resumable, under ``<workdir>/checkpoints``) and the finished run's inference variables
+(:func:`save_final_variables`, under ``<workdir>/final_variables``), which fine-tunes
+(``init_from``), distillation and the study load."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+FINAL_DIR = "final_variables"
 
 
 class Checkpointer:
@@ -47,3 +52,27 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def save_final_variables(workdir: str, variables: Any) -> None:
+    """Saves a finished run's inference variables (atomically) for later fine-tuning."""
+    path = os.path.join(os.path.abspath(workdir), FINAL_DIR)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, variables, force=True)
+
+
+def load_final_variables(workdir: str, like: Any, sharding: Any = None) -> Any:
+    """Loads what :func:`save_final_variables` wrote, in the structure of ``like`` (placed
+    with ``sharding``, e.g. replicated over the data-parallel mesh).
+
+    Raises:
+        ValueError: if ``workdir`` holds no finished run.
+    """
+    path = os.path.join(os.path.abspath(workdir), FINAL_DIR)
+    if not os.path.isdir(path):
+        raise ValueError(f"init_from={workdir!r} holds no finished run ({path} is missing); point "
+                         f"it at the workdir of a run that completed.")
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                            like)
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(path, abstract)

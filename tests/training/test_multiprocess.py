@@ -21,8 +21,7 @@ from tests.conftest import REPO
 SCRIPT = """
 import json, sys, jax, numpy as np
 from experiments.configs import smoke
-from jaxsparse.training import train
-from jaxsparse.training.sharding import data_parallel
+from jaxsparse.training import experiment, train
 
 out = {}
 for steps in (1, 20):
@@ -31,8 +30,7 @@ for steps in (1, 20):
     c.train.batch_size = 32; c.train.num_steps = steps; c.eval.batch_size = 64
     wd = f"{sys.argv[1]}/s{steps}"
     r = train.train_and_evaluate(c, wd)
-    _, like = train.build_model(c, 1)
-    v = train.load_final_variables(wd, like, data_parallel())
+    v = experiment.build(c, load_data=False).load_variables(wd)
     leaves = [np.asarray(x.addressable_data(0), np.float64) for x in jax.tree.leaves(v)]
     out[steps] = {"loss": r["eval"]["loss"], "accuracy": r["accuracy"],
                   "sum": float(sum(np.sum(x) for x in leaves)),
