@@ -2,8 +2,12 @@
 
     python -m experiments.study --config=experiments/configs/study_fmnist.py \
         --workdir=runs/study_fmnist
+    python -m experiments.study --config=experiments/configs/speed_resnet50.py \
+        --workdir=runs/speed_resnet50
 
-The logic lives in :mod:`jaxsparse.study`; this is only the command line.
+``config.mode`` picks the study: ``"train"`` (:func:`jaxsparse.study.run_study`) or
+``"speed"`` (:func:`jaxsparse.study.run_speed`: random weights, no training). The logic lives
+in :mod:`jaxsparse.study`; this is only the command line.
 """
 
 import jax
@@ -12,12 +16,14 @@ from ml_collections import config_flags
 
 from experiments.cli import fail, parse_flags
 from jaxsparse.data import DatasetError
-from jaxsparse.study import run_study
+from jaxsparse.study import run_speed, run_study
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder of the study (one subfolder per variant).")
 config_flags.DEFINE_config_file("config", None, "Study config file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
+
+MODES = {"train": run_study, "speed": run_speed}
 
 
 def main(argv):
@@ -25,15 +31,19 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    mode = FLAGS.config.get("mode", "train")
+    if mode not in MODES:
+        fail(f"config.mode={mode!r} is not valid; use one of {sorted(MODES)}.")
     try:
-        run_study(FLAGS.config, FLAGS.workdir)
+        MODES[mode](FLAGS.config, FLAGS.workdir)
     except (DatasetError, ValueError) as e:
         fail(str(e))
     if jax.process_index() != 0:  # One report per study: process 0's.
         return
     with open(f"{FLAGS.workdir}/report.md") as f:
         print(f.read())
-    print(f"Report: {FLAGS.workdir}/report.md  Plot: {FLAGS.workdir}/pareto.png\n"
+    plot = f"  Plot: {FLAGS.workdir}/pareto.png" if mode == "train" else ""
+    print(f"Report: {FLAGS.workdir}/report.md{plot}\n"
           f"TensorBoard: tensorboard --logdir {FLAGS.workdir}")
 
 

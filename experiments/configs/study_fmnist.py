@@ -23,6 +23,9 @@ def variant(name, method, pattern, sparsity=0.0, grouped=False, include="", poli
 
 def get_config():
     c = ml_collections.ConfigDict()
+    # "train": train dense, fine-tune every variant, compile, evaluate, benchmark (run_study);
+    # "speed": random weights pruned by magnitude, compiled, checked and timed (run_speed).
+    c.mode = "train"
     c.title = "Fashion-MNIST ResNet-18 (width 0.25) sparsity study"
     c.base = fmnist_resnet18.get_config()  # The dense baseline's experiment config.
     c.note = ""  # One line printed under the report's title.
@@ -33,6 +36,10 @@ def get_config():
     # Knowledge distillation from the dense model in every fine-tune (alpha 0: off).
     c.distill = ml_collections.ConfigDict(dict(alpha=0.5, temperature=4.0))
     c.bench = ml_collections.ConfigDict(dict(batch_size=256, warmup=3, num_batches=20))
+    # mode="speed" only: js.sparsify's backend, a per-layer timing table (calibrate=True), and
+    # a folder for the date-stamped results files ("": only the workdir's report).
+    c.speed = ml_collections.ConfigDict(dict(backend="auto", layer_table=False,
+                                             results_dir=""))
     c.variants = [
         variant("nm24_oneshot", "one_shot", "2:4"),
         variant("nm24_srste", "sr_ste", "2:4"),

@@ -158,13 +158,30 @@ def setup(config: ml_collections.ConfigDict, params: Any, tx: optax.GradientTran
     if config.method not in _BUILDERS:
         raise ValueError(f"sparsity.method={config.method!r} is not valid; use one of "
                          f"{names()}.")
+    pattern, target, include = _resolve(config)
+    one_shot_masks(config, params, groups)  # Validates the pattern against the params.
+    return _BUILDERS[config.method](MethodArgs(config, pattern, target, include, tx, num_steps,
+                                               groups))
+
+
+def _resolve(config: ml_collections.ConfigDict) -> tuple[Pattern, float | None, str | None]:
+    """``(pattern, target sparsity or None for N:M, include or None)`` of a sparsity block."""
     pattern = parse_pattern(config.pattern)
-    include = config.include or None
     # N:M fixes its own sparsity; 0 (the default) means "not given", anything else is checked.
     target = None if isinstance(pattern, NM) and not config.sparsity else config.sparsity
+    return pattern, target, config.include or None
+
+
+def one_shot_masks(config: ml_collections.ConfigDict, params: Any, groups: Any = None) -> Any:
+    """The masks one-shot magnitude pruning gives ``params`` under a sparsity block (what
+    ``one_shot`` applies at its step; the speed study prunes random weights with it).
+
+    Raises:
+        ValueError: for a pattern or sparsity that does not fit ``params``, or groups with a
+            pattern other than channel.
+    """
+    pattern, target, include = _resolve(config)
     if groups is not None and not isinstance(pattern, Channel):
         raise ValueError(f"sparsity.grouped=True needs the channel pattern; got "
                          f"{config.pattern!r}.")
-    prune(params, pattern, target, config.distribution, include, groups=groups)  # Validates.
-    return _BUILDERS[config.method](MethodArgs(config, pattern, target, include, tx, num_steps,
-                                               groups))
+    return prune(params, pattern, target, config.distribution, include, groups=groups)

@@ -7,7 +7,7 @@ import pytest
 
 from experiments.configs import study_smoke
 from jaxsparse.study import report as report_lib
-from jaxsparse.study import run_study, variants_of
+from jaxsparse.study import run_speed, run_study, variants_of
 from tests.conftest import needs_fmnist
 
 
@@ -71,6 +71,33 @@ def test_killed_variant_is_resumed_and_finished_ones_reused(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "dense: finished earlier" in out
     assert "channel50: training" in out and "Resumed from checkpoint" in out
+
+
+def test_speed_study_on_random_weights(tmp_path, capsys):
+    """mode="speed": no training; every variant checked against the masked model and timed."""
+    config = study_smoke.get_config()
+    config.mode = "speed"
+    config.base.data.name = "synthetic"  # No data is read: only its shape is used.
+    config.speed.layer_table = True
+    config.speed.results_dir = str(tmp_path / "results")
+    rep = run_speed(config, str(tmp_path / "w"))
+    assert [r["variant"] for r in rep["variants"]] == ["channel50", "block75"]
+    for r in rep["variants"]:
+        assert r["verified"] and r["max_rel_error"] < 1e-4, r
+        assert r["speedup"] == pytest.approx(r["images_per_sec"] /
+                                             rep["dense"]["images_per_sec"])
+        lo, hi = r["speedup_range"]
+        assert lo <= hi
+    assert rep["variants"][0]["flops_ratio"] < 0.5
+    assert rep["variants"][0]["sparsity"] == pytest.approx(0.5, abs=0.05)
+    table = (tmp_path / "w" / "report.md").read_text()
+    assert "| dense |" in table and "| block75 |" in table and "no accuracy" in table
+    assert "### block75: per layer, measured (calibrate=True)" in table
+    stamped = list((tmp_path / "results").glob("bench_sparse_*_cpu_*.md"))
+    assert len(stamped) == 1 and stamped[0].read_text() == table
+    assert _scalars(tmp_path / "w", "speed/block75/speedup")[0] == pytest.approx(
+        rep["variants"][1]["speedup"], rel=1e-5)
+    assert "[speed] variant 2/2: block75" in capsys.readouterr().out
 
 
 def _scalars(logdir, tag):

@@ -31,6 +31,10 @@ CASES = [
      "--workdir='{tmp}/afile' is a file"),
     ("study", ["--config=experiments/configs/nope.py", "--workdir={tmp}/s"],
      "--config file 'experiments/configs/nope.py' does not exist"),
+    ("study", ["--config=experiments/configs/study_smoke.py", "--workdir={tmp}/w",
+               "--config.mode=fast"], "config.mode='fast' is not valid"),
+    ("study", ["--config=experiments/configs/speed_resnet50.py", "--workdir={tmp}/w",
+               "--config.speed.backend=cuda"], "backend='cuda' is not valid"),
 ]
 
 

@@ -1,0 +1,41 @@
+"""ResNet-50 at 224x224: dense vs compiled sparse inference on random weights (no training).
+
+    python -m experiments.study --config=experiments/configs/speed_resnet50.py \
+        --workdir=runs/speed_resnet50 [--config.speed.layer_table=True]
+
+Every variant of ``CATALOGUE`` is pruned by magnitude, compiled with ``js.sparsify``, checked
+against the masked dense model and timed back to back with the dense model (see
+``jaxsparse/study/speed.py``). ``scripts/bench_sparse.py`` picks variants from the catalogue
+by name.
+"""
+
+from experiments.configs import study_fmnist, synthetic_resnet50_224
+
+variant = study_fmnist.variant
+
+CATALOGUE = {v.name: v for v in [
+    # Coupled channel pruning of every conv (residual streams included) / interior convs only.
+    variant("channel50", "one_shot", "channel", 0.5, grouped=True, include=r"conv\w*/kernel$"),
+    variant("channel50_interior", "one_shot", "channel", 0.5),
+    variant("block90_8", "one_shot", "block:8x8", 0.9),
+    variant("block90_16", "one_shot", "block:16x16", 0.9),
+    variant("block90_32", "one_shot", "block:32x32", 0.9),
+    variant("block75_32", "one_shot", "block:32x32", 0.75),
+    variant("nm24", "one_shot", "2:4", policy="sparse"),
+    variant("unstructured90", "one_shot", "unstructured", 0.9),
+    variant("unstructured80", "one_shot", "unstructured", 0.8),
+]}
+DEFAULT = ("block90_32", "block90_16", "unstructured90", "unstructured80", "channel50")
+
+
+def get_config(names=DEFAULT):
+    c = study_fmnist.get_config()
+    c.mode = "speed"
+    c.title = "ResNet-50 224x224: dense vs compiled sparse inference (random weights)"
+    c.base = synthetic_resnet50_224.get_config()
+    c.bench.batch_size = 16
+    c.bench.warmup = 2
+    c.bench.num_batches = 10
+    c.distill.alpha = 0.0
+    c.variants = [CATALOGUE[n] for n in names]
+    return c

@@ -1,0 +1,171 @@
+"""``run_speed(config, workdir)``: the study's speed half on random weights, without training.
+
+A study config with ``mode="speed"`` runs this instead of :func:`~jaxsparse.study.run_study`.
+For each variant: prune the randomly initialised model by magnitude (its pattern, sparsity and
+grouping, as one-shot pruning would), ``js.sparsify`` it (timing the pass), check the compiled
+model against the masked dense model on a random batch, and with ``speed.layer_table`` time
+every sparse layer at its shape (``calibrate=True``); then time dense and every variant back to
+back (compile and warm-up first, interleaved batches, medians). Random weights have no
+accuracy: the report says so and gives each variant's largest relative error against the
+masked model instead; accuracy comes from a trained study (``mode="train"``).
+
+Writes ``report.json``, ``report.md`` and TensorBoard scalars to ``workdir``; with
+``speed.results_dir`` also ``bench_sparse_<model>_<platform>_<date>.{json,md}`` there.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+import jaxsparse as js
+from jaxsparse.compiler.api import BACKENDS
+from jaxsparse.markdown import table
+from jaxsparse.study.report import speedup_spread
+from jaxsparse.study.runner import dense_config, variant_config, variants_of
+from jaxsparse.training import experiment as experiment_lib
+from jaxsparse.training import methods
+from jaxsparse.training.bench import benchmark
+from jaxsparse.training.experiment import Experiment
+from jaxsparse.training.sharding import maybe_initialize_distributed
+from jaxsparse.training.summary import Writer, environment, write_json
+from jaxsparse.training.train import say
+from jaxsparse.training.validate import check_workdir, validate_config
+
+# Largest relative error (to the output's scale) a compiled model may show against the masked
+# dense model, by precision; above it the row is marked as a mismatch.
+TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}
+
+
+def max_rel_error(exp: Experiment, masks: Any, sp: js.SparseModel, x: jax.Array) -> float:
+    """Largest ``|compiled - masked dense|`` over the masked output's largest magnitude."""
+    masked = {**exp.variables, "params": js.apply_masks(exp.variables["params"], masks)}
+    ref = np.asarray(jax.jit(exp.apply_fn)(masked, x), np.float32)
+    got = np.asarray(jax.jit(sp)(sp.variables, x), np.float32)
+    return float(np.abs(got - ref).max() / max(1e-12, np.abs(ref).max()))
+
+
+def _compile_variant(config: ml_collections.ConfigDict, v: ml_collections.ConfigDict,
+                     exp: Experiment, x: jax.Array, dense_dir: str) -> tuple[Any, dict]:
+    """Prunes and compiles one variant: ``(SparseModel, its report row)``."""
+    block = variant_config(config, v, dense_dir).sparsity
+    groups = js.channel_groups(exp.apply_fn, exp.variables, x[:1]) if v.grouped else None
+    masks = methods.one_shot_masks(block, exp.variables["params"], groups)
+    t0 = time.perf_counter()
+    sp = js.sparsify(exp.apply_fn, exp.variables, masks, x, backend=config.speed.backend,
+                     policy=v.policy)
+    pass_s = time.perf_counter() - t0
+    err = max_rel_error(exp, masks, sp, x)
+    layers = ""
+    if config.speed.layer_table and v.pattern != "channel":
+        report = js.sparsify(exp.apply_fn, exp.variables, masks, x,
+                             backend=config.speed.backend, policy="auto", calibrate=True).report
+        if any(r.timing and r.timing.measured_ratio is not None for r in report.rows):
+            layers = report.timing_markdown()  # Only kernels with a calibration (CPU, block).
+    ok = err <= TOLERANCE[config.base.precision]
+    say(f"[speed] {v.name}: pass {pass_s:.2f} s, FLOPs ratio {sp.report.flops_ratio:.3f}, "
+        f"max rel. error {err:.2e}{'' if ok else ' (MISMATCH with the masked model)'}.")
+    return sp, {"variant": v.name, "pattern": v.pattern,
+                "sparsity": js.measured_sparsity(masks),
+                "policy": v.policy, "pass_seconds": pass_s,
+                "flops_ratio": sp.report.flops_ratio, "max_rel_error": err, "verified": ok,
+                "report": sp.report.as_dict(), "layer_table": layers}
+
+
+def _markdown(rep: dict[str, Any]) -> str:
+    dense = rep["dense"]
+    cells = [["dense", "-", "-", "-", "1.000", f"{dense['weights_mib']:.1f}",
+              f"{dense['images_per_sec']:.2f}", "1.00x", f"{dense['latency_ms_p50']:.1f}",
+              "-", "-"]]
+    for r in rep["variants"]:
+        lo, hi = r["speedup_range"]
+        err = f"{r['max_rel_error']:.1e}" + ("" if r["verified"] else " MISMATCH")
+        cells.append([r["variant"], r["pattern"], f"{r['sparsity']:.3f}", r["policy"],
+                      f"{r['flops_ratio']:.3f}", f"{r['report']['bytes_after'] / 2**20:.1f}",
+                      f"{r['images_per_sec']:.2f}", f"{r['speedup']:.2f}x [{lo:.2f}-{hi:.2f}]",
+                      f"{r['latency_ms_p50']:.1f}", f"{r['pass_seconds']:.2f}", err])
+    header = ["variant", "pattern", "sparsity", "policy", "FLOPs ratio", "weights MiB",
+              "images/s", "speedup vs dense [IQR]", "p50 ms", "pass s", "max rel. error"]
+    lines = [f"{rep['model']['name']} {rep['image_shape'][0]}px, batch {rep['batch_size']}, "
+             f"{rep['precision']}, {rep['device_kind']} x{rep['device_count']}, jax "
+             f"{rep['jax']} ({rep['date']}). Random weights pruned by magnitude: no accuracy "
+             f"(see a trained study); every compiled model is checked against the masked dense "
+             f"model (max rel. error).", "", f"Command: `{rep['command']}`", "",
+             table(header, cells)]
+    for r in rep["variants"]:
+        if r["layer_table"]:
+            lines += ["", f"### {r['variant']}: per layer, measured (calibrate=True)", "",
+                      r["layer_table"]]
+    return "\n".join(lines)
+
+
+def _write(rep: dict[str, Any], text: str, folder: str, stem: str) -> None:
+    os.makedirs(folder, exist_ok=True)
+    write_json(os.path.join(folder, stem + ".json"), rep)
+    with open(os.path.join(folder, stem + ".md"), "w") as f:
+        f.write(text + "\n")
+
+
+def run_speed(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs the speed study (see the module docstring); returns the report data.
+
+    Raises:
+        ValueError: for a bad study config or workdir, before anything is compiled.
+    """
+    maybe_initialize_distributed()
+    check_workdir(workdir)
+    variants = variants_of(config)
+    base = dense_config(config)
+    dense_dir = os.path.join(workdir, "dense")  # Named in the variants' configs, never read.
+    validate_config(base, check_paths=False)
+    for v in variants:
+        validate_config(variant_config(config, v, dense_dir), check_paths=False)
+    if config.speed.backend not in BACKENDS:
+        raise ValueError(f"speed.backend={config.speed.backend!r} is not valid; use one of "
+                         f"{BACKENDS}.")
+    exp = experiment_lib.build(base, load_data=False)
+    bs = config.bench.batch_size
+    x = jax.random.normal(jax.random.key(base.seed), (bs, *exp.image_shape), exp.dtype)
+    fns, args, rows = [jax.jit(lambda v, x: exp.apply_fn(v, x))], [(exp.variables, x)], []
+    for i, v in enumerate(variants):
+        say(f"[speed] variant {i + 1}/{len(variants)}: {v.name} ({v.pattern}, policy "
+            f"{v.policy}): pruning random weights and compiling.")
+        sp, row = _compile_variant(config, v, exp, x, dense_dir)
+        fns.append(jax.jit(sp))
+        args.append((sp.variables, x))
+        rows.append(row)
+    say(f"[speed] timing {len(fns)} models back to back, batch {bs}.")
+    timings = benchmark(fns, args, bs, warmup=config.bench.warmup,
+                        num_batches=config.bench.num_batches)
+    dense = timings[0]
+    for row, t in zip(rows, timings[1:], strict=True):
+        row.update(t.as_dict(), speedup=t.images_per_sec / dense.images_per_sec,
+                   speedup_range=speedup_spread(dense.latencies_ms, t.latencies_ms))
+    weights = rows[0]["report"]["bytes_before"] if rows else 0
+    rep = {**environment(), "mode": "speed", "title": config.title,
+           "model": base.model.to_dict(), "image_shape": list(exp.image_shape),
+           "precision": base.precision, "batch_size": bs,
+           "date": datetime.date.today().isoformat(), "command": " ".join(["python",
+                                                                            *sys.argv]),
+           "dense": {**dense.as_dict(), "weights_mib": weights / 2**20}, "variants": rows}
+    text = _markdown(rep)
+    if jax.process_index() == 0:
+        _write(rep, text, workdir, "report")
+        if config.speed.results_dir:
+            stem = f"bench_sparse_{base.model.name}_{rep['platform']}_{rep['date']}"
+            _write(rep, text, config.speed.results_dir, stem)
+    writer = Writer(workdir)
+    writer.scalars(0, {"speed/dense/images_per_sec": dense.images_per_sec})
+    for r in rows:
+        writer.scalars(0, {f"speed/{r['variant']}/{k}": r[k] for k in
+                           ("images_per_sec", "speedup", "flops_ratio", "pass_seconds")})
+    writer.text("speed/report", text)
+    writer.close()
+    return rep
