@@ -84,22 +84,21 @@ def main(argv: list[str]) -> int:
     import warnings
 
     import jax
-    import jax.numpy as jnp
     import numpy as np
-    from flax import nnx
 
     import jaxsparse as js
+    from experiments.configs import synthetic_resnet50_224
     from jaxsparse.gpu import cusparselt
-    from jaxsparse.models import create_model, functional
+    from jaxsparse.training import experiment
 
     print(f"jax {jax.__version__}; cuSPARSELt FFI library: {cusparselt.status().reason}",
           flush=True)
     # The stem (3 input channels) and layers a block does not tile stay dense: expected here.
     warnings.filterwarnings("ignore", category=js.SkippedLayerWarning)
-    model = create_model("resnet50", num_classes=1000, stem="imagenet", dtype=jnp.bfloat16,
-                         rngs=nnx.Rngs(0))
-    apply_fn, variables = functional(model)
-    example = jnp.zeros((args["batch"], 224, 224, 3), jnp.bfloat16)
+    config = synthetic_resnet50_224.get_config()
+    config.precision = "bfloat16"
+    exp = experiment.build(config, load_data=False)
+    apply_fn, variables, example = exp.apply_fn, exp.variables, exp.example(args["batch"])
     failures = []
     for target in args["targets"]:
         platform = TARGETS[target][0]

@@ -9,16 +9,17 @@ import json
 import os
 import sys
 
+from jaxsparse.markdown import table
 
-def row(workdir: str) -> str:
+
+def row(workdir: str) -> list[str]:
     """One table row from a run's results.json."""
     with open(os.path.join(workdir, "results.json")) as f:
         r = json.load(f)
     sp = r.get("sparsity", {})
-    return (f"| {os.path.basename(workdir.rstrip('/'))} | {sp.get('method', 'none')} | "
-            f"{sp.get('pattern', 'dense')} | {sp.get('achieved', 0.0):.3f} | "
-            f"{r['accuracy']:.4f} | {r['epochs']:.2f} | {r['device_kind']} | {r['precision']} | "
-            f"{r['jax']} |")
+    return [os.path.basename(workdir.rstrip("/")), sp.get("method", "none"),
+            sp.get("pattern", "dense"), f"{sp.get('achieved', 0.0):.3f}", f"{r['accuracy']:.4f}",
+            f"{r['epochs']:.2f}", r["device_kind"], r["precision"], r["jax"]]
 
 
 def main() -> None:
@@ -29,10 +30,8 @@ def main() -> None:
     missing = [w for w in args.workdirs if not os.path.isfile(os.path.join(w, "results.json"))]
     if missing:
         sys.exit(f"error: no results.json in {', '.join(missing)}")
-    lines = ["| run | method | pattern | sparsity | test accuracy | epochs | device | precision "
-             "| jax |", "|---|---|---|---|---|---|---|---|---|"]
-    lines += [row(w) for w in args.workdirs]
-    text = "\n".join(lines) + "\n"
+    text = table(["run", "method", "pattern", "sparsity", "test accuracy", "epochs", "device",
+                  "precision", "jax"], [row(w) for w in args.workdirs]) + "\n"
     print(text)
     if args.out:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -45,8 +45,10 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}
 
 
 def max_rel_error(exp: Experiment, masks: Any, sp: js.SparseModel, x: jax.Array) -> float:
-    """Largest ``|compiled - masked dense|`` over the masked output's largest magnitude."""
-    masked = {**exp.variables, "params": js.apply_masks(exp.variables["params"], masks)}
+    """Largest ``|compiled - masked dense|`` over the masked output's largest magnitude
+    (``masks`` for ``exp.variables`` or for its params)."""
+    masked = js.apply_masks(exp.variables, masks) if "params" in masks else \
+        {**exp.variables, "params": js.apply_masks(exp.variables["params"], masks)}
     ref = np.asarray(jax.jit(exp.apply_fn)(masked, x), np.float32)
     got = np.asarray(jax.jit(sp)(sp.variables, x), np.float32)
     return float(np.abs(got - ref).max() / max(1e-12, np.abs(ref).max()))

@@ -39,7 +39,7 @@ class BenchResult:
 
 
 def benchmark(fns: Sequence[Callable[..., Any]], args: Sequence[tuple], batch_size: int, *,
-              warmup: int = 3, num_batches: int = 20) -> list[BenchResult]:
+              warmup: int = 3, num_batches: int = 20, reps: int = 1) -> list[BenchResult]:
     """Times several jitted functions back to back, alternating, in the same process.
 
     Each function is compiled and warmed up first; then the ``num_batches`` timed calls of
@@ -51,13 +51,16 @@ def benchmark(fns: Sequence[Callable[..., Any]], args: Sequence[tuple], batch_si
         args: the positional arguments for each function.
         batch_size: images per call (for images/s).
         warmup: untimed calls after compilation.
-        num_batches: timed calls per function.
+        num_batches: timed samples per function.
+        reps: back-to-back calls per timed sample (synchronised once, at the end): the
+            sample is their mean, so launch overhead is amortised (short GPU kernels).
 
     Returns:
         One :class:`BenchResult` per function.
     """
-    if warmup < 0 or num_batches < 1:
-        raise ValueError(f"warmup={warmup} must be >= 0 and num_batches={num_batches} >= 1.")
+    if warmup < 0 or num_batches < 1 or reps < 1:
+        raise ValueError(f"warmup={warmup} must be >= 0, num_batches={num_batches} and "
+                         f"reps={reps} >= 1.")
     compile_s = []
     for fn, a in zip(fns, args, strict=True):
         t0 = time.perf_counter()
@@ -69,6 +72,9 @@ def benchmark(fns: Sequence[Callable[..., Any]], args: Sequence[tuple], batch_si
     for _ in range(num_batches):
         for i, (fn, a) in enumerate(zip(fns, args, strict=True)):
             t0 = time.perf_counter()
-            jax.block_until_ready(fn(*a))
-            lat[i].append((time.perf_counter() - t0) * 1e3)
+            out = None
+            for _ in range(reps):
+                out = fn(*a)
+            jax.block_until_ready(out)
+            lat[i].append((time.perf_counter() - t0) * 1e3 / reps)
     return [BenchResult(batch_size, tuple(lt), c) for lt, c in zip(lat, compile_s, strict=True)]
