@@ -2,8 +2,12 @@
 
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
-from absl import flags
+from absl import app, flags, logging
+
+from jaxsparse.data import DatasetError
 
 FLAGS = flags.FLAGS
 
@@ -41,3 +45,24 @@ def parse_flags(argv: list[str]) -> list[str]:
         names = [a[2:].split("=")[0] for a in argv if a.startswith("--config.")]
         bad = [n for n in names if n.rsplit(".", 1)[-1] in msg] or names
         fail(f"invalid config override {', '.join(bad)}: {' '.join(msg.split())}")
+
+
+def run_mode(argv: list[str], modes: dict[str, Callable[[Any, str], Any]],
+             check: Callable[[Any, str], None] | None = None) -> tuple[str, Any]:
+    """Runs ``modes[config.mode](config, workdir)`` from the ``--config`` and ``--workdir``
+    flags: ``(mode, result)``. A bad mode, config (``check`` first, then the mode's own
+    checks) or dataset is one ``error:`` line and exit status 2."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax and absl are chatty at INFO.
+    config, workdir = FLAGS.config, FLAGS.workdir
+    mode = config.get("mode", "train")
+    if mode not in modes:
+        fail(f"config.mode={mode!r} is not valid; use one of {sorted(modes)}.")
+    try:
+        if check is not None:
+            check(config, workdir)  # Before any data is read or anything compiled.
+        return mode, modes[mode](config, workdir)
+    except (DatasetError, ValueError) as e:
+        fail(str(e))

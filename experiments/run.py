@@ -9,11 +9,10 @@ The logic lives in :mod:`jaxsparse.training`; this is only the command line.
 import json
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from experiments.cli import fail, parse_flags
-from jaxsparse.data import DatasetError
+from experiments.cli import parse_flags, run_mode
 from jaxsparse.training.train import run_bench, train_and_evaluate
 from jaxsparse.training.validate import validate_config
 
@@ -26,19 +25,7 @@ MODES = {"train": train_and_evaluate, "bench": run_bench}
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax and absl are chatty at INFO.
-    config = FLAGS.config
-    if config.mode not in MODES:
-        raise app.UsageError(f"config.mode={config.mode!r} is not valid; use one of "
-                             f"{sorted(MODES)}.")
-    try:
-        validate_config(config, FLAGS.workdir)  # Before any data is read or anything compiled.
-        results = MODES[config.mode](config, FLAGS.workdir)
-    except (DatasetError, ValueError) as e:
-        fail(str(e))
+    _, results = run_mode(argv, MODES, check=validate_config)
     if jax.process_index() != 0:  # One report per run: process 0's.
         return
     summary = {k: results[k] for k in ("accuracy", "images_per_sec") if k in results}

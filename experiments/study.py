@@ -11,11 +11,10 @@ in :mod:`jaxsparse.study`; this is only the command line.
 """
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from experiments.cli import fail, parse_flags
-from jaxsparse.data import DatasetError
+from experiments.cli import parse_flags, run_mode
 from jaxsparse.study import run_speed, run_study
 
 FLAGS = flags.FLAGS
@@ -27,17 +26,7 @@ MODES = {"train": run_study, "speed": run_speed}
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    mode = FLAGS.config.get("mode", "train")
-    if mode not in MODES:
-        fail(f"config.mode={mode!r} is not valid; use one of {sorted(MODES)}.")
-    try:
-        MODES[mode](FLAGS.config, FLAGS.workdir)
-    except (DatasetError, ValueError) as e:
-        fail(str(e))
+    mode, _ = run_mode(argv, MODES)
     if jax.process_index() != 0:  # One report per study: process 0's.
         return
     with open(f"{FLAGS.workdir}/report.md") as f:

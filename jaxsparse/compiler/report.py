@@ -64,13 +64,18 @@ class CompileReport:
     model_bytes_after: int = 0
     densified: tuple[tuple[str, int], ...] = ()  # (primitive, count): missing_rule="densify".
 
+    def _total(self, field: str) -> float:
+        return sum(getattr(r, field) for r in self.rows)
+
     @property
     def flops_before(self) -> float:
-        return sum(r.flops_before for r in self.rows)
+        """Conv/dot FLOPs of the masked dense model."""
+        return self._total("flops_before")
 
     @property
     def flops_after(self) -> float:
-        return sum(r.flops_after for r in self.rows)
+        """Conv/dot FLOPs the compiled model runs."""
+        return self._total("flops_after")
 
     @property
     def flops_ratio(self) -> float:
@@ -80,12 +85,12 @@ class CompileReport:
     @property
     def bytes_before(self) -> int:
         """Stored bytes of the conv/dot weights before the rewrite."""
-        return sum(r.bytes_before for r in self.rows)
+        return int(self._total("bytes_before"))
 
     @property
     def bytes_after(self) -> int:
         """Stored bytes of the conv/dot weights after it (values + indices)."""
-        return sum(r.bytes_after for r in self.rows)
+        return int(self._total("bytes_after"))
 
     def as_dict(self) -> dict[str, Any]:
         return {"pass_seconds": self.pass_seconds, "backend": self.backend,

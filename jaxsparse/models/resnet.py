@@ -46,61 +46,65 @@ def _bn(c: int, dtype, rngs: nnx.Rngs, zero_init: bool = False) -> nnx.BatchNorm
     )
 
 
-class BasicBlock(nnx.Module):
+class _Residual(nnx.Module):
+    """A residual block: its convs (each followed by BatchNorm, ReLU between them, the last
+    BatchNorm zero-initialised) plus an identity or 1x1 projection shortcut, then ReLU.
+
+    Subclasses give ``layers(cin, width, stride) -> [(cin, cout, kernel, stride), ...]``;
+    the attributes are ``conv1``/``bn1``, ``conv2``/``bn2``, ... and ``proj_conv``/``proj_bn``
+    (the names checkpoints and pruning paths use).
+    """
+
+    expansion = 1
+
+    @staticmethod
+    def layers(cin: int, width: int, stride: int) -> list[tuple[int, int, int, int]]:
+        raise NotImplementedError
+
+    def __init__(self, cin: int, width: int, stride: int, *, dtype, rngs: nnx.Rngs):
+        cout = width * self.expansion
+        spec = self.layers(cin, width, stride)
+        self.depth = len(spec)
+        for i, (a, b, k, s) in enumerate(spec, start=1):
+            setattr(self, f"conv{i}", _conv(a, b, k, s, dtype, rngs))
+            setattr(self, f"bn{i}", _bn(b, dtype, rngs, zero_init=i == len(spec)))
+        if stride != 1 or cin != cout:
+            self.proj_conv = _conv(cin, cout, 1, stride, dtype, rngs)
+            self.proj_bn = _bn(cout, dtype, rngs)
+        else:
+            self.proj_conv = None
+            self.proj_bn = None
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        ura = not train
+        y = x
+        for i in range(1, self.depth + 1):
+            y = getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(y), use_running_average=ura)
+            if i < self.depth:
+                y = nnx.relu(y)
+        if self.proj_conv is not None:
+            x = self.proj_bn(self.proj_conv(x), use_running_average=ura)
+        return nnx.relu(x + y)
+
+
+class BasicBlock(_Residual):
     """Two 3x3 convs with an identity or 1x1 projection shortcut (ResNet-18/34)."""
 
     expansion = 1
 
-    def __init__(self, cin: int, width: int, stride: int, *, dtype, rngs: nnx.Rngs):
-        cout = width * self.expansion
-        self.conv1 = _conv(cin, width, 3, stride, dtype, rngs)
-        self.bn1 = _bn(width, dtype, rngs)
-        self.conv2 = _conv(width, cout, 3, 1, dtype, rngs)
-        self.bn2 = _bn(cout, dtype, rngs, zero_init=True)
-        if stride != 1 or cin != cout:
-            self.proj_conv = _conv(cin, cout, 1, stride, dtype, rngs)
-            self.proj_bn = _bn(cout, dtype, rngs)
-        else:
-            self.proj_conv = None
-            self.proj_bn = None
-
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        ura = not train
-        y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
-        y = self.bn2(self.conv2(y), use_running_average=ura)
-        if self.proj_conv is not None:
-            x = self.proj_bn(self.proj_conv(x), use_running_average=ura)
-        return nnx.relu(x + y)
+    @staticmethod
+    def layers(cin: int, width: int, stride: int) -> list[tuple[int, int, int, int]]:
+        return [(cin, width, 3, stride), (width, width, 3, 1)]
 
 
-class BottleneckBlock(nnx.Module):
+class BottleneckBlock(_Residual):
     """1x1 reduce, 3x3 (carrying the stride, v1.5), 1x1 expand (ResNet-50/101)."""
 
     expansion = 4
 
-    def __init__(self, cin: int, width: int, stride: int, *, dtype, rngs: nnx.Rngs):
-        cout = width * self.expansion
-        self.conv1 = _conv(cin, width, 1, 1, dtype, rngs)
-        self.bn1 = _bn(width, dtype, rngs)
-        self.conv2 = _conv(width, width, 3, stride, dtype, rngs)
-        self.bn2 = _bn(width, dtype, rngs)
-        self.conv3 = _conv(width, cout, 1, 1, dtype, rngs)
-        self.bn3 = _bn(cout, dtype, rngs, zero_init=True)
-        if stride != 1 or cin != cout:
-            self.proj_conv = _conv(cin, cout, 1, stride, dtype, rngs)
-            self.proj_bn = _bn(cout, dtype, rngs)
-        else:
-            self.proj_conv = None
-            self.proj_bn = None
-
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        ura = not train
-        y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
-        y = nnx.relu(self.bn2(self.conv2(y), use_running_average=ura))
-        y = self.bn3(self.conv3(y), use_running_average=ura)
-        if self.proj_conv is not None:
-            x = self.proj_bn(self.proj_conv(x), use_running_average=ura)
-        return nnx.relu(x + y)
+    @staticmethod
+    def layers(cin: int, width: int, stride: int) -> list[tuple[int, int, int, int]]:
+        return [(cin, width, 1, 1), (width, width, 3, stride), (width, 4 * width, 1, 1)]
 
 
 class Stem(nnx.Module):

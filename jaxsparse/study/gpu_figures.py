@@ -38,22 +38,19 @@ from jaxsparse.study.speed import max_rel_error
 from jaxsparse.training.bench import benchmark
 from jaxsparse.training.experiment import Experiment
 
-# ResNet50 as GEMMs: (name, rows per image, K, N).
-GEMMS = [
-    ("layer1 1x1 64->256", 56 * 56, 64, 256),
-    ("layer1 1x1 256->64", 56 * 56, 256, 64),
-    ("layer1 3x3 64 (im2col)", 56 * 56, 576, 64),
-    ("layer2 1x1 128->512", 28 * 28, 128, 512),
-    ("layer2 1x1 512->128", 28 * 28, 512, 128),
-    ("layer2 3x3 128 (im2col)", 28 * 28, 1152, 128),
-    ("layer3 1x1 256->1024", 14 * 14, 256, 1024),
-    ("layer3 1x1 1024->256", 14 * 14, 1024, 256),
-    ("layer3 3x3 256 (im2col)", 14 * 14, 2304, 256),
-    ("layer4 1x1 512->2048", 7 * 7, 512, 2048),
-    ("layer4 1x1 2048->512", 7 * 7, 2048, 512),
-    ("layer4 3x3 512 (im2col)", 7 * 7, 4608, 512),
-    ("fc 2048->1024 (1000 padded)", 1, 2048, 1024),
-]
+
+def _resnet50_gemms() -> list[tuple[str, int, int, int]]:
+    """ResNet-50's GEMMs: ``(name, rows per image, K, N)``; per stage (output size, width) the
+    1x1 expand, the 1x1 reduce and the 3x3 as an im2col GEMM, then the classifier."""
+    out = []
+    for i, (hw, c) in enumerate([(56, 64), (28, 128), (14, 256), (7, 512)], start=1):
+        out += [(f"layer{i} 1x1 {c}->{4 * c}", hw * hw, c, 4 * c),
+                (f"layer{i} 1x1 {4 * c}->{c}", hw * hw, 4 * c, c),
+                (f"layer{i} 3x3 {c} (im2col)", hw * hw, 9 * c, c)]
+    return out + [("fc 2048->1024 (1000 padded)", 1, 2048, 1024)]
+
+
+GEMMS = _resnet50_gemms()
 # name -> (pattern, sparsity, coupled channel groups first, then 2:4 on the kept channels).
 VARIANTS = {
     "nm24": ("2:4", None, False, False),

@@ -29,6 +29,8 @@ CASES = [
      "distill.alpha=0.5 needs distill.teacher"),
     ("study", ["--config=experiments/configs/study_smoke.py", "--workdir={tmp}/afile"],
      "--workdir='{tmp}/afile' is a file"),
+    ("run", [SMOKE, "--workdir={tmp}/w", NO_DATA, "--config.mode=serve"],
+     "config.mode='serve' is not valid"),
     ("study", ["--config=experiments/configs/nope.py", "--workdir={tmp}/s"],
      "--config file 'experiments/configs/nope.py' does not exist"),
     ("study", ["--config=experiments/configs/study_smoke.py", "--workdir={tmp}/w",

@@ -55,18 +55,22 @@ struct Vec {
 }  // namespace scalar
 
 #if defined(__x86_64__)
+// The vector type of one instruction set: REG registers of LANES floats, intrinsics MM_*.
+#define JAXSPARSE_SIMD_VEC(REG, LANES, MM)                                  \
+  struct Vec {                                                              \
+    using T = REG;                                                          \
+    static constexpr int kLanes = LANES;                                    \
+    static T Zero() { return MM##_setzero_ps(); }                           \
+    static T Load(const float* p) { return MM##_loadu_ps(p); }              \
+    static T Set1(float x) { return MM##_set1_ps(x); }                      \
+    static T Fma(T a, T b, T c) { return MM##_fmadd_ps(a, b, c); }          \
+    static void Store(float* p, T v) { MM##_storeu_ps(p, v); }              \
+  };
+
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
-struct Vec {
-  using T = __m256;
-  static constexpr int kLanes = 8;
-  static T Zero() { return _mm256_setzero_ps(); }
-  static T Load(const float* p) { return _mm256_loadu_ps(p); }
-  static T Set1(float x) { return _mm256_set1_ps(x); }
-  static T Fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
-  static void Store(float* p, T v) { _mm256_storeu_ps(p, v); }
-};
+JAXSPARSE_SIMD_VEC(__m256, 8, _mm256)
 #include "block_tile.inc"
 }  // namespace avx2
 #pragma GCC pop_options
@@ -74,15 +78,7 @@ struct Vec {
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 namespace avx512 {
-struct Vec {
-  using T = __m512;
-  static constexpr int kLanes = 16;
-  static T Zero() { return _mm512_setzero_ps(); }
-  static T Load(const float* p) { return _mm512_loadu_ps(p); }
-  static T Set1(float x) { return _mm512_set1_ps(x); }
-  static T Fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
-  static void Store(float* p, T v) { _mm512_storeu_ps(p, v); }
-};
+JAXSPARSE_SIMD_VEC(__m512, 16, _mm512)
 #include "block_tile.inc"
 }  // namespace avx512
 #pragma GCC pop_options
