@@ -6,10 +6,19 @@ from collections.abc import Callable
 from typing import Any
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 from jaxsparse.data import DatasetError
 
 FLAGS = flags.FLAGS
+
+
+def define_flags(what: str, workdir_help: str) -> None:
+    """The required ``--config`` (a ``what`` config file; ``--config.a.b=v`` overrides) and
+    ``--workdir`` flags."""
+    flags.DEFINE_string("workdir", None, workdir_help)
+    config_flags.DEFINE_config_file("config", None, f"{what} config file.", lock_config=True)
+    flags.mark_flags_as_required(["config", "workdir"])
 
 
 def fail(message: str) -> None:

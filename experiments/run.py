@@ -10,16 +10,13 @@ import json
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
-from experiments.cli import parse_flags, run_mode
+from experiments.cli import define_flags, parse_flags, run_mode
 from jaxsparse.training.train import run_bench, train_and_evaluate
 from jaxsparse.training.validate import validate_config
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Folder for checkpoints, TensorBoard events and results.")
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+define_flags("Experiment", "Folder for checkpoints, TensorBoard events and results.")
 
 MODES = {"train": train_and_evaluate, "bench": run_bench}
 

@@ -12,15 +12,12 @@ in :mod:`jaxsparse.study`; this is only the command line.
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
-from experiments.cli import parse_flags, run_mode
+from experiments.cli import define_flags, parse_flags, run_mode
 from jaxsparse.study import run_speed, run_study
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Folder of the study (one subfolder per variant).")
-config_flags.DEFINE_config_file("config", None, "Study config file.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+define_flags("Study", "Folder of the study (one subfolder per variant).")
 
 MODES = {"train": run_study, "speed": run_speed}
 

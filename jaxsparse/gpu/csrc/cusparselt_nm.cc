@@ -91,19 +91,37 @@ class TempBuffer {
   bool ok_ = true;
 };
 
+// Objects built once per key and kept for the process (cuSPARSELt handles and plans).
+template <typename K, typename V>
+class Cache {
+ public:
+  // The object of `key`, built by `init(V*)` on first use; a failed `init` keeps nothing,
+  // so the next call tries again.
+  template <typename Init>
+  ffi::Error Get(const K& key, Init init, V** out) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& slot = items_[key];
+    if (!slot) {
+      auto fresh = std::make_unique<V>();
+      if (ffi::Error e = init(fresh.get()); e.failure()) return e;
+      slot = std::move(fresh);
+    }
+    *out = slot.get();
+    return ffi::Error::Success();
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<K, std::unique_ptr<V>> items_;
+};
+
 // One cuSPARSELt handle per device, created on first use and kept for the process.
 ffi::Error HandleFor(int device, cusparseLtHandle_t** out) {
-  static std::mutex mu;
-  static std::map<int, std::unique_ptr<cusparseLtHandle_t>> handles;
-  std::lock_guard<std::mutex> lock(mu);
-  auto& h = handles[device];
-  if (!h) {
-    auto fresh = std::make_unique<cusparseLtHandle_t>();
-    JS_CHECK(cusparseLtInit(fresh.get()));
-    h = std::move(fresh);
-  }
-  *out = h.get();
-  return ffi::Error::Success();
+  static Cache<int, cusparseLtHandle_t> handles;
+  return handles.Get(device, [](cusparseLtHandle_t* h) -> ffi::Error {
+    JS_CHECK(cusparseLtInit(h));
+    return ffi::Error::Success();
+  }, out);
 }
 
 ffi::Error CurrentDevice(int* device) {
@@ -136,32 +154,25 @@ struct Plan {
 using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int>;
 
 ffi::Error PlanFor(cusparseLtHandle_t* h, const PlanKey& key, cudaDataType t, Plan** out) {
-  static std::mutex mu;
-  static std::map<PlanKey, std::unique_ptr<Plan>> plans;
-  std::lock_guard<std::mutex> lock(mu);
-  auto& p = plans[key];
-  if (!p) {
-    auto fresh = std::make_unique<Plan>();
+  static Cache<PlanKey, Plan> plans;
+  return plans.Get(key, [&](Plan* p) -> ffi::Error {
     const auto [device, cout, k, n, dtype] = key;
     (void)device;
     (void)dtype;
-    if (auto e = SparseDescriptor(h, cout, k, t, &fresh->a); e.failure()) return e;
-    JS_CHECK(cusparseLtDenseDescriptorInit(h, &fresh->b, k, n, k, kAlignment, t,
+    if (auto e = SparseDescriptor(h, cout, k, t, &p->a); e.failure()) return e;
+    JS_CHECK(cusparseLtDenseDescriptorInit(h, &p->b, k, n, k, kAlignment, t,
                                            CUSPARSE_ORDER_COL));
-    JS_CHECK(cusparseLtDenseDescriptorInit(h, &fresh->d, cout, n, cout, kAlignment, t,
+    JS_CHECK(cusparseLtDenseDescriptorInit(h, &p->d, cout, n, cout, kAlignment, t,
                                            CUSPARSE_ORDER_COL));
-    JS_CHECK(cusparseLtMatmulDescriptorInit(h, &fresh->matmul, CUSPARSE_OPERATION_NON_TRANSPOSE,
-                                            CUSPARSE_OPERATION_NON_TRANSPOSE, &fresh->a,
-                                            &fresh->b, &fresh->d, &fresh->d,
-                                            CUSPARSE_COMPUTE_32F));
-    JS_CHECK(cusparseLtMatmulAlgSelectionInit(h, &fresh->alg, &fresh->matmul,
+    JS_CHECK(cusparseLtMatmulDescriptorInit(h, &p->matmul, CUSPARSE_OPERATION_NON_TRANSPOSE,
+                                            CUSPARSE_OPERATION_NON_TRANSPOSE, &p->a, &p->b,
+                                            &p->d, &p->d, CUSPARSE_COMPUTE_32F));
+    JS_CHECK(cusparseLtMatmulAlgSelectionInit(h, &p->alg, &p->matmul,
                                               CUSPARSELT_MATMUL_ALG_DEFAULT));
-    JS_CHECK(cusparseLtMatmulPlanInit(h, &fresh->plan, &fresh->matmul, &fresh->alg));
-    JS_CHECK(cusparseLtMatmulGetWorkspace(h, &fresh->plan, &fresh->workspace));
-    p = std::move(fresh);
-  }
-  *out = p.get();
-  return ffi::Error::Success();
+    JS_CHECK(cusparseLtMatmulPlanInit(h, &p->plan, &p->matmul, &p->alg));
+    JS_CHECK(cusparseLtMatmulGetWorkspace(h, &p->plan, &p->workspace));
+    return ffi::Error::Success();
+  }, out);
 }
 
 ffi::Error Compress(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer w,
