@@ -2,7 +2,7 @@
 
 A package lists its renames and sets ``__getattr__ = renamed(__name__, {...})`` (PEP 562), so
 ``getattr(package, old)`` warns with a ``DeprecationWarning`` naming the new spelling and
-returns the new object.
+returns the new object; a renamed argument value calls :func:`warn` where it is accepted.
 """
 
 from __future__ import annotations
@@ -14,6 +14,12 @@ from typing import Any
 REMOVED_IN = "0.3"
 
 
+def warn(old: str, new: str, stacklevel: int = 3) -> None:
+    """Warns that ``old`` is deprecated in favour of ``new`` (both as the user writes them)."""
+    warnings.warn(f"{old} is deprecated and will be removed in jaxsparse {REMOVED_IN}; use "
+                  f"{new}.", DeprecationWarning, stacklevel=stacklevel)
+
+
 def renamed(module: str, names: dict[str, tuple[str, Callable[[], Any]]]
             ) -> Callable[[str], Any]:
     """A module ``__getattr__`` for ``{old name: (new name, () -> new object)}``."""
@@ -21,9 +27,7 @@ def renamed(module: str, names: dict[str, tuple[str, Callable[[], Any]]]
     def __getattr__(name: str) -> Any:
         if name in names:
             new, get = names[name]
-            warnings.warn(f"{module}.{name} is deprecated and will be removed in jaxsparse "
-                          f"{REMOVED_IN}; use {module}.{new}.", DeprecationWarning,
-                          stacklevel=2)
+            warn(f"{module}.{name}", f"{module}.{new}")
             return get()
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
 

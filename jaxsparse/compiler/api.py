@@ -63,7 +63,7 @@ def resolve_backend(backend: str, platform: str, interpret: bool = False
         raise ValueError(f"backend={backend!r} is not valid; use one of {BACKENDS}.")
     if backend != "auto":
         try:
-            backend, interpret = check_impl(backend, interpret)
+            backend, interpret = check_impl(backend, interpret, stacklevel=5)
         except ValueError as e:
             raise ValueError(str(e).replace("impl=", "backend=")) from None
     st = cpu_library.status()

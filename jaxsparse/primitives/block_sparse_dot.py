@@ -30,14 +30,13 @@ program traced on a CPU machine lowers for ``cuda`` or ``tpu`` with that target'
 
 from __future__ import annotations
 
-import warnings
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from jaxsparse import deprecation
 from jaxsparse.kernels import cpu_sparse_conv
 from jaxsparse.kernels.window import ConvWindow, im2col
 from jaxsparse.primitives.rules import bilinear_jvp, rows_batcher
@@ -107,16 +106,15 @@ def block_sparse_dot_xla(x: jax.Array, values: jax.Array, rows: jax.Array) -> ja
     return y.reshape(b, cb * bw).astype(x.dtype)
 
 
-def check_impl(impl: str, interpret: bool) -> tuple[str, bool]:
+def check_impl(impl: str, interpret: bool, stacklevel: int = 4) -> tuple[str, bool]:
     """``(impl, interpret)`` checked, with the 0.1 spelling ``"pallas_interpret"`` mapped.
 
     Raises:
         ValueError: for an unknown ``impl``, or ``interpret`` without ``impl="pallas"``.
     """
     if impl == "pallas_interpret":
-        warnings.warn("impl='pallas_interpret' is deprecated and will be removed in jaxsparse "
-                      "0.3; use impl='pallas', interpret=True.", DeprecationWarning,
-                      stacklevel=3)
+        deprecation.warn("impl='pallas_interpret'", "impl='pallas', interpret=True",
+                         stacklevel=stacklevel)  # Points at the user's call.
         impl, interpret = "pallas", True
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r} is not valid; use one of {IMPLS}.")
