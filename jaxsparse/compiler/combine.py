@@ -28,11 +28,11 @@ def nm_on_kept_channels(apply_fn: Callable[..., Any], variables: Any, masks: Any
     """Adds an N:M mask (by magnitude) inside the kept channels of every channel-masked layer.
 
     Args:
-        apply_fn: the model function, as for :func:`jaxsparse.compile`.
+        apply_fn: the model function, as for :func:`jaxsparse.sparsify`.
         variables: its variables.
         masks: channel masks for ``variables`` or ``variables["params"]`` (from
             :func:`jaxsparse.prune` with the ``channel`` pattern and channel groups).
-        *example_args: example inputs, as for :func:`jaxsparse.compile`.
+        *example_args: example inputs, as for :func:`jaxsparse.sparsify`.
         pattern: the N:M pattern to add.
 
     Returns:

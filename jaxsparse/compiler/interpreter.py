@@ -117,7 +117,7 @@ def _no_rule(ctx: Context, eqn, invals: list) -> list:
     if sliced and ctx.missing_rule != "densify":
         s = sliced[0]
         raise UnsupportedPrimitiveError(
-            f"jaxsparse.compile: no rule for primitive {eqn.primitive.name!r}, which reads an "
+            f"jaxsparse.sparsify: no rule for primitive {eqn.primitive.name!r}, which reads an "
             f"activation with removed channels ({len(s.keep)} of {s.full} kept on axis "
             f"{s.axis}). Pass missing_rule='densify' to rebuild the full activation there "
             f"(exact; layers after it lose their input slicing), or teach the primitive to "

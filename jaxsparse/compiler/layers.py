@@ -425,8 +425,8 @@ def apply(ctx: Context, key: str, plan: LayerPlan, eqn, x: Any, w: WRef) -> list
     in_keep, out_keep = plan.in_keep, plan.out_keep
     if in_keep is not None:
         if not (isinstance(x, Sliced) and np.array_equal(x.keep, in_keep)):
-            raise RuntimeError(f"jaxsparse.compile: the input channels of {w.path} changed "
-                               f"between compile time and run time; recompile.")
+            raise RuntimeError(f"jaxsparse.sparsify: the input channels of {w.path} changed "
+                               f"between compile time and run time; sparsify again.")
         xd = x.data
     else:
         xd = ctx.plain(x)
