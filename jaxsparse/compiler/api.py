@@ -122,8 +122,7 @@ class SparseModel:
         vals = [WRef(path_str(p), v, None) if is_rewritten(v) or np.ndim(v) >= 2 else v
                 for p, v in leaves]
         ctx = Context(compiling=False, plan=self._plan, apply=layers.apply,
-                      folded=variables.get("folded", {}), options=self._options,
-                      missing_rule=self._options.missing_rule)
+                      folded=variables.get("folded", {}), options=self._options)
         flat_args = jax.tree.leaves(args)
         expected = [(v.aval.shape, v.aval.dtype) for v in
                     self._jaxpr.jaxpr.invars[len(leaves):]]
@@ -211,7 +210,7 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
     forced: frozenset[str] = frozenset()
     while True:
         ctx = Context(compiling=True, plan={}, decide=layers.decide, apply=layers.apply,
-                      options=opts, forced_dense=forced, missing_rule=missing_rule)
+                      options=opts, forced_dense=forced)
         vals = [WRef(p, v, mask_of.get(p)) if np.ndim(v) >= 2 else v
                 for p, v in zip(paths, leaves, strict=True)]
 

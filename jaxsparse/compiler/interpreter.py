@@ -47,13 +47,13 @@ class Context:
         apply: callback ``(ctx, key, plan, eqn, x, wref) -> outputs`` running a layer's plan.
         folded: constant bias maps folded from removed channels, by plan key.
         materialized: paths of weights read densely by an op without a rule (compile time).
-        options: compile options (policy, kernel implementation, platform).
+        options: compile options (``layers.Options``: policy, kernel implementation, platform,
+            ``missing_rule``: a sliced activation at a primitive with no rule raises, or with
+            ``"densify"`` is rebuilt in full there).
         rewritten: compile time: the rewritten weight of each rewritten leaf, by path.
         rows: compile time: the report rows.
         conflicts: compile time: leaves rewritten twice or also read densely.
         forced_dense: leaves the layer rules must leave whole (from an earlier attempt).
-        missing_rule: ``"error"`` or ``"densify"``: a sliced activation at a primitive with no
-            rule raises, or is rebuilt in full there.
         densified: compile time: ``{primitive name: count}`` of the places a sliced activation
             was rebuilt in full because of ``missing_rule="densify"``.
     """
@@ -69,7 +69,6 @@ class Context:
     rows: list = dataclasses.field(default_factory=list)
     conflicts: set[str] = dataclasses.field(default_factory=set)
     forced_dense: frozenset[str] = frozenset()
-    missing_rule: str = "error"
     densified: dict[str, int] = dataclasses.field(default_factory=dict)
     counter: int = 0
 
@@ -114,7 +113,7 @@ def _no_rule(ctx: Context, eqn, invals: list) -> list:
     """A primitive without a rule: weights are read densely (the pass then keeps them whole);
     a sliced activation is an error naming the primitive, unless ``missing_rule="densify"``."""
     sliced = [v for v in invals if isinstance(v, Sliced)]
-    if sliced and ctx.missing_rule != "densify":
+    if sliced and ctx.options.missing_rule != "densify":
         s = sliced[0]
         raise UnsupportedPrimitiveError(
             f"jaxsparse.sparsify: no rule for primitive {eqn.primitive.name!r}, which reads an "
