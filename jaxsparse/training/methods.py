@@ -20,7 +20,7 @@ import ml_collections
 import optax
 
 from jaxsparse.pruning import schedules
-from jaxsparse.pruning.patterns import NM, Channel, Pattern, parse_pattern
+from jaxsparse.pruning.patterns import NM, Pattern, parse_pattern
 from jaxsparse.pruning.prune import apply_masks, layer_densities, measured_sparsity, prune
 from jaxsparse.pruning.report import sparsity_report
 from jaxsparse.pruning.srste import sr_ste, ste_params
@@ -164,12 +164,16 @@ def setup(config: ml_collections.ConfigDict, params: Any, tx: optax.GradientTran
                                                groups))
 
 
+def target_sparsity(pattern: Pattern, sparsity: float) -> float | None:
+    """The sparsity a block's ``sparsity`` field asks of ``pattern``: None for N:M left at 0
+    (N:M fixes its own, 1 - N/M; 0 means "not given"), else the field (checked by ``prune``)."""
+    return None if isinstance(pattern, NM) and not sparsity else sparsity
+
+
 def _resolve(config: ml_collections.ConfigDict) -> tuple[Pattern, float | None, str | None]:
     """``(pattern, target sparsity or None for N:M, include or None)`` of a sparsity block."""
     pattern = parse_pattern(config.pattern)
-    # N:M fixes its own sparsity; 0 (the default) means "not given", anything else is checked.
-    target = None if isinstance(pattern, NM) and not config.sparsity else config.sparsity
-    return pattern, target, config.include or None
+    return pattern, target_sparsity(pattern, config.sparsity), config.include or None
 
 
 def one_shot_masks(config: ml_collections.ConfigDict, params: Any, groups: Any = None) -> Any:
@@ -178,10 +182,7 @@ def one_shot_masks(config: ml_collections.ConfigDict, params: Any, groups: Any =
 
     Raises:
         ValueError: for a pattern or sparsity that does not fit ``params``, or groups with a
-            pattern other than channel.
+            pattern other than channel (:func:`~jaxsparse.prune` checks both).
     """
     pattern, target, include = _resolve(config)
-    if groups is not None and not isinstance(pattern, Channel):
-        raise ValueError(f"sparsity.grouped=True needs the channel pattern; got "
-                         f"{config.pattern!r}.")
     return prune(params, pattern, target, config.distribution, include, groups=groups)

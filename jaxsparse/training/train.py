@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from jaxsparse import data as data_lib
 from jaxsparse.compiler.groups import channel_groups
-from jaxsparse.pruning.patterns import NM, parse_pattern
+from jaxsparse.pruning.patterns import parse_pattern
 from jaxsparse.training import experiment as experiment_lib
 from jaxsparse.training import methods, optim, steps
 from jaxsparse.training.bench import benchmark
@@ -49,7 +49,7 @@ def run_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
         hp["sparsity"] = {**hp["sparsity"], "pattern": "dense", "sparsity": 0.0}
     else:
         pattern = parse_pattern(s.pattern)
-        if isinstance(pattern, NM) and not s.sparsity:
+        if methods.target_sparsity(pattern, s.sparsity) is None:  # N:M: 1 - N/M.
             hp["sparsity"] = {**hp["sparsity"], "sparsity": 1.0 - pattern.n / pattern.m}
     return hp
 

@@ -18,11 +18,11 @@ import os
 import jax.numpy as jnp
 import ml_collections
 
+from jaxsparse.pruning.distributions import DISTRIBUTIONS
 from jaxsparse.pruning.masks import check_sparsity
 from jaxsparse.pruning.patterns import NM, Channel, parse_pattern
 from jaxsparse.training import methods
 
-DISTRIBUTIONS = ("uniform", "erk", "global")
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The sparsity block's values when pruning is off (experiments/configs/default.py; a test keeps
 # the two equal). Any other value needs a method.
@@ -70,8 +70,7 @@ def check_sparsity_block(s: ml_collections.ConfigDict) -> None:
         pattern = parse_pattern(s.pattern)
     except ValueError as e:
         raise ValueError(f"sparsity.{e}") from None
-    target = None if isinstance(pattern, NM) and not s.sparsity else s.sparsity
-    check_sparsity(pattern, target, "sparsity.sparsity")
+    check_sparsity(pattern, methods.target_sparsity(pattern, s.sparsity), "sparsity.sparsity")
     if s.method == "sr_ste" and not isinstance(pattern, NM):
         raise ValueError(f"sparsity.method='sr_ste' needs an N:M pattern; got "
                          f"sparsity.pattern={s.pattern!r}.")
