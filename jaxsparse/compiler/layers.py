@@ -343,9 +343,9 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
         out_keep = np.zeros(1, np.int64)  # Keep one (all-zero) channel: no zero-size arrays.
     if why is not None or (in_keep is None and out_keep is None and w.mask is None):
         action = "dense (unchanged)" if why is None else "dense (unsupported)"
-        ctx.rows.append(CompiledLayer(w.path, kind, shape, "dense" if w.mask is None else "masked",
-                                 action, before, before, why or "no mask", dense_bytes,
-                                 dense_bytes))
+        ctx.rows.append(CompiledLayer(w.path, kind, shape,
+                                      "dense" if w.mask is None else "masked", action, before,
+                                      before, why or "no mask", dense_bytes, dense_bytes))
         return UNCHANGED
     x_aval = eqn.invars[0].aval
     dtype = np.dtype(w.dtype or x_aval.dtype)
@@ -413,7 +413,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
     else:
         label = str(pattern) if pattern is not None else "dense"
     ctx.rows.append(CompiledLayer(w.path, kind, shape, label, action, before, after, reason,
-                             dense_bytes, nbytes(weight), timing))
+                                  dense_bytes, nbytes(weight), timing))
     return LayerPlan(low, kind, layout.in_keep, layout.out_keep, fold is not None)
 
 

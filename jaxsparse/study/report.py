@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from jaxsparse.compiler.report import CompiledLayer
 from jaxsparse.markdown import table
 
 MASK_ONLY_RATIO = 0.99
@@ -91,11 +93,11 @@ def speedup_spread(dense_ms: list[float], variant_ms: list[float]) -> tuple[floa
     return float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))
 
 
-def dense_reason(rows: list[dict[str, Any]]) -> str:
-    """The compiler's most frequent reason for keeping a pruned layer dense (compile-report
-    rows as dicts), or "" when every pruned layer went sparse."""
-    why = collections.Counter(r["why"] for r in rows
-                              if r["pattern"] != "dense" and r["action"].startswith("dense"))
+def dense_reason(rows: Sequence[CompiledLayer]) -> str:
+    """The compiler's most frequent reason for keeping a pruned layer dense (a compile report's
+    rows), or "" when every pruned layer went sparse."""
+    why = collections.Counter(r.why for r in rows
+                              if r.pattern != "dense" and r.action.startswith("dense"))
     return why.most_common(1)[0][0] if why else ""
 
 

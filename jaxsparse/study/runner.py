@@ -130,8 +130,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     bs = config.bench.batch_size
     example = exp.example(bs)
     dense_vars = exp.load_variables(dense_dir)
-    rows = [report_lib.VariantRow("dense", "dense", "none", 0.0, 1.0, dense_res["accuracy"], None,
-                           False)]
+    rows = [report_lib.VariantRow("dense", "dense", "none", 0.0, 1.0, dense_res["accuracy"],
+                                  None, False)]
     fns, args, dirs = [jax.jit(lambda v, x: apply_fn(v, x))], [(dense_vars, example)], \
         [dense_dir]
     train.say(f"[study] dense: test accuracy {dense_res['accuracy']:.4f}.")
@@ -160,9 +160,10 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         train.say(f"[study] {v.name}: compiled accuracy {acc:.4f} (masked "
                   f"{res['accuracy']:.4f}), FLOPs ratio {sp.report.flops_ratio:.3f}.")
         ratio = sp.report.flops_ratio
-        rows.append(report_lib.VariantRow(v.name, v.pattern, v.method, res["sparsity"]["achieved"],
-                                   ratio, acc, None, ratio >= report_lib.MASK_ONLY_RATIO,
-                                   report_lib.dense_reason(sp.report.as_dict()["layers"])))
+        rows.append(report_lib.VariantRow(v.name, v.pattern, v.method,
+                                          res["sparsity"]["achieved"], ratio, acc, None,
+                                          ratio >= report_lib.MASK_ONLY_RATIO,
+                                          report_lib.dense_reason(sp.report.rows)))
         fns.append(jax.jit(sp))
         args.append((sp.variables, example))
         dirs.append(vdir)
