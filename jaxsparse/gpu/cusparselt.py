@@ -12,13 +12,15 @@ portable lowering.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import functools
 import glob
 import os
 
 import jax
 import jax.numpy as jnp
+
+from jaxsparse import ffi_library
+from jaxsparse.ffi_library import LibraryStatus
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "csrc", "cusparselt_nm.cc")
@@ -52,15 +54,6 @@ def nvidia_dirs() -> list[str]:
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class LibraryStatus:
-    """Whether the cuSPARSELt targets are registered, the library's path, and why not."""
-
-    available: bool
-    path: str | None
-    reason: str
-
-
 def _preload_wheel_libraries() -> None:
     """Loads libcusparseLt / libcudart from the NVIDIA wheels (global symbols), so the FFI
     library finds them wherever the wheels were installed."""
@@ -75,21 +68,9 @@ def _preload_wheel_libraries() -> None:
 
 @functools.cache
 def _library() -> tuple[ctypes.CDLL | None, LibraryStatus]:
-    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
-        return None, LibraryStatus(False, None, f"disabled by {DISABLE_ENV}")
-    path = LIBRARY
-    if not os.path.isfile(path):
-        return None, LibraryStatus(False, None, f"the cuSPARSELt FFI library is not built; "
-                                                f"{BUILD_HINT}")
-    try:
-        _preload_wheel_libraries()
-        lib = ctypes.CDLL(path)
-        for target, symbol in TARGETS.items():
-            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
-                                        platform="CUDA")
-    except (OSError, AttributeError) as e:
-        return None, LibraryStatus(False, path, f"{path} does not load ({e}); {BUILD_HINT}")
-    return lib, LibraryStatus(True, path, "loaded")
+    return ffi_library.load(LIBRARY, TARGETS, "CUDA", disable_env=DISABLE_ENV,
+                            missing=f"the cuSPARSELt FFI library is not built; {BUILD_HINT}",
+                            hint=BUILD_HINT, preload=_preload_wheel_libraries)
 
 
 def status() -> LibraryStatus:
@@ -173,14 +154,3 @@ def matmul(x: jax.Array, blob: jax.Array, cout: int) -> jax.Array:
 def nm_matmul(x: jax.Array, w_dense: jax.Array) -> jax.Array:
     """``x @ W`` for a dense-stored 2:4 ``W``: compress, then the sparse GEMM (CUDA only)."""
     return matmul(x, compress(w_dense.astype(x.dtype)), w_dense.shape[1])
-
-
-def example_blob_sizes(shapes: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
-    """``(k, cout, exact bytes)`` per shape from cuSPARSELt itself (needs a GPU; -1 without)."""
-    lib, _ = _library()
-    fn = None if lib is None else lib.JaxsparseCusparseltCompressedSize
-    if fn is not None:
-        fn.restype = ctypes.c_int64
-        fn.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
-    return [(k, c, -1 if fn is None else int(fn(k, c, 0))) for k, c in shapes]
-

@@ -8,13 +8,12 @@ portable XLA lowering (``js.sparsify``'s report names the kernel each layer got)
 
 from __future__ import annotations
 
-import ctypes
-import dataclasses
 import functools
 import importlib.machinery
 import os
 
-import jax
+from jaxsparse import ffi_library
+from jaxsparse.ffi_library import LibraryStatus
 
 LIBRARY_STEM = "_cpu_kernels"
 TARGETS = {
@@ -24,15 +23,6 @@ TARGETS = {
 DISABLE_ENV = "JAXSPARSE_DISABLE_CPU_KERNELS"
 REBUILD_HINT = ("rebuild it with a C++ compiler (g++) present: `pip install -e .` in the "
                 "repository (or `bash scripts/setup.sh`)")
-
-
-@dataclasses.dataclass(frozen=True)
-class LibraryStatus:
-    """Whether the CPU kernels can be used, where the library is, and why not otherwise."""
-
-    available: bool
-    path: str | None
-    reason: str
 
 
 def library_path() -> str | None:
@@ -48,20 +38,9 @@ def library_path() -> str | None:
 @functools.cache
 def status() -> LibraryStatus:
     """Loads the library once and registers its FFI targets for the ``cpu`` platform."""
-    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
-        return LibraryStatus(False, None, f"disabled by {DISABLE_ENV}")
-    path = library_path()
-    if path is None:
-        return LibraryStatus(False, None, f"the CPU kernel library was not built; "
-                                          f"{REBUILD_HINT}")
-    try:
-        lib = ctypes.cdll.LoadLibrary(path)
-        for target, symbol in TARGETS.items():
-            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
-                                        platform="cpu")
-    except (OSError, AttributeError) as e:
-        return LibraryStatus(False, path, f"{path} does not load ({e}); {REBUILD_HINT}")
-    return LibraryStatus(True, path, "loaded")
+    return ffi_library.load(library_path(), TARGETS, "cpu", disable_env=DISABLE_ENV,
+                            missing=f"the CPU kernel library was not built; {REBUILD_HINT}",
+                            hint=REBUILD_HINT)[1]
 
 
 def available() -> bool:

@@ -284,21 +284,3 @@ extern "C" int JaxsparseCusparseltVersion() {
   cusparseLtDestroy(&h);
   return version;
 }
-
-// Bytes of the compressed blob of a (K, cout) weight of dtype code 0 (bf16) or 1 (f16), or a
-// negative cusparseStatus_t when no GPU is usable; lets packing on a GPU reserve the exact size.
-extern "C" int64_t JaxsparseCusparseltCompressedSize(int64_t k, int64_t cout, int dtype) {
-  cusparseLtHandle_t* h;
-  int device;
-  if (cudaGetDevice(&device) != cudaSuccess) return -1;
-  if (jaxsparse::HandleFor(device, &h).failure()) return -1;
-  cusparseLtMatDescriptor_t a;
-  if (jaxsparse::SparseDescriptor(h, cout, k, dtype == 0 ? CUDA_R_16BF : CUDA_R_16F, &a)
-          .failure())
-    return -1;
-  size_t size = 0, buffer_size = 0;
-  cusparseStatus_t s = cusparseLtSpMMACompressedSize2(h, &a, &size, &buffer_size);
-  cusparseLtMatDescriptorDestroy(&a);
-  if (s != CUSPARSE_STATUS_SUCCESS) return -static_cast<int64_t>(s) - 1;
-  return static_cast<int64_t>(size);
-}
