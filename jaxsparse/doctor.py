@@ -18,7 +18,7 @@ import numpy as np
 
 def _lowers(fn, args, platform: str) -> str:
     """``"ok (custom calls)"`` when ``fn`` lowers for ``platform``, else the error's first line."""
-    from jaxsparse.gpu.aot import cuda_target
+    from jaxsparse.gpu.aot import cuda_target, custom_calls
 
     t0 = time.perf_counter()
     try:
@@ -26,8 +26,7 @@ def _lowers(fn, args, platform: str) -> str:
             text = jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
     except Exception as e:  # noqa: BLE001 - reporting any lowering failure is the point.
         return f"no ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
-    calls = sorted({line.split("custom_call @")[1].split("(")[0] for line in text.splitlines()
-                    if "custom_call @" in line})
+    calls = sorted(custom_calls(text))
     return f"ok in {time.perf_counter() - t0:.1f} s ({', '.join(calls) or 'no custom call'})"
 
 

@@ -72,11 +72,6 @@ def abstract(a, sharding):
     return jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=sharding)
 
 
-def custom_calls(text: str) -> list[str]:
-    return sorted({line.split("custom_call @")[1].split("(")[0] for line in text.splitlines()
-                   if "custom_call @" in line})
-
-
 def main(argv: list[str]) -> int:
     args = parse(argv)
     for k, v in TPU_ENV.items():
@@ -89,6 +84,7 @@ def main(argv: list[str]) -> int:
     import jaxsparse as js
     from experiments.configs import synthetic_resnet50_224
     from jaxsparse.gpu import cusparselt
+    from jaxsparse.gpu.aot import custom_calls
     from jaxsparse.training import experiment
 
     print(f"jax {jax.__version__}; cuSPARSELt FFI library: {cusparselt.status().reason}",
@@ -124,7 +120,7 @@ def main(argv: list[str]) -> int:
                 t0 = time.perf_counter()
                 lowered = jax.jit(sp).trace(jax.tree.map(spec, sp.variables),
                                             spec(example)).lower()
-                calls = custom_calls(lowered.as_text())
+                calls = sorted(custom_calls(lowered.as_text()))
                 lower_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 lowered.compile()

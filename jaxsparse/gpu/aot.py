@@ -3,11 +3,13 @@
 From jax 0.11 the Pallas Triton lowering asks for the target GPU (to pick its compute
 capability) and, with no GPU present, needs it named by an abstract mesh; jax 0.10 lowers
 without. :func:`cuda_target` names it in both cases, so one ``with`` block lowers a compiled
-sparse model for ``cuda`` on any jax this package supports.
+sparse model for ``cuda`` on any jax this package supports; :func:`custom_calls` says which
+kernels the lowered program calls.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Iterator
 
@@ -37,3 +39,10 @@ def cuda_target(device_kind: str = H100, num_cores: int = H100_SMS) -> Iterator[
         return
     with jax.sharding.use_abstract_mesh(mesh):
         yield
+
+
+def custom_calls(lowered_text: str) -> collections.Counter[str]:
+    """How often each custom-call target appears in a lowered program's text
+    (``jax.jit(f).trace(...).lower(...).as_text()``): which kernels it runs."""
+    return collections.Counter(line.split("custom_call @")[1].split("(")[0]
+                               for line in lowered_text.splitlines() if "custom_call @" in line)

@@ -6,7 +6,6 @@ Pallas Triton kernel for block layers (cuda), and Mosaic's ``tpu_custom_call`` (
 kernels' numerics are checked in interpret mode in tests/kernels/ and on a GPU in tests/gpu/.
 """
 
-import collections
 import functools
 
 import jax
@@ -17,6 +16,7 @@ from flax import nnx
 import jaxsparse as js
 from jaxsparse.gpu import cusparselt
 from jaxsparse.gpu.aot import cuda_target
+from jaxsparse.gpu.aot import custom_calls as lowered_calls
 from jaxsparse.models import ResNetTinyBottleneck, functional
 
 # Layers a 128x128 block does not tile stay dense (with a warning): expected on this model.
@@ -53,8 +53,7 @@ def custom_calls(sp, platform):
     _, _, x = model()
     with cuda_target():  # Names the target GPU where jax asks for it (0.11+), no GPU needed.
         text = jax.jit(sp).trace(sp.variables, x).lower(lowering_platforms=(platform,)).as_text()
-    return collections.Counter(line.split("custom_call @")[1].split("(")[0]
-                               for line in text.splitlines() if "custom_call @" in line)
+    return lowered_calls(text)
 
 
 @needs_cusparselt
