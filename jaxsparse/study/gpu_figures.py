@@ -34,7 +34,7 @@ from jaxsparse.gpu import cusparselt
 from jaxsparse.markdown import table
 from jaxsparse.primitives.block_sparse_dot import pack_block_ell
 from jaxsparse.primitives.nm_dot import nm_dot, pack_nm
-from jaxsparse.study.speed import max_rel_error
+from jaxsparse.study.speed import compile_checked
 from jaxsparse.training.bench import benchmark
 from jaxsparse.training.experiment import Experiment
 
@@ -130,10 +130,7 @@ def e2e_rows(exp: Experiment, batch: int, variants: list[str], *, warmup: int, t
         [{"variant": "dense"}]
     for name in variants:
         masks = variant_masks(exp, name, x)
-        t0 = time.perf_counter()
-        sp = js.sparsify(exp.apply_fn, exp.variables, masks, x, policy="sparse")
-        pass_s = time.perf_counter() - t0
-        err = max_rel_error(exp, masks, sp, x)
+        sp, pass_s, err = compile_checked(exp, masks, x, policy="sparse")
         actions = collections.Counter(re.sub(r"channel-sliced \S+ in, \S+ out \+ ", "sliced+",
                                              r.action) for r in sp.report.rows)
         log(f"e2e batch {batch} {name}: pass {pass_s:.1f} s, FLOPs ratio "

@@ -54,17 +54,24 @@ def max_rel_error(exp: Experiment, masks: Any, sp: js.SparseModel, x: jax.Array)
     return float(np.abs(got - ref).max() / max(1e-12, np.abs(ref).max()))
 
 
+def compile_checked(exp: Experiment, masks: Any, x: jax.Array, **sparsify_kwargs: Any,
+                    ) -> tuple[js.SparseModel, float, float]:
+    """``(sparse model, seconds the pass took, its max relative error)``: ``js.sparsify`` of
+    ``exp``'s model under ``masks``, checked against the masked dense model on ``x``."""
+    t0 = time.perf_counter()
+    sp = js.sparsify(exp.apply_fn, exp.variables, masks, x, **sparsify_kwargs)
+    pass_s = time.perf_counter() - t0
+    return sp, pass_s, max_rel_error(exp, masks, sp, x)
+
+
 def _compile_variant(config: ml_collections.ConfigDict, v: ml_collections.ConfigDict,
                      exp: Experiment, x: jax.Array, dense_dir: str) -> tuple[Any, dict]:
     """Prunes and compiles one variant: ``(SparseModel, its report row)``."""
     block = variant_config(config, v, dense_dir).sparsity
     groups = js.channel_groups(exp.apply_fn, exp.variables, x[:1]) if v.grouped else None
     masks = methods.one_shot_masks(block, exp.variables["params"], groups)
-    t0 = time.perf_counter()
-    sp = js.sparsify(exp.apply_fn, exp.variables, masks, x, backend=config.speed.backend,
-                     policy=v.policy)
-    pass_s = time.perf_counter() - t0
-    err = max_rel_error(exp, masks, sp, x)
+    sp, pass_s, err = compile_checked(exp, masks, x, backend=config.speed.backend,
+                                      policy=v.policy)
     layers = ""
     if config.speed.layer_table and v.pattern != "channel":
         report = js.sparsify(exp.apply_fn, exp.variables, masks, x,
