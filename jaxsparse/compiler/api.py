@@ -62,10 +62,7 @@ def resolve_backend(backend: str, platform: str, interpret: bool = False
     if backend not in (*BACKENDS, "pallas_interpret"):
         raise ValueError(f"backend={backend!r} is not valid; use one of {BACKENDS}.")
     if backend != "auto":
-        try:
-            backend, interpret = check_impl(backend, interpret, stacklevel=5)
-        except ValueError as e:
-            raise ValueError(str(e).replace("impl=", "backend=")) from None
+        backend, interpret = check_impl(backend, interpret, stacklevel=5, name="backend")
     st = cpu_library.status()
     note = "" if st.available else st.reason
     if backend == "cpu" and not st.available:

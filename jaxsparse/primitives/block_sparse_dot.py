@@ -106,20 +106,22 @@ def block_sparse_dot_xla(x: jax.Array, values: jax.Array, rows: jax.Array) -> ja
     return y.reshape(b, cb * bw).astype(x.dtype)
 
 
-def check_impl(impl: str, interpret: bool, stacklevel: int = 4) -> tuple[str, bool]:
-    """``(impl, interpret)`` checked, with the 0.1 spelling ``"pallas_interpret"`` mapped.
+def check_impl(impl: str, interpret: bool, stacklevel: int = 4, name: str = "impl",
+               ) -> tuple[str, bool]:
+    """``(impl, interpret)`` checked, with the 0.1 spelling ``"pallas_interpret"`` mapped;
+    ``name`` is the argument's name in messages (``js.sparsify`` calls it ``backend``).
 
     Raises:
         ValueError: for an unknown ``impl``, or ``interpret`` without ``impl="pallas"``.
     """
     if impl == "pallas_interpret":
-        deprecation.warn("impl='pallas_interpret'", "impl='pallas', interpret=True",
+        deprecation.warn(f"{name}='pallas_interpret'", f"{name}='pallas', interpret=True",
                          stacklevel=stacklevel)  # Points at the user's call.
         impl, interpret = "pallas", True
     if impl not in IMPLS:
-        raise ValueError(f"impl={impl!r} is not valid; use one of {IMPLS}.")
+        raise ValueError(f"{name}={impl!r} is not valid; use one of {IMPLS}.")
     if interpret and impl != "pallas":
-        raise ValueError(f"interpret=True runs a Pallas kernel: it needs impl='pallas', "
+        raise ValueError(f"interpret=True runs a Pallas kernel: it needs {name}='pallas', "
                          f"not {impl!r}.")
     return impl, bool(interpret)
 
