@@ -19,3 +19,12 @@ def run_cli(args, env=None, timeout=300, **kw):
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, capture_output=True,
                           text=True, timeout=timeout, **kw)
+
+
+def scalars(logdir, tag):
+    """``{step: value}`` of one TensorBoard scalar tag under ``logdir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars(tag)}

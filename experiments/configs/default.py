@@ -39,6 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.nesterov = True
     c.train.weight_decay = 5e-5
     c.train.warmup_epochs = 1.0
+    c.train.schedule_start_epoch = 0.0  # LR rewinding: replay the epochs-long schedule from
+    #                                     here (the run lasts epochs - this; 0: from the start).
     c.train.label_smoothing = 0.0
     c.train.log_every_steps = 50
     c.train.eval_every_epochs = 1

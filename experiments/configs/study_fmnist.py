@@ -12,13 +12,7 @@ back to back. Add a variant with one more entry in `variants`. On an accelerator
 import ml_collections
 
 from experiments.configs import fmnist_resnet18
-
-
-def variant(name, method, pattern, sparsity=0.0, grouped=False, include="", policy="auto"):
-    """One study variant (see jaxsparse.study.runner)."""
-    return ml_collections.ConfigDict(dict(name=name, method=method, pattern=pattern,
-                                          sparsity=sparsity, grouped=grouped, include=include,
-                                          policy=policy))
+from jaxsparse.study.variants import sweep, variant  # noqa: F401  (the configs' helpers)
 
 
 def get_config():
@@ -30,9 +24,11 @@ def get_config():
     c.base = fmnist_resnet18.get_config()  # The dense baseline's experiment config.
     c.note = ""  # One line printed under the report's title.
     # Fine-tuning of each variant from the dense run: its own warm-up + cosine schedule.
+    # A variant's recipe fields (jaxsparse.study.variants) override these.
     c.finetune = ml_collections.ConfigDict(dict(
         epochs=1.0, lr=0.05, warmup_epochs=0.1,
-        prune_fraction=0.5))  # gradual variants reach their sparsity at this fraction.
+        prune_fraction=0.5,  # gradual variants reach their sparsity at this fraction.
+        lr_schedule="cosine"))  # or "rewind": the dense run's schedule, its last `epochs`.
     # Knowledge distillation from the dense model in every fine-tune (alpha 0: off).
     c.distill = ml_collections.ConfigDict(dict(alpha=0.5, temperature=4.0))
     c.bench = ml_collections.ConfigDict(dict(batch_size=256, warmup=3, num_batches=20))

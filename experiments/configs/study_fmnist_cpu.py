@@ -17,8 +17,8 @@ from experiments.configs import study_fmnist
 def get_config():
     c = study_fmnist.get_config()
     c.title = "Fashion-MNIST ResNet-18 (width 0.25) sparsity study, CPU schedule (~1 h, 2 cores)"
-    c.base.train.epochs = 11.0
-    c.base.train.warmup_epochs = 0.5
+    c.base.train.epochs = 4.0
+    c.base.train.warmup_epochs = 0.3
     c.base.train.weight_decay = 5e-4
     c.base.train.checkpoint_every_steps = 200
     c.base.data.augment = True

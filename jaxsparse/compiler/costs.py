@@ -28,8 +28,9 @@ from jax import lax
 from jaxsparse.compiler import lowering
 from jaxsparse.compiler.packed import BlockWeight, DenseWeight, Layout, block_shape
 from jaxsparse.primitives.block_sparse_dot import pack_block_ell
+from jaxsparse.pruning.distributions import SpeedModel
 from jaxsparse.pruning.masks import compute_mask
-from jaxsparse.pruning.patterns import parse_pattern
+from jaxsparse.pruning.patterns import Block, Pattern, Unstructured, parse_pattern
 
 TABLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cost_tables")
 MAX_RATIO = 0.9  # Go sparse only where the kernel is predicted >= ~1.1x faster than dense.
@@ -60,6 +61,65 @@ class CostTable:
             return None
         d, r = np.asarray(points, np.float64).T
         return float(np.interp(density, d, r)), key
+
+
+    def max_gaining_density(self, kernel: str, shape_class: str,
+                            max_ratio: float = MAX_RATIO) -> float:
+        """The largest density at which ``kernel`` is predicted to run below ``max_ratio`` of
+        the dense time on ``shape_class`` layers, scanning up from the lowest measured density
+        and never beyond the highest one (the table says nothing there); 0 when it never is."""
+        points = self.ratio(kernel, shape_class, 0.0)
+        if points is None:
+            return 0.0
+        measured = np.asarray(self.entries[points[1]][shape_class], np.float64)[:, 0]
+        best = 0.0
+        for d in np.linspace(measured.min(), measured.max(), 200):
+            if self.ratio(kernel, shape_class, float(d))[0] >= max_ratio:
+                break
+            best = float(d)
+        return best
+
+
+def kernel_key(pattern: Pattern) -> str:
+    """The cost-table key of a block or unstructured pattern's kernel."""
+    return "unstructured" if isinstance(pattern, Unstructured) else \
+        f"block:{pattern.bh}x{pattern.bw}"
+
+
+def weight_shape_class(shape: tuple[int, ...]) -> str:
+    """:func:`shape_class` of a conv (``(kh, kw, cin, cout)``) or dense (``(in, out)``) weight."""
+    return shape_class(tuple(shape[:2]) if len(shape) == 4 else (1, 1))
+
+
+def speed_model(platform: str, pattern: str | Pattern, target: float) -> SpeedModel:
+    """The speed-aware distribution's model from ``platform``'s measured cost table: a layer
+    gains up to the largest density at which its kernel is predicted faster than dense
+    (:meth:`CostTable.max_gaining_density`, below :data:`MAX_RATIO`, as ``policy="auto"``
+    decides).
+
+    Raises:
+        ValueError: for a pattern without a CPU-style kernel, or no table for it.
+    """
+    pattern = parse_pattern(pattern)
+    if not isinstance(pattern, Block | Unstructured):
+        raise ValueError(f"distribution='speed' needs a block or unstructured pattern; got "
+                         f"{pattern}.")
+    table, key = load_table(platform), kernel_key(pattern)
+    if table is None or table.ratio(key, "spatial", 0.5) is None and \
+            table.ratio(key, "pointwise", 0.5) is None:
+        raise ValueError(f"distribution='speed' needs a measured cost table for {key} on "
+                         f"{platform} (compiler/cost_tables/{platform}.json); run "
+                         f"scripts/calibrate_costs.py on that platform first.")
+    cache: dict[str, float] = {}
+
+    def max_density(shape: tuple[int, ...]) -> float:
+        cls = weight_shape_class(shape)
+        if cls not in cache:
+            cache[cls] = table.max_gaining_density(key, cls)
+        return cache[cls]
+
+    return SpeedModel(max_density, float(target),
+                      f"cost_tables/{platform}.json ({table.machine})")
 
 
 def _area(kernel: str) -> float:

@@ -129,11 +129,6 @@ def _layer_shape(eqn, w: WRef) -> tuple[str | None, int]:
     return None, int(np.prod(out_shape[:-1]))
 
 
-def _kernel_key(pattern) -> str:
-    return "unstructured" if isinstance(pattern, Unstructured) else \
-        f"block:{pattern.bh}x{pattern.bw}"
-
-
 def _cpu_kernel_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTiming | None]:
     """``(lowering, why, timing)`` for a block/unstructured layer with the C++ CPU kernels."""
     why = cpu_sparse_conv.unsupported(c.x_shape, c.x_dtype, (1, 1, *block_shape(c.pattern)),
@@ -143,7 +138,7 @@ def _cpu_kernel_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTimi
     if opts.policy == "sparse":
         return "block", "policy='sparse'", None
     table = costs.load_table(opts.platform)
-    key = _kernel_key(c.pattern)
+    key = costs.kernel_key(c.pattern)
     pred = table.ratio(key, costs.shape_class(c.kernel_hw), c.density) if table else None
     timing = LayerTiming(predicted_ratio=None if pred is None else pred[0])
     if opts.calibrate:

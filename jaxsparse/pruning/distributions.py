@@ -1,19 +1,22 @@
-"""How a global sparsity target is spread over layers: uniform, ERK, or a global threshold.
+"""How a global sparsity target is spread over layers: uniform, ERK, a global threshold, or
+speed-aware (only where the compiled kernel gains time).
 
 All functions accept a traced ``sparsity`` so masks can be recomputed inside ``jax.jit``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxsparse.pruning.masks import keep_count, keep_top
 
-DISTRIBUTIONS = ("uniform", "erk", "global")
+DISTRIBUTIONS = ("uniform", "erk", "global", "speed")
 
 
 def uniform(shapes: Sequence[tuple[int, ...]], sparsity) -> list[jax.Array]:
@@ -59,3 +62,74 @@ def global_ranks(scores: Sequence[jax.Array], sparsity) -> list[jax.Array]:
         out.append(keep[start:start + s.size].reshape(s.shape))
         start += s.size
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeedModel:
+    """What ``distribution="speed"`` knows of the kernels the pruned model will run on.
+
+    Attributes:
+        max_density: weight shape -> the largest density at which that layer's sparse kernel
+            is predicted faster than its dense op (0: never faster, the layer stays dense).
+        target: the global sparsity the allocation is decided at (a schedule's final
+            target); a smaller, possibly traced, sparsity scales every layer's share.
+        source: where the predictions come from, for reports (e.g. a cost table's path).
+    """
+
+    max_density: Callable[[tuple[int, ...]], float]
+    target: float
+    source: str = ""
+
+
+def speed_allocation(shapes: Sequence[tuple[int, ...]], target: float,
+                     max_density: Callable[[tuple[int, ...]], float]) -> list[float]:
+    """Per-layer sparsities that remove exactly ``target`` of all weights, only from layers
+    whose kernel is predicted faster at the density they end with.
+
+    Each layer ``l`` has a largest gaining density ``dmax_l``. The pruned layers get the
+    densities ``min(dmax_l, D)`` for one common level ``D`` (water filling: as even as the
+    kernels allow, since accuracy suffers most where one layer is pruned hardest); layers with
+    ``dmax_l = 0`` stay dense. When ``target`` is too low for every gaining layer to get below
+    its ``dmax_l``, the layers that need the most sparsity to gain (smallest ``dmax_l``) are
+    kept dense one by one until the rest can.
+
+    Raises:
+        ValueError: when no such allocation exists (no layer gains, or the target is too low
+            or too high for the layers that do).
+    """
+    target = float(target)
+    sizes = np.array([math.prod(s) for s in shapes], np.float64)
+    dmax = np.array([min(max(float(max_density(tuple(s))), 0.0), 1.0) for s in shapes])
+    if target == 0.0 or not len(shapes):
+        return [0.0] * len(shapes)
+    keep = (1.0 - target) * sizes.sum()
+    pruned = dmax > 0
+    while True:
+        budget = keep - sizes[~pruned].sum()  # What the pruned layers keep, together.
+        if budget <= (dmax * sizes)[pruned].sum() + 1e-9 or not pruned.any():
+            break
+        pruned[np.flatnonzero(pruned)[np.argmin(dmax[pruned])]] = False
+    if not pruned.any() or budget <= 0:
+        gains = ", ".join(f"{tuple(s)}: {d:.2f}" for s, d in zip(shapes, dmax, strict=True))
+        raise ValueError(f"distribution='speed': no allocation removes {target:.3f} of the "
+                         f"weights with every pruned layer on a kernel predicted faster than "
+                         f"dense (largest gaining density per layer: {gains}); change the "
+                         f"sparsity or use distribution='uniform'.")
+    lo, hi = 0.0, 1.0  # The common level D, by bisection: kept(D) is increasing.
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if (np.minimum(dmax, mid) * sizes)[pruned].sum() < budget:
+            lo = mid
+        else:
+            hi = mid
+    density = np.where(pruned, np.minimum(dmax, 0.5 * (lo + hi)), 1.0)
+    return [float(1.0 - d) for d in density]
+
+
+def speed(shapes: Sequence[tuple[int, ...]], sparsity, model: SpeedModel) -> list[jax.Array]:
+    """Speed-aware sparsities: :func:`speed_allocation` at ``model.target``, each scaled by
+    ``sparsity / model.target`` (so a gradual schedule ramps every layer in proportion and the
+    global sparsity equals ``sparsity`` at every step)."""
+    alloc = speed_allocation(shapes, model.target, model.max_density)
+    scale = jnp.asarray(sparsity, jnp.float32) / max(model.target, 1e-12)
+    return [jnp.asarray(a, jnp.float32) * scale for a in alloc]

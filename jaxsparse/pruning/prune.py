@@ -38,7 +38,8 @@ def named_masks(masks: Any) -> list[tuple[str, Any]]:
 
 def prune(params: Any, pattern: str | Pattern, sparsity=None, distribution: str = "uniform",
           include: Include = None, scores: Any = None, *, block_score: str = "l2",
-          groups: Sequence | None = None, channel_multiple: int = 1) -> Any:
+          groups: Sequence | None = None, channel_multiple: int = 1,
+          speed_model: distributions.SpeedModel | None = None) -> Any:
     """Computes pruning masks for every selected weight of ``params``.
 
     Args:
@@ -46,8 +47,10 @@ def prune(params: Any, pattern: str | Pattern, sparsity=None, distribution: str 
         pattern: ``"2:4"``, ``"block:16x16"``, ``"channel"``, ``"unstructured"`` or a pattern.
         sparsity: target fraction removed, in [0, 1); None for N:M (fixed at 1 - N/M). May be
             traced under ``jax.jit``.
-        distribution: ``"uniform"`` (the same sparsity per layer), ``"erk"`` (Erdos-Renyi-Kernel)
-            or ``"global"`` (one score threshold across layers; unstructured only). Ignored by N:M.
+        distribution: ``"uniform"`` (the same sparsity per layer), ``"erk"`` (Erdos-Renyi-Kernel),
+            ``"global"`` (one score threshold across layers; unstructured only) or ``"speed"``
+            (only layers whose kernel gains time are pruned; block and unstructured patterns;
+            needs ``speed_model``). Ignored by N:M.
         include: a regex over parameter paths, a callable ``(path, array) -> bool``, or None for
             the default (conv and dense kernels except the first conv and the classifier).
         scores: a pytree like ``params`` of importance scores (default ``|w|``); see
@@ -58,6 +61,9 @@ def prune(params: Any, pattern: str | Pattern, sparsity=None, distribution: str 
             channels, scored by the group's summed filter norms.
         channel_multiple: channel pattern only: round kept channel counts to this multiple
             (8 suits GPUs, 128 TPUs).
+        speed_model: ``distribution="speed"`` only: which layers gain from their kernel (see
+            :class:`~jaxsparse.pruning.distributions.SpeedModel`; training builds it from the
+            compiler's measured cost table).
 
     Returns:
         A masks tree: bool arrays for pruned leaves, ``None`` for the others.
@@ -73,6 +79,10 @@ def prune(params: Any, pattern: str | Pattern, sparsity=None, distribution: str 
     if distribution == "global" and not isinstance(pattern, Unstructured | NM):
         raise ValueError(f"distribution='global' ranks individual weights and so needs the "
                          f"unstructured pattern; use 'uniform' or 'erk' with {pattern}.")
+    if distribution == "speed" and (speed_model is None or isinstance(pattern, Channel | NM)):
+        raise ValueError(f"distribution='speed' needs a speed_model and a block or "
+                         f"unstructured pattern; got {pattern} with speed_model="
+                         f"{'None' if speed_model is None else 'given'}.")
     if (groups is not None or channel_multiple != 1) and not isinstance(pattern, Channel):
         raise ValueError(f"groups and channel_multiple apply to the channel pattern, not "
                          f"{pattern}.")
@@ -101,8 +111,12 @@ def prune(params: Any, pattern: str | Pattern, sparsity=None, distribution: str 
                                                                        strict=True)]
         masks = distributions.global_ranks(full, sparsity)
     else:
-        spread = distributions.erk if distribution == "erk" else distributions.uniform
-        per_layer = spread([tuple(chosen[p].shape) for p in paths], sparsity)
+        shapes = [tuple(chosen[p].shape) for p in paths]
+        if distribution == "speed":
+            per_layer = distributions.speed(shapes, sparsity, speed_model)
+        else:
+            spread = distributions.erk if distribution == "erk" else distributions.uniform
+            per_layer = spread(shapes, sparsity)
         masks = [compute_mask(chosen[p], pattern, s_l, s, block_score=block_score, name=p,
                               channel_multiple=channel_multiple)
                  for p, s_l, s in zip(paths, per_layer, layer_scores, strict=True)]

@@ -43,7 +43,8 @@ def masked_pruning(inner: optax.GradientTransformation, pattern: str | Pattern,
                    schedule: Schedule, *, sparsity: float | None = None,
                    distribution: str = "uniform", include: Include = None,
                    scorer: Scorer | None = None,
-                   groups: Any = None) -> optax.GradientTransformation:
+                   groups: Any = None,
+                   speed_model: Any = None) -> optax.GradientTransformation:
     """Wraps ``inner`` so that training prunes on ``schedule`` and pruned weights stay zero.
 
     Args:
@@ -53,11 +54,14 @@ def masked_pruning(inner: optax.GradientTransformation, pattern: str | Pattern,
             :mod:`jaxsparse.pruning.schedules`).
         sparsity: overrides the schedule's target sparsity at every update (used with
             ``one_shot(step)`` whose sparsity was left None). Ignored by N:M patterns.
-        distribution: ``"uniform"``, ``"erk"`` or ``"global"`` (see :func:`prune`).
+        distribution: ``"uniform"``, ``"erk"``, ``"global"`` or ``"speed"`` (see
+            :func:`prune`).
         include: which parameters to prune (see :func:`prune`).
         scorer: ``params -> scores``; default magnitude.
         groups: channel pattern: coupled groups from :func:`jaxsparse.channel_groups`, pruned
             together with their BatchNorm vectors (see :func:`prune`).
+        speed_model: ``distribution="speed"``: which layers gain from their kernel (see
+            :func:`prune`).
 
     Returns:
         An ``optax.GradientTransformation`` whose ``update`` needs ``params``. Its state is a
@@ -86,7 +90,7 @@ def masked_pruning(inner: optax.GradientTransformation, pattern: str | Pattern,
         def recompute(_):
             scores = scorer(candidate) if scorer is not None else None
             return prune(candidate, pattern, target(state.count), distribution, include, scores,
-                         groups=groups)
+                         groups=groups, speed_model=speed_model)
 
         masks = jax.lax.cond(schedule.should_update(state.count), recompute,
                              lambda _: state.masks, None)

@@ -1,4 +1,5 @@
-"""The study's Pareto plot: accuracy against images/s, dense marked, deltas labelled."""
+"""The study's Pareto plot: accuracy against images/s, dense marked, deltas labelled, the
+Pareto frontier (``report`` rows' ``pareto``) drawn as a line through its points."""
 
 from __future__ import annotations
 
@@ -58,6 +59,11 @@ def pareto_plot(report: dict[str, Any], path: str) -> np.ndarray:
         delta = "" if is_dense else f" ({100 * r['accuracy_delta']:+.2f} pt)"
         label = "dense" if is_dense else r["variant"] + (" [mask only]" if hollow else "")
         points.append((x, 100 * r["accuracy"], label + delta))
+    front = sorted((r["images_per_sec"], 100 * r["accuracy"]) for r in rows if r.get("pareto"))
+    if front:
+        fx, fy = zip(*front, strict=True)
+        ax.plot(fx, fy, color="tab:red", lw=1.0, ls="--", zorder=2)
+        ax.scatter(fx, fy, s=160, facecolors="none", edgecolors="tab:red", lw=1.2, zorder=4)
     ax.margins(x=0.25, y=0.2)
     _place_labels(fig, ax, points)
     ax.legend(handles=[
@@ -66,7 +72,10 @@ def pareto_plot(report: dict[str, Any], path: str) -> np.ndarray:
         Line2D([], [], marker="o", color="tab:blue", linestyle="",
                label="sparse, at its measured speed"),
         Line2D([], [], marker="o", markerfacecolor="none", markeredgecolor="gray",
-               linestyle="", label="mask only (no speedup; drawn at dense speed)")],
+               linestyle="", label="mask only (no speedup; drawn at dense speed)"),
+        Line2D([], [], marker="o", markerfacecolor="none", markeredgecolor="tab:red",
+               color="tab:red", linestyle="--", markersize=10,
+               label="Pareto frontier (accuracy vs measured images/s)")],
         fontsize=7, loc="best", framealpha=0.8)
     ax.set_xlabel(f"images/s ({report['device_kind']}, {report['precision']}, batch "
                   f"{report['batch_size']})")

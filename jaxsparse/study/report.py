@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxsparse.compiler.report import CompiledLayer
 from jaxsparse.markdown import table
+from jaxsparse.study.variants import recipe_label
 
 MASK_ONLY_RATIO = 0.99
 ACCURACY_BAR = 0.99  # MLPerf's quality target: 99% of the reference (dense) accuracy.
@@ -43,6 +44,8 @@ class VariantRow:
     mask_only: bool
     why: str = ""  # Why the compiled model runs (mostly) dense, when it does.
     speedup_range: tuple[float, float] | None = None  # IQR of per-repetition speedups.
+    target_sparsity: float | None = None  # The sparsity asked for (None: dense).
+    recipe: dict[str, Any] | None = None  # The resolved fine-tune recipe (variants.recipe).
 
     @property
     def division(self) -> str:
@@ -101,6 +104,18 @@ def dense_reason(rows: Sequence[CompiledLayer]) -> str:
     return why.most_common(1)[0][0] if why else ""
 
 
+def pareto_front(points: Sequence[tuple[float, float] | None]) -> list[bool]:
+    """Which ``(accuracy, images/s)`` points are on the Pareto frontier: no other point is at
+    least as accurate and as fast and better in one of the two. Equal points are all on it;
+    ``None`` (no speed claim) never is."""
+    out = []
+    for i, p in enumerate(points):
+        out.append(p is not None and not any(
+            q is not None and j != i and q[0] >= p[0] and q[1] >= p[1] and q != p
+            for j, q in enumerate(points)))
+    return out
+
+
 def build_report(rows: list[VariantRow], env: dict[str, Any]) -> dict[str, Any]:
     """The report as JSON-ready data: one entry per row plus the run's environment. Each
     entry also carries what the table shows: ``speed_text`` and ``note`` (why a row has no
@@ -127,6 +142,10 @@ def build_report(rows: list[VariantRow], env: dict[str, Any]) -> dict[str, Any]:
                         "speed_text": _speed_text(r, dense),
                         "note": r.why if (r.mask_only or not measurable(r)) and r is not dense
                         else ""})
+    front = pareto_front([None if e["accuracy"] is None or e["images_per_sec"] is None
+                          else (e["accuracy"], e["images_per_sec"]) for e in entries])
+    for e, on in zip(entries, front, strict=True):
+        e["pareto"] = on
     return {**env, "rows": entries, "summary": summary(entries)}
 
 
@@ -139,11 +158,37 @@ def summary(entries: list[dict[str, Any]]) -> str:
         return (f"No sparse model both kept {bar} and ran measurably faster; every sparse row "
                 f"is an Open-division (changed-model) result.")
     best = max(ok, key=lambda e: e["speedup"])
+    target = "" if best.get("target_sparsity") is None else \
+        f", sparsity {best['target_sparsity']:g}"
     return (f"Fastest sparse model within {bar}: {best['variant']} ({best['pattern']}, "
-            f"{best['method']}), {best['speedup']:.2f}x the dense model at accuracy "
-            f"{best['accuracy']:.4f} (dense {entries[0]['accuracy']:.4f}). It is a sparse "
-            f"model, an Open-division result, not comparable with Closed-division (unchanged "
-            f"model) figures.")
+            f"{best['method']}{target}), {best['speedup']:.2f}x the dense model at accuracy "
+            f"{best['accuracy']:.4f} (dense {entries[0]['accuracy']:.4f}). Open division: it "
+            f"is a sparse (changed) model, an Open-division result, not comparable with "
+            f"Closed-division (unchanged model) figures.")
+
+
+def ablation(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows that share a pattern and target sparsity with another row but differ in
+    recipe, grouped (each group's rows in report order): the recipe ablation."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for e in report["rows"][1:]:
+        if e.get("recipe") is not None:
+            groups.setdefault((e["pattern"], e.get("target_sparsity")), []).append(e)
+    return [e for g in groups.values() if len(g) > 1 for e in g]
+
+
+def ablation_markdown(report: dict[str, Any]) -> str:
+    """The recipe ablation as a table (empty when no two rows share pattern and sparsity)."""
+    rows = ablation(report)
+    if not rows:
+        return ""
+    dense = report["rows"][0]["accuracy"]
+    cells = [[e["pattern"], f"{e['target_sparsity']:g}", e["variant"],
+              recipe_label(e["recipe"]), "-" if e["accuracy"] is None else
+              f"{e['accuracy']:.4f}", "-" if e["accuracy"] is None else
+              f"{100 * (e['accuracy'] - dense):+.2f} pt", e["speed_text"]] for e in rows]
+    return table(["pattern", "sparsity", "variant", "recipe (fine-tune)", "accuracy",
+                  "Δ acc vs dense", "speedup vs dense"], cells)
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -156,14 +201,20 @@ def markdown(report: dict[str, Any]) -> str:
         ips = f"{e['images_per_sec']:.1f}" if e["images_per_sec"] is not None else "-"
         label = e["variant"] + (" (mask only)" if e["mask_only"] else "")
         meets = {True: "yes", False: "no", None: "-"}[e.get("meets_99")]
+        recipe = "-" if e.get("recipe") is None else recipe_label(e["recipe"])
         cells.append([label, e["division"], e["pattern"], f"{e['achieved_sparsity']:.3f}",
                       f"{e['flops_ratio']:.3f}", acc, delta, meets, ips, e["speed_text"],
-                      e["note"]])
+                      "yes" if e.get("pareto") else "", recipe, e["note"]])
     header = ["variant", "division", "pattern", "sparsity", "FLOPs ratio", "accuracy",
-              "Δ acc vs dense", "≥99% of dense", "images/s", "speedup vs dense", "why"]
+              "Δ acc vs dense", "≥99% of dense", "images/s", "speedup vs dense", "Pareto",
+              "recipe", "why"]
     lines = [f"{report['device_kind']}, {report['precision']}, batch {report['batch_size']}, "
              f"jax {report['jax']}. Speedup: median of per-repetition ratios to dense (timed "
              f"back to back), [interquartile range].", "", table(header, cells)]
     if report.get("summary"):
         lines += ["", report["summary"]]
+    abl = ablation_markdown(report)
+    if abl:
+        lines += ["", "Recipe ablation (same dense model, seed and data order; each row's "
+                  "fine-tune budget is in its recipe):", "", abl]
     return "\n".join(lines)

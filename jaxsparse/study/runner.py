@@ -25,6 +25,7 @@ import ml_collections
 import jaxsparse as js
 from jaxsparse.study import plot
 from jaxsparse.study import report as report_lib
+from jaxsparse.study import variants as variants_lib
 from jaxsparse.training import experiment as experiment_lib
 from jaxsparse.training import train
 from jaxsparse.training.bench import benchmark
@@ -37,17 +38,18 @@ HPARAMS_DIR = "hparams"  # <workdir>/hparams/<variant>: the study's HParams runs
 
 
 def variants_of(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
-    """The configured variants plus the sweep grid, each with a unique name.
+    """The configured variants plus the ``sweep`` block's grid (one-shot, named
+    ``sweep_<pattern>_<percent>``), each with a unique name.
 
     Raises:
-        ValueError: for duplicate or reserved names.
+        ValueError: for duplicate or reserved names, or a bad grid.
     """
     out = [ml_collections.ConfigDict(v.to_dict()) for v in config.variants]
-    for s in config.sweep.sparsities:
-        name = f"sweep_{config.sweep.pattern.replace(':', '')}_{round(100 * s)}"
-        out.append(ml_collections.ConfigDict(dict(
-            name=name, method="one_shot", pattern=config.sweep.pattern, sparsity=float(s),
-            grouped=config.sweep.grouped, include=config.sweep.include, policy="auto")))
+    sw = config.sweep
+    if sw.sparsities:
+        out += variants_lib.sweep(sw.pattern, sw.sparsities, method="one_shot",
+                                  prefix=f"sweep_{variants_lib.pattern_slug(sw.pattern)}_",
+                                  grouped=sw.grouped, include=sw.include)
     names = [v.name for v in out]
     if "dense" in names or len(set(names)) != len(names):
         raise ValueError(f"variant names must be unique and not 'dense'; got {names}.")
@@ -56,23 +58,38 @@ def variants_of(config: ml_collections.ConfigDict) -> list[ml_collections.Config
 
 def variant_config(config: ml_collections.ConfigDict, v: ml_collections.ConfigDict,
                    dense_dir: str) -> ml_collections.ConfigDict:
-    """The experiment config that fine-tunes variant ``v`` from the dense run."""
+    """The experiment config that fine-tunes variant ``v`` from the dense run, by its recipe
+    (:func:`jaxsparse.study.variants.recipe`): its own warm-up + cosine schedule at
+    ``finetune.lr``, or the dense run's schedule replayed over its last ``epochs``
+    (``lr_schedule="rewind"``); a gradual variant reaches its sparsity at the end of its
+    pruning phase."""
+    r = variants_lib.recipe(config, v)
     c = ml_collections.ConfigDict(config.base.to_dict())
     ft = config.finetune
     c.init_from = dense_dir
-    c.train.epochs = ft.epochs
     c.train.num_steps = 0
-    c.train.lr = ft.lr
-    c.train.warmup_epochs = ft.warmup_epochs
+    if r["lr_schedule"] == "rewind":
+        if r["epochs"] >= config.base.train.epochs:
+            raise ValueError(f"variant {v.name!r}: lr_schedule='rewind' replays the last "
+                             f"{r['epochs']:g} epochs of the dense run's schedule, which has "
+                             f"only {config.base.train.epochs:g}; shorten the fine-tune.")
+        c.train.schedule_start_epoch = config.base.train.epochs - r["epochs"]
+    else:
+        c.train.epochs = r["epochs"]
+        c.train.lr = ft.lr
+        c.train.warmup_epochs = ft.warmup_epochs
+        c.train.schedule_start_epoch = 0.0
     c.bench.enabled = False
-    c.distill.alpha = config.distill.alpha
+    c.distill.alpha = r["distill_alpha"]
     c.distill.temperature = config.distill.temperature
-    c.distill.teacher = dense_dir if config.distill.alpha > 0 else ""
+    c.distill.teacher = dense_dir if r["distill_alpha"] > 0 else ""
     c.sparsity.end_step = -1
-    c.sparsity.end_fraction = ft.prune_fraction
+    c.sparsity.end_fraction = r["prune_epochs"] / r["epochs"] if v.method == "gradual" else \
+        ft.prune_fraction
     c.sparsity.method = v.method
     c.sparsity.pattern = v.pattern
     c.sparsity.sparsity = v.sparsity
+    c.sparsity.distribution = r["distribution"]
     c.sparsity.begin_step = 0
     c.sparsity.grouped = v.grouped
     c.sparsity.include = v.include
@@ -160,10 +177,10 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         train.say(f"[study] {v.name}: compiled accuracy {acc:.4f} (masked "
                   f"{res['accuracy']:.4f}), FLOPs ratio {sp.report.flops_ratio:.3f}.")
         ratio = sp.report.flops_ratio
-        rows.append(report_lib.VariantRow(v.name, v.pattern, v.method,
-                                          res["sparsity"]["achieved"], ratio, acc, None,
-                                          ratio >= report_lib.MASK_ONLY_RATIO,
-                                          report_lib.dense_reason(sp.report.rows)))
+        rows.append(report_lib.VariantRow(
+            v.name, v.pattern, v.method, res["sparsity"]["achieved"], ratio, acc, None,
+            ratio >= report_lib.MASK_ONLY_RATIO, report_lib.dense_reason(sp.report.rows),
+            target_sparsity=target_sparsity(v), recipe=variants_lib.recipe(config, v)))
         fns.append(jax.jit(sp))
         args.append((sp.variables, example))
         dirs.append(vdir)
@@ -209,18 +226,30 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     return rep
 
 
+def target_sparsity(v: ml_collections.ConfigDict) -> float:
+    """The sparsity a variant asks for (``1 - N/M`` for an N:M pattern left at 0)."""
+    pattern = js.parse_pattern(v.pattern)
+    if isinstance(pattern, js.NM) and not v.sparsity:
+        return 1.0 - pattern.n / pattern.m
+    return float(v.sparsity)
+
+
 def study_hparams(config: ml_collections.ConfigDict, v: ml_collections.ConfigDict | None,
                   ) -> dict[str, Any]:
-    """The HParams of one study row: the variant as run (dense: no pruning, no distillation)."""
+    """The HParams of one study row: the variant as run, recipe included (dense: no pruning,
+    no fine-tune, no distillation)."""
     if v is None:
         return {"variant": "dense", "method": "none", "pattern": "dense", "sparsity": 0.0,
-                "division": "closed", "finetune_epochs": 0.0, "finetune_lr": 0.0,
-                "prune_fraction": 0.0, "distill_alpha": 0.0, "distill_temperature": 0.0}
+                "division": "closed", "finetune_epochs": 0.0, "prune_epochs": 0.0,
+                "recover_epochs": 0.0, "lr_schedule": "none", "distribution": "none",
+                "finetune_lr": 0.0, "distill_alpha": 0.0, "distill_temperature": 0.0}
+    r = variants_lib.recipe(config, v)
     return {"variant": v.name, "method": v.method, "pattern": v.pattern,
-            "sparsity": float(v.sparsity), "division": "open",
-            "finetune_epochs": float(config.finetune.epochs),
-            "finetune_lr": float(config.finetune.lr),
-            "prune_fraction": float(config.finetune.prune_fraction) if v.method == "gradual"
-            else 0.0,
-            "distill_alpha": float(config.distill.alpha),
+            "sparsity": target_sparsity(v), "division": "open",
+            "finetune_epochs": float(r["epochs"]), "prune_epochs": float(r["prune_epochs"]),
+            "recover_epochs": float(r["recover_epochs"]), "lr_schedule": r["lr_schedule"],
+            "distribution": r["distribution"],
+            "finetune_lr": float(config.finetune.lr) if r["lr_schedule"] == "cosine" else
+            float(config.base.train.lr),
+            "distill_alpha": r["distill_alpha"],
             "distill_temperature": float(config.distill.temperature)}

@@ -16,9 +16,11 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import ml_collections
 import optax
 
+from jaxsparse.compiler import costs
 from jaxsparse.pruning import schedules
 from jaxsparse.pruning.patterns import NM, Pattern, parse_pattern
 from jaxsparse.pruning.prune import apply_masks, layer_densities, measured_sparsity, prune
@@ -109,9 +111,20 @@ def register(name: str) -> Callable[[Builder], Builder]:
     return add
 
 
+def speed_model(config: ml_collections.ConfigDict) -> Any:
+    """The speed-aware distribution's model for a sparsity block (None unless
+    ``distribution="speed"``): this backend's measured cost table, decided at the block's
+    final sparsity."""
+    if config.distribution != "speed":
+        return None
+    pattern, target, _ = _resolve(config)
+    return costs.speed_model(jax.default_backend(), pattern, target or 0.0)
+
+
 def _masked(a: MethodArgs, schedule: schedules.Schedule, method: str) -> PruningSetup:
     wrapped = masked_pruning(a.tx, a.pattern, schedule, distribution=a.config.distribution,
-                             include=a.include, groups=a.groups)
+                             include=a.include, groups=a.groups,
+                             speed_model=speed_model(a.config))
     return PruningSetup(wrapped, None, lambda p, s: s.masks, str(a.pattern), method)
 
 
@@ -185,4 +198,5 @@ def one_shot_masks(config: ml_collections.ConfigDict, params: Any, groups: Any =
             pattern other than channel (:func:`~jaxsparse.prune` checks both).
     """
     pattern, target, include = _resolve(config)
-    return prune(params, pattern, target, config.distribution, include, groups=groups)
+    return prune(params, pattern, target, config.distribution, include, groups=groups,
+                 speed_model=speed_model(config))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import ml_collections
 import optax
 
 
@@ -21,6 +22,36 @@ def learning_rate_schedule(base_lr: float, batch_size: int, steps_per_epoch: int
     total = max(1, int(round(num_epochs * steps_per_epoch)))
     warmup = min(int(round(warmup_epochs * steps_per_epoch)), total - 1)
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=0.0)
+
+
+def run_schedule(train: ml_collections.ConfigDict, steps_per_epoch: int,
+                 ) -> tuple[int, optax.Schedule]:
+    """``(steps, learning rate)`` of a run from its ``train`` block.
+
+    The learning rate is :func:`learning_rate_schedule` over ``train.epochs``. With
+    ``train.schedule_start_epoch > 0`` the run replays that schedule from there (learning-rate
+    rewinding, Renda et al. 2020): it lasts ``epochs - schedule_start_epoch`` epochs and its
+    step ``t`` has the learning rate of step ``t + start`` of the full schedule, so a fine-tune
+    with the dense run's ``train`` fields and ``schedule_start_epoch = E - e`` retrains for
+    ``e`` epochs with the last ``e`` epochs of the dense run's schedule.
+
+    Raises:
+        ValueError: for a start outside ``[0, epochs)`` or a start with ``num_steps``.
+    """
+    start_epoch = float(train.get("schedule_start_epoch", 0.0))
+    if start_epoch and train.num_steps:
+        raise ValueError(f"train.schedule_start_epoch={start_epoch} needs the run's length in "
+                         f"train.epochs; unset train.num_steps={train.num_steps}.")
+    if not 0.0 <= start_epoch < max(train.epochs, 1e-9) and start_epoch:
+        raise ValueError(f"train.schedule_start_epoch={start_epoch} must be in [0, "
+                         f"train.epochs={train.epochs}).")
+    total = train.num_steps or int(round(train.epochs * steps_per_epoch))
+    full = learning_rate_schedule(train.lr, train.batch_size, steps_per_epoch,
+                                  total / steps_per_epoch, train.warmup_epochs)
+    offset = int(round(start_epoch * steps_per_epoch))
+    if not offset:
+        return total, full
+    return max(1, total - offset), lambda step: full(step + offset)
 
 
 def decay_mask(params) -> object:

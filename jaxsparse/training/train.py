@@ -77,9 +77,7 @@ class _Schedule:
 def _schedule(exp: Experiment) -> _Schedule:
     c = exp.config
     spe = data_lib.steps_per_epoch(exp.train, c.train.batch_size)
-    num_steps = c.train.num_steps or int(round(c.train.epochs * spe))
-    lr = optim.learning_rate_schedule(c.train.lr, c.train.batch_size, spe, num_steps / spe,
-                                      c.train.warmup_epochs)
+    num_steps, lr = optim.run_schedule(c.train, spe)
     tx = optim.sgd_nesterov(lr, c.train.momentum, c.train.weight_decay, c.train.nesterov)
     groups = None
     if c.sparsity.grouped:
@@ -235,6 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         **environment(), "precision": config.precision, "model": config.model.to_dict(),
         "dataset": config.data.name, "train_batch_size": config.train.batch_size,
         "steps": num_steps, "epochs": num_steps / sched.steps_per_epoch,
+        "schedule_start_epoch": float(config.train.schedule_start_epoch),
         "train_images_per_sec": train_ips, "train_wall_s": train_wall_s, "eval": eval_metrics,
         "accuracy": eval_metrics["accuracy"], **pruning.results(state.params, state.opt_state),
     }

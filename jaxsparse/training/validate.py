@@ -21,7 +21,7 @@ import ml_collections
 from jaxsparse.pruning.distributions import DISTRIBUTIONS
 from jaxsparse.pruning.masks import check_sparsity
 from jaxsparse.pruning.patterns import NM, Channel, parse_pattern
-from jaxsparse.training import methods
+from jaxsparse.training import methods, optim
 
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The sparsity block's values when pruning is off (experiments/configs/default.py; a test keeps
@@ -109,6 +109,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
     if config.train.epochs < 0 or config.train.num_steps < 0:
         raise ValueError(f"train.epochs={config.train.epochs} and train.num_steps="
                          f"{config.train.num_steps} must be >= 0.")
+    optim.run_schedule(config.train, 1)  # Raises for a bad schedule_start_epoch.
     check_sparsity_block(config.sparsity)
     d = config.distill
     if not 0.0 <= d.alpha <= 1.0:

@@ -9,6 +9,7 @@ from experiments.configs import study_smoke
 from jaxsparse.study import report as report_lib
 from jaxsparse.study import run_speed, run_study, variants_of
 from tests.conftest import needs_fmnist
+from tests.conftest import scalars as _scalars
 
 
 @needs_fmnist
@@ -98,14 +99,6 @@ def test_speed_study_on_random_weights(tmp_path, capsys):
     assert _scalars(tmp_path / "w", "speed/block75/speedup")[0] == pytest.approx(
         rep["variants"][1]["speedup"], rel=1e-5)
     assert "[speed] variant 2/2: block75" in capsys.readouterr().out
-
-
-def _scalars(logdir, tag):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(logdir))
-    acc.Reload()
-    return {e.step: e.value for e in acc.Scalars(tag)}
 
 
 def _row(name, acc, ips, mask_only=False):
