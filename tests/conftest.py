@@ -28,3 +28,22 @@ def scalars(logdir, tag):
     acc = EventAccumulator(str(logdir))
     acc.Reload()
     return {e.step: e.value for e in acc.Scalars(tag)}
+
+
+def hparams_plugin_data(logdir):
+    """``{run folder (relative): {tag: plugin content}}`` of TensorBoard's HParams plugin for
+    every run under ``logdir`` (as TensorBoard reads them)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = {}
+    for root, _, files in os.walk(str(logdir)):
+        if any(f.startswith("events.out.tfevents") for f in files):
+            acc = EventAccumulator(root)
+            acc.Reload()
+            try:
+                content = acc.PluginTagToContent("hparams")
+            except KeyError:  # No HParams data in this run.
+                content = {}
+            if content:
+                out[os.path.relpath(root, str(logdir))] = content
+    return out

@@ -90,8 +90,8 @@ def speed_allocation(shapes: Sequence[tuple[int, ...]], target: float,
     densities ``min(dmax_l, D)`` for one common level ``D`` (water filling: as even as the
     kernels allow, since accuracy suffers most where one layer is pruned hardest); layers with
     ``dmax_l = 0`` stay dense. When ``target`` is too low for every gaining layer to get below
-    its ``dmax_l``, the layers that need the most sparsity to gain (smallest ``dmax_l``) are
-    kept dense one by one until the rest can.
+    its ``dmax_l``, the layers that need the most sparsity to gain (smallest ``dmax_l``; among
+    equals the smallest layer) are kept dense one by one until the rest can.
 
     Raises:
         ValueError: when no such allocation exists (no layer gains, or the target is too low
@@ -108,7 +108,10 @@ def speed_allocation(shapes: Sequence[tuple[int, ...]], target: float,
         budget = keep - sizes[~pruned].sum()  # What the pruned layers keep, together.
         if budget <= (dmax * sizes)[pruned].sum() + 1e-9 or not pruned.any():
             break
-        pruned[np.flatnonzero(pruned)[np.argmin(dmax[pruned])]] = False
+        # Keep dense the layer that needs the most sparsity to gain; among equals the
+        # smallest (its dense weights cost least of the kept budget).
+        idx = np.flatnonzero(pruned)
+        pruned[idx[np.lexsort((sizes[idx], dmax[idx]))[0]]] = False
     if not pruned.any() or budget <= 0:
         gains = ", ".join(f"{tuple(s)}: {d:.2f}" for s, d in zip(shapes, dmax, strict=True))
         raise ValueError(f"distribution='speed': no allocation removes {target:.3f} of the "

@@ -106,7 +106,8 @@ def run_or_load(config: ml_collections.ConfigDict, workdir: str,
         with open(path) as f:
             return json.load(f)
     train.say(f"[study] {workdir}: training.")
-    return train.train_and_evaluate(config, workdir, experiment=experiment)
+    return train.train_and_evaluate(config, workdir, experiment=experiment,
+                                    declare_hparams=False)
 
 
 def compiled_accuracy(exp: Experiment, sp: js.SparseModel, batch_size: int) -> float:
@@ -149,8 +150,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     dense_vars = exp.load_variables(dense_dir)
     rows = [report_lib.VariantRow("dense", "dense", "none", 0.0, 1.0, dense_res["accuracy"],
                                   None, False)]
-    fns, args, dirs = [jax.jit(lambda v, x: apply_fn(v, x))], [(dense_vars, example)], \
-        [dense_dir]
+    fns, args = [jax.jit(lambda v, x: apply_fn(v, x))], [(dense_vars, example)]
     train.say(f"[study] dense: test accuracy {dense_res['accuracy']:.4f}.")
     t_variants = time.perf_counter()
     for i, v in enumerate(all_variants):
@@ -183,7 +183,6 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
             target_sparsity=target_sparsity(v), recipe=variants_lib.recipe(config, v)))
         fns.append(jax.jit(sp))
         args.append((sp.variables, example))
-        dirs.append(vdir)
     train.say(f"[study] benchmarking {len(fns)} models back to back, batch {bs}.")
     timings = benchmark(fns, args, bs, warmup=config.bench.warmup,
                         num_batches=config.bench.num_batches)
@@ -204,26 +203,42 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         note = f"{config.note}\n\n" if config.note else ""
         f.write(f"# {config.title}\n\n{note}{table}\n")
     image = plot.pareto_plot(rep, os.path.join(workdir, "pareto.png"))
+    write_tensorboard(config, workdir, rep, [None, *all_variants], image)
+    return rep
+
+
+METRICS = ("compiled_accuracy", "accuracy_delta", "meets_99", "speedup", "images_per_sec",
+           "flops_ratio")  # The HParams metric columns, as hparam/<name>.
+
+
+def write_tensorboard(config: ml_collections.ConfigDict, workdir: str, rep: dict[str, Any],
+                      specs: list[ml_collections.ConfigDict | None], image: Any) -> None:
+    """The study in TensorBoard: in the workdir's own run the Pareto image, the report text and
+    ``study/<metric>`` with the row index as the step (so every row shows in one line, row 0
+    dense; the report's text lists the order); one HParams session per row under
+    ``hparams/<variant>`` with the columns declared once in the workdir (hparams and
+    :data:`METRICS`)."""
+    values = []
+    for e in rep["rows"]:
+        values.append({"compiled_accuracy": e["accuracy"], "accuracy_delta":
+                       e["accuracy_delta"], "meets_99": None if e["meets_99"] is None else
+                       float(e["meets_99"]), "speedup": e["speedup"], "images_per_sec":
+                       e["images_per_sec"], "flops_ratio": e["flops_ratio"]})
     writer = Writer(workdir)
     writer.image("study/pareto", image)
-    writer.text("study/report", table)
+    writer.text("study/report", report_lib.markdown(rep))
+    writer.text("study/rows", "\n".join(f"{i}: {e['variant']}"
+                                        for i, e in enumerate(rep["rows"])))
+    for i, v in enumerate(values):
+        writer.scalars(i, {f"study/{k}": x for k, x in v.items() if x is not None})
+    rows = [study_hparams(config, s) for s in specs]
+    writer.hparams_experiment(rows[0], [f"hparam/{m}" for m in METRICS])
     writer.close()
-    specs = [None, *all_variants]
-    for entry, d, v in zip(rep["rows"], dirs, specs, strict=True):
-        metrics = {k: val for k, val in {
-            "study/compiled_accuracy": entry["accuracy"], "study/flops_ratio":
-            entry["flops_ratio"], "study/images_per_sec": entry["images_per_sec"],
-            "study/speedup": entry["speedup"]}.items() if val is not None}
-        w = Writer(d)
-        w.scalars(0, metrics)
-        w.close()
-        # One HParams run per study row, apart from the training run (which records its own
-        # experiment config), so TensorBoard's HParams view compares exactly the study's rows.
+    for entry, hp, v in zip(rep["rows"], rows, values, strict=True):
         w = Writer(os.path.join(workdir, HPARAMS_DIR, entry["variant"]))
-        w.hparams(study_hparams(config, v), {f"hparam/{k.split('/')[1]}": val
-                                             for k, val in metrics.items()})
+        w.hparams(hp, {f"hparam/{k}": x for k, x in v.items() if x is not None},
+                  declare=False)
         w.close()
-    return rep
 
 
 def target_sparsity(v: ml_collections.ConfigDict) -> float:
@@ -242,9 +257,11 @@ def study_hparams(config: ml_collections.ConfigDict, v: ml_collections.ConfigDic
         return {"variant": "dense", "method": "none", "pattern": "dense", "sparsity": 0.0,
                 "division": "closed", "finetune_epochs": 0.0, "prune_epochs": 0.0,
                 "recover_epochs": 0.0, "lr_schedule": "none", "distribution": "none",
-                "finetune_lr": 0.0, "distill_alpha": 0.0, "distill_temperature": 0.0}
+                "finetune_lr": 0.0, "distill_alpha": 0.0, "distill_temperature": 0.0,
+                "bench_batch_size": int(config.bench.batch_size)}
     r = variants_lib.recipe(config, v)
     return {"variant": v.name, "method": v.method, "pattern": v.pattern,
+            "bench_batch_size": int(config.bench.batch_size),
             "sparsity": target_sparsity(v), "division": "open",
             "finetune_epochs": float(r["epochs"]), "prune_epochs": float(r["prune_epochs"]),
             "recover_epochs": float(r["recover_epochs"]), "lr_schedule": r["lr_schedule"],

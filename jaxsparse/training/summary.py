@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax
@@ -62,6 +62,11 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _hparam_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (v if isinstance(v, int | float | str | bool) else str(v))
+            for k, v in _flatten(config).items()}
+
+
 class Writer:
     """TensorBoard writer for one run; a no-op on every process but the first.
 
@@ -88,18 +93,31 @@ class Writer:
         if self._tb is not None:
             self._tb.add_image(tag, image, step, dataformats="HWC")
 
-    def hparams(self, config: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        """Records the run's flattened config as HParams, so runs compare side by side."""
+    def hparams(self, config: Mapping[str, Any], metrics: Mapping[str, float], *,
+                declare: bool = True) -> None:
+        """Records one HParams row (session): the flattened ``config`` and its ``metrics``.
+
+        TensorBoard's HParams view takes its columns from the first experiment summary it
+        finds under a logdir, so exactly one may exist there: a standalone run declares its own
+        (``declare=True``); a study's rows pass ``declare=False`` and the study declares every
+        column once with :meth:`hparams_experiment`.
+        """
         if self._tb is None:
             return
-        flat = {k: (v if isinstance(v, int | float | str | bool) else str(v))
-                for k, v in _flatten(config).items()}
-        exp, ssi, sei = hparams_summary(flat, dict(metrics))
+        exp, ssi, sei = hparams_summary(_hparam_values(config), dict(metrics))
         fw = self._tb._get_file_writer()
-        for summary in (exp, ssi, sei):
+        for summary in ((exp, ssi, sei) if declare else (ssi, sei)):
             fw.add_summary(summary)
         for k, v in metrics.items():
             self._tb.add_scalar(k, float(v), 0)
+
+    def hparams_experiment(self, config: Mapping[str, Any], metric_tags: Sequence[str]) -> None:
+        """Declares the HParams columns of several rows written elsewhere under this logdir:
+        the (flattened) hparam names of ``config`` and the metrics ``metric_tags``."""
+        if self._tb is None:
+            return
+        exp, _, _ = hparams_summary(_hparam_values(config), {t: 0.0 for t in metric_tags})
+        self._tb._get_file_writer().add_summary(exp)
 
     def close(self) -> None:
         if self._tb is not None:

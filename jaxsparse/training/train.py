@@ -189,7 +189,8 @@ def _inference_variables(pruning: methods.PruningSetup, state: steps.TrainState)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       experiment: Experiment | None = None) -> dict[str, Any]:
+                       experiment: Experiment | None = None,
+                       declare_hparams: bool = True) -> dict[str, Any]:
     """Trains, evaluates and benchmarks the configured model; resumable from ``workdir``.
 
     Writes TensorBoard events, checkpoints, the final variables and ``results.json`` under
@@ -200,6 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         workdir: the run's folder; rerunning with the same folder resumes.
         experiment: an already built experiment of the same data and model (the study passes
             its own, so the data is read once); None: built from ``config``.
+        declare_hparams: declare this run's config as TensorBoard's HParams columns (a study
+            passes False: it declares its own columns once, for its rows).
 
     Returns:
         The contents of ``results.json``.
@@ -248,7 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     metrics = {"hparam/accuracy": eval_metrics["accuracy"]}
     if "images_per_sec" in results:  # Only a measured throughput (never a 0.0 placeholder).
         metrics["hparam/images_per_sec"] = results["images_per_sec"]
-    writer.hparams(run_hparams(config), metrics)
+    writer.hparams(run_hparams(config), metrics, declare=declare_hparams)
     writer.close()
     ckpt.close()
     save_final_variables(workdir, final_vars)

@@ -8,7 +8,7 @@ import pytest
 from experiments.configs import study_smoke
 from jaxsparse.study import report as report_lib
 from jaxsparse.study import run_speed, run_study, variants_of
-from tests.conftest import needs_fmnist
+from tests.conftest import hparams_plugin_data, needs_fmnist
 from tests.conftest import scalars as _scalars
 
 
@@ -41,6 +41,29 @@ def test_smoke_study_end_to_end_and_resume(tmp_path, capsys):
         hp = _scalars(tmp_path / "hparams" / name, "hparam/compiled_accuracy")
         assert hp[0] == pytest.approx(next(r["accuracy"] for r in rep["rows"]
                                            if r["variant"] == name))
+    # TensorBoard's HParams view: one experiment summary (its columns) in the whole study,
+    # declaring the recipe hparams and the study's metrics; one session per row.
+    from tensorboard.plugins.hparams import metadata as hp_meta
+
+    plugin = hparams_plugin_data(tmp_path)
+    declared = [run for run, tags in plugin.items() if hp_meta.EXPERIMENT_TAG in tags]
+    assert declared == ["."], declared
+    experiment = hp_meta.parse_experiment_plugin_data(plugin["."][hp_meta.EXPERIMENT_TAG])
+    columns = {h.name for h in experiment.hparam_infos}
+    assert {"variant", "pattern", "sparsity", "method", "lr_schedule", "distribution",
+            "prune_epochs", "recover_epochs", "division", "bench_batch_size"} <= columns
+    assert {m.name.tag for m in experiment.metric_infos} == {
+        "hparam/compiled_accuracy", "hparam/accuracy_delta", "hparam/meets_99",
+        "hparam/speedup", "hparam/images_per_sec", "hparam/flops_ratio"}
+    for name in names:
+        start = hp_meta.parse_session_start_info_plugin_data(
+            plugin[f"hparams/{name}"][hp_meta.SESSION_START_INFO_TAG])
+        assert start.hparams["variant"].string_value == name
+        assert start.hparams["bench_batch_size"].number_value == config.bench.batch_size
+    # Every row in one line per metric (row index as the step), not one point per run.
+    series = _scalars(tmp_path, "study/compiled_accuracy")
+    assert sorted(series) == list(range(len(names)))
+    assert series[1] == pytest.approx(rep["rows"][1]["accuracy"])
     # The gradual variant (distilled from dense) reaches its sparsity exactly at its end step,
     # half-way through its 16-step fine-tune, and keeps it.
     block = _scalars(tmp_path / "block75", "sparsity/global")
