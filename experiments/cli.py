@@ -9,6 +9,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxsparse.data import DatasetError
+from jaxsparse.training.train import Interrupted
+
+INTERRUPTED = 130  # Exit status after SIGINT, as shells report it (128 + 2).
 
 FLAGS = flags.FLAGS
 
@@ -60,7 +63,8 @@ def run_mode(argv: list[str], modes: dict[str, Callable[[Any, str], Any]],
              check: Callable[[Any, str], None] | None = None) -> tuple[str, Any]:
     """Runs ``modes[config.mode](config, workdir)`` from the ``--config`` and ``--workdir``
     flags: ``(mode, result)``. A bad mode, config (``check`` first, then the mode's own
-    checks) or dataset is one ``error:`` line and exit status 2."""
+    checks) or dataset is one ``error:`` line and exit status 2; Ctrl-C (or SIGTERM) ends it
+    with one line and exit status 130, no traceback."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
@@ -75,3 +79,9 @@ def run_mode(argv: list[str], modes: dict[str, Callable[[Any, str], Any]],
         return mode, modes[mode](config, workdir)
     except (DatasetError, ValueError) as e:
         fail(str(e))
+    except Interrupted:  # The loop saved a checkpoint and said so.
+        sys.exit(INTERRUPTED)
+    except KeyboardInterrupt:  # Outside a training loop: finished runs are kept.
+        print("Interrupted; finished runs and checkpoints are kept: rerun the same command "
+              "to resume.", file=sys.stderr)
+        sys.exit(INTERRUPTED)

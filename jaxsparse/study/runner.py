@@ -49,7 +49,8 @@ def variants_of(config: ml_collections.ConfigDict) -> list[ml_collections.Config
     if sw.sparsities:
         out += variants_lib.sweep(sw.pattern, sw.sparsities, method="one_shot",
                                   prefix=f"sweep_{variants_lib.pattern_slug(sw.pattern)}_",
-                                  grouped=sw.grouped, include=sw.include)
+                                  where="sweep.sparsities", grouped=sw.grouped,
+                                  include=sw.include)
     names = [v.name for v in out]
     if "dense" in names or len(set(names)) != len(names):
         raise ValueError(f"variant names must be unique and not 'dense'; got {names}.")
@@ -137,7 +138,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     all_variants = variants_of(config)
     base = dense_config(config)
     dense_dir = os.path.join(workdir, "dense")
-    validate_config(base)
+    validate_config(base, prefix="base.")
     for v in all_variants:
         validate_config(variant_config(config, v, dense_dir), check_paths=False)
     os.makedirs(workdir, exist_ok=True)

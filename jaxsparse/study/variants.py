@@ -83,14 +83,17 @@ def pattern_slug(pattern: str) -> str:
 
 
 def sweep(pattern: str, sparsities: Sequence[float], *, method: str = "gradual",
-          prefix: str | None = None, **recipe: Any) -> list[ml_collections.ConfigDict]:
+          prefix: str | None = None, where: str = "", **recipe: Any,
+          ) -> list[ml_collections.ConfigDict]:
     """One :func:`variant` per sparsity of ``pattern``, named ``<prefix><percent>`` (default
-    prefix ``"<pattern>_"``, e.g. ``unstructured_80``), all with the same recipe.
+    prefix ``"<pattern>_"``, e.g. ``unstructured_80``), all with the same recipe. ``where``
+    names the grid in error messages (e.g. ``"sweep.sparsities"``, the config field).
 
     Raises:
         ValueError: for an empty grid, a sparsity outside (0, 1), repeated sparsities (or two
             that round to the same percent), or an N:M pattern (its sparsity is fixed).
     """
+    at = where or f"sweep over {pattern!r}"
     try:
         p = parse_pattern(pattern)
     except ValueError as e:
@@ -100,16 +103,15 @@ def sweep(pattern: str, sparsities: Sequence[float], *, method: str = "gradual",
                          f"a grid needs a block, channel or unstructured pattern.")
     values = [float(s) for s in sparsities]
     if not values:
-        raise ValueError(f"sweep over {pattern!r}: the grid of sparsities is empty; give at "
-                         f"least one in (0, 1).")
+        raise ValueError(f"{at}: the grid of sparsities is empty; give at least one in "
+                         f"(0, 1).")
     bad = [s for s in values if not 0.0 < s < 1.0]
     if bad:
-        raise ValueError(f"sweep over {pattern!r}: sparsity {bad[0]} is not in (0, 1); got "
-                         f"{tuple(values)}.")
+        raise ValueError(f"{at}={tuple(values)}: sparsity {bad[0]} is not in (0, 1).")
     percents = [round(100 * s) for s in values]
     if len(set(percents)) != len(percents):
-        raise ValueError(f"sweep over {pattern!r}: sparsities {tuple(values)} repeat (names "
-                         f"use the percent, {percents}); give each level once.")
+        raise ValueError(f"{at}={tuple(values)}: the sparsities repeat (names use the "
+                         f"percent, {percents}); give each level once.")
     prefix = f"{pattern_slug(pattern)}_" if prefix is None else prefix
     return [variant(f"{prefix}{pct}", method, pattern, s, **recipe)
             for s, pct in zip(values, percents, strict=True)]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -28,6 +32,36 @@ from jaxsparse.training.summary import Writer, environment, write_json
 from jaxsparse.training.validate import validate_config
 
 log = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT or SIGTERM at a step boundary, after saving a checkpoint."""
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[dict]:
+    """SIGINT/SIGTERM as a flag (``flag["signal"]``) that the training loop checks between
+    steps, so no callback running inside JAX can swallow the interrupt; a second signal
+    interrupts at once. Outside the main thread signals cannot be caught: the flag stays
+    unset."""
+    flag: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["signal"] is not None:
+            raise KeyboardInterrupt
+        flag["signal"] = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def bench_inference(exp: Experiment, variables: dict) -> dict:
     """Inference images/s and latency percentiles on random inputs of the configured batch."""
     b = exp.config.bench
@@ -145,7 +179,9 @@ def _fit(exp: Experiment, sched: _Schedule, state: steps.TrainState, start: int,
     window, t_window, train_ips = [], time.perf_counter(), 0.0
     bar = tqdm(total=sched.num_steps, initial=start, desc="train", unit="step",
                dynamic_ncols=True, disable=not c.progress or jax.process_index() != 0)
+    signals = contextlib.ExitStack()
     try:
+        stop = signals.enter_context(stop_requests())
         for step, batch in zip(range(start, sched.num_steps), batches, strict=True):
             state, metrics = train_step(state, batch, teacher)
             window.append(metrics)
@@ -170,13 +206,22 @@ def _fit(exp: Experiment, sched: _Schedule, state: steps.TrainState, start: int,
                 say(f"epoch {done // spe}: eval accuracy {metrics['accuracy']:.4f}", bar)
             if done % c.train.checkpoint_every_steps == 0 or done == sched.num_steps:
                 save(state)
-    except KeyboardInterrupt:
+            if stop["signal"] is not None and done != sched.num_steps:
+                name = signal.Signals(stop["signal"]).name
+                if done % c.train.checkpoint_every_steps:  # Else saved just above.
+                    save(state, force=True)
+                ckpt.wait()
+                say(f"Interrupted ({name}): saved a checkpoint at step {done}; rerun the same "
+                    f"command to resume.", bar)
+                raise Interrupted(f"{name} at step {done}")
+    except KeyboardInterrupt:  # A second signal, or one outside the loop's checks.
         say(f"Interrupted: saving a checkpoint at step {int(state.step)}; rerun the same "
             f"command to resume.", bar)
         save(state, force=True)
         ckpt.wait()
-        raise
+        raise Interrupted(f"interrupted at step {int(state.step)}") from None
     finally:
+        signals.close()
         bar.close()
     ckpt.wait()
     return state, train_ips

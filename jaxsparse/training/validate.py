@@ -14,7 +14,9 @@ gradual and SR-STE differ in accuracy and a silent default would hide that choic
 from __future__ import annotations
 
 import os
+import tempfile
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -22,6 +24,7 @@ from jaxsparse.pruning.distributions import DISTRIBUTIONS
 from jaxsparse.pruning.masks import check_sparsity
 from jaxsparse.pruning.patterns import NM, Channel, parse_pattern
 from jaxsparse.training import methods, optim
+from jaxsparse.training.sharding import maybe_initialize_distributed
 
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The sparsity block's values when pruning is off (experiments/configs/default.py; a test keeps
@@ -32,10 +35,47 @@ SPARSITY_OFF = {"pattern": "unstructured", "sparsity": 0.0, "distribution": "uni
 
 
 def check_workdir(workdir: str) -> None:
-    """Raises a ``ValueError`` when ``workdir`` exists but is not a folder."""
+    """Checks that ``workdir`` is a folder, or can be made, that files can be written in (a
+    temporary file is made and removed in it, or in its nearest existing parent folder;
+    nothing is created).
+
+    Raises:
+        ValueError: when ``workdir`` is a file, or it (or the folder it would be made in) is
+            not writable.
+    """
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"--workdir={workdir!r} is a file, not a folder; give a folder (it is "
                          f"created if missing).")
+    probe = os.path.abspath(workdir)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    try:
+        if not os.path.isdir(probe):
+            raise NotADirectoryError(f"{probe!r} is not a folder")
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise ValueError(f"--workdir={workdir!r} cannot be written ({e.strerror or e} in "
+                         f"{probe!r}); give a folder you can write to.") from None
+
+
+def check_devices(config: ml_collections.ConfigDict) -> None:
+    """Checks that the batch sizes split evenly over every device of every process (starts
+    multi-process JAX first, as the run will).
+
+    Raises:
+        ValueError: naming the first batch size that does not divide.
+    """
+    maybe_initialize_distributed()
+    n = jax.device_count()
+    sizes = [("train.batch_size", config.train.batch_size),
+             ("eval.batch_size", config.eval.batch_size)]
+    if config.bench.enabled:
+        sizes.append(("bench.batch_size", config.bench.batch_size))
+    for key, size in sizes:
+        if size % n:
+            raise ValueError(f"{key}={size} is not divisible by the {n} devices; use a "
+                             f"multiple of {n}.")
 
 
 def precision_dtype(precision: str):
@@ -87,7 +127,7 @@ def check_sparsity_block(s: ml_collections.ConfigDict) -> None:
 
 
 def validate_config(config: ml_collections.ConfigDict, workdir: str | None = None, *,
-                    check_paths: bool = True) -> None:
+                    check_paths: bool = True, prefix: str = "") -> None:
     """Checks everything in an experiment config that can be checked without data.
 
     Args:
@@ -95,10 +135,22 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
         workdir: the run's folder, if known (must not be a file).
         check_paths: also check that ``init_from`` / ``distill.teacher`` folders exist (a study
             validates its variants before the dense run that makes them exists).
+        prefix: where ``config`` sits in the config the user wrote (a study's ``"base."``),
+            put before the field a message names first.
 
     Raises:
         ValueError: naming the first bad field, its value and what is valid.
     """
+    try:
+        _validate(config, workdir, check_paths)
+    except ValueError as e:
+        if not prefix or str(e).startswith("--workdir"):
+            raise
+        raise ValueError(f"{prefix}{e}") from None
+
+
+def _validate(config: ml_collections.ConfigDict, workdir: str | None,
+              check_paths: bool) -> None:
     if workdir is not None:
         check_workdir(workdir)
     precision_dtype(config.precision)
@@ -110,6 +162,7 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
         raise ValueError(f"train.epochs={config.train.epochs} and train.num_steps="
                          f"{config.train.num_steps} must be >= 0.")
     optim.run_schedule(config.train, 1)  # Raises for a bad schedule_start_epoch.
+    check_devices(config)
     check_sparsity_block(config.sparsity)
     d = config.distill
     if not 0.0 <= d.alpha <= 1.0:

@@ -37,6 +37,16 @@ CASES = [
                "--config.mode=fast"], "config.mode='fast' is not valid"),
     ("study", ["--config=experiments/configs/speed_resnet50.py", "--workdir={tmp}/w",
                "--config.speed.backend=cuda"], "backend='cuda' is not valid"),
+    # An unwritable workdir: one line before anything is compiled.
+    ("run", [SMOKE, "--workdir=/proc/x", NO_DATA], "--workdir='/proc/x' cannot be written"),
+    ("study", ["--config=experiments/configs/study_smoke.py", "--workdir=/proc/x"],
+     "--workdir='/proc/x' cannot be written"),
+    # The error names the field the user typed.
+    ("study", ["--config=experiments/configs/study_smoke.py", "--workdir={tmp}/w",
+               "--config.base.train.batch_size=-8"], "base.train.batch_size=-8 must be >= 1"),
+    ("study", ["--config=experiments/configs/study_smoke.py", "--workdir={tmp}/w",
+               "--config.sweep.sparsities=(1.5,)"],
+     "sweep.sparsities=(1.5,): sparsity 1.5 is not in (0, 1)"),
 ]
 
 
@@ -68,3 +78,15 @@ def test_hparams_show_the_pattern_and_sparsity_used():
     assert run_hparams(c)["sparsity"]["pattern"] == "dense"
     c.sparsity.method, c.sparsity.pattern = "one_shot", "2:4"
     assert run_hparams(c)["sparsity"]["sparsity"] == 0.5
+
+
+def test_batch_that_does_not_split_over_the_devices_fails_before_any_data(tmp_path):
+    """The device count is known before data: 8 (virtual) devices and a batch of 12 fail in
+    the up-front validation, with the data folder missing (so no data was read)."""
+    proc = run_cli(["-m", "experiments.run", SMOKE, f"--workdir={tmp_path}/w", NO_DATA,
+                    "--config.train.batch_size=12"],
+                   env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, timeout=60)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr
+    assert errors == ["error: train.batch_size=12 is not divisible by the 8 devices; use a "
+                      "multiple of 8."], proc.stderr
