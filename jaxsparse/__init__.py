@@ -16,7 +16,7 @@ from jaxsparse.compiler import *  # noqa: F403
 from jaxsparse.deprecation import renamed
 from jaxsparse.pruning import *  # noqa: F403
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = sorted({*compiler.__all__, *pruning.__all__})
 

@@ -9,5 +9,4 @@ echo "== sparsity study on Fashion-MNIST (ResNet-18, width 0.25): $WORKDIR"
 start=$(date +%s)
 .venv/bin/python -m experiments.study --config=experiments/configs/study_quickstart.py \
   --workdir="$WORKDIR" "$@"
-echo "== done in $(( $(date +%s) - start )) s"
-echo "TensorBoard: .venv/bin/tensorboard --logdir $WORKDIR"
+echo "== done in $(( $(date +%s) - start )) s (TensorBoard from this checkout: .venv/bin/tensorboard --logdir $WORKDIR)"

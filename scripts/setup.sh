@@ -33,7 +33,9 @@ want="$(cat setup.cfg pyproject.toml setup.py jaxsparse/kernels/csrc/* jaxsparse
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "== installing jaxsparse[$extras] into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[$extras]"
+  # PYTHONWARNINGS: no setuptools banner about editable installs (the warning is for
+  # folders named like the package, which this checkout does not have outside jaxsparse/).
+  PYTHONWARNINGS="ignore::UserWarning" .venv/bin/python -m pip install -q -e ".[$extras]"
   if [ "$extras" != test ]; then
     echo "== building the cuSPARSELt FFI library (python -m jaxsparse.gpu.build)"
     .venv/bin/python -m jaxsparse.gpu.build
@@ -47,5 +49,4 @@ from jaxsparse.kernels import cpu_library
 st, gst = cpu_library.status(), cusparselt.status()
 print("jax", jax.__version__, jax.devices(), "| CPU sparse kernels:",
       "built" if st.available else "NOT available (" + st.reason + ")",
-      "| cuSPARSELt FFI library:", "built" if gst.available else "not built (" + gst.reason
-      + ")")')"
+      "| cuSPARSELt (NVIDIA GPUs):", "built" if gst.available else gst.reason)')"

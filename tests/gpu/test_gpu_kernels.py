@@ -23,9 +23,10 @@ from jaxsparse.primitives.nm_dot import nm_dot, nm_dot_reference, pack_nm, unpac
 from tests.compiler.test_accelerator_lowering import model, variant_masks
 
 ON_GPU = jax.devices()[0].platform == "gpu"
-pytestmark = pytest.mark.skipif(
-    not (ON_GPU and cusparselt.available()),
-    reason="needs an NVIDIA GPU and the cuSPARSELt FFI library (python -m jaxsparse.gpu.build)")
+_MISSING = [what for what, ok in (("an NVIDIA GPU", ON_GPU), (
+    "the cuSPARSELt FFI library (python -m jaxsparse.gpu.build)", cusparselt.available()))
+    if not ok]
+pytestmark = pytest.mark.skipif(bool(_MISSING), reason="needs " + " and ".join(_MISSING))
 
 
 def close(got, ref, rtol=1e-2):
