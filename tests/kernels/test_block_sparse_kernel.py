@@ -8,7 +8,23 @@ import jaxsparse as js
 from jaxsparse.kernels.block_sparse import block_sparse_matmul, block_sparse_matmul_reference
 from jaxsparse.primitives import pack_block_ell
 
-INTERPRET = True  # CI has no accelerator; the same tests run the compiled kernel on a GPU/TPU.
+INTERPRET = True  # The Pallas interpreter: these tests check the kernel's logic on any machine
+#                  (the compiled Mosaic kernel is checked on a TPU only by lowering, in
+#                  tests/compiler/test_accelerator_lowering.py).
+
+
+def test_kernel_with_the_128x128_blocks_mosaic_runs():
+    """The block size the TPU kernel accepts (128-lane blocks), numerically, in interpret
+    mode: several kept blocks per column, empty columns and padding."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((384, 384)).astype(np.float32)
+    mask = np.array(js.compute_mask(w, "block:128x128", 0.6))
+    mask[:, 256:] = False  # A block column with no kept block.
+    values, rows = pack_block_ell(w, mask, 128, 128)
+    assert int((np.asarray(rows) < 0).sum()) > 0  # Padded slots are exercised.
+    x = rng.standard_normal((64, 384)).astype(np.float32)
+    out = block_sparse_matmul(x, values, rows, block_m=64, interpret=INTERPRET)
+    np.testing.assert_allclose(out, x @ (w * mask), rtol=1e-5, atol=1e-4)
 
 
 @settings(max_examples=10, deadline=None)

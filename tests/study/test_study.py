@@ -111,7 +111,7 @@ def test_speed_study_on_random_weights(tmp_path, capsys):
         assert r["speedup"] == pytest.approx(r["images_per_sec"] /
                                              rep["dense"]["images_per_sec"])
         lo, hi = r["speedup_range"]
-        assert lo <= hi
+        assert 0 < lo <= hi  # The spread's own arithmetic: test_speedup_spread_is_the_iqr.
     assert rep["variants"][0]["flops_ratio"] < 0.5
     assert rep["variants"][0]["sparsity"] == pytest.approx(0.5, abs=0.05)
     table = (tmp_path / "w" / "report.md").read_text()
@@ -187,3 +187,11 @@ def test_study_cli_rejects_a_typo(tmp_path):
                     f"--workdir={tmp_path}", "--config.finetune_epoch=1"])
     assert proc.returncode != 0 and "finetune_epoch" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_speedup_spread_is_the_iqr_of_per_repetition_ratios():
+    dense_ms = [10.0, 20.0, 30.0, 40.0, 50.0]
+    variant_ms = [5.0, 5.0, 10.0, 5.0, 50.0]  # Ratios 2, 4, 3, 8, 1.
+    lo, hi = report_lib.speedup_spread(dense_ms, variant_ms)
+    assert (lo, hi) == (2.0, 4.0)  # numpy's linear percentiles of [1, 2, 3, 4, 8].
+    assert lo <= 3.0 <= hi  # The median ratio lies in it; the mean (3.6) need not.
