@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.name = "resnet18"  # See jaxsparse.models.MODELS.
     c.model.stem = "small"  # "imagenet" (224 px) or "small" (28/32 px).
     c.model.width = 1.0  # Channel multiplier.
+    c.model.pretrained = ""  # A torchvision ResNet state_dict as .safetensors (docs/library.md).
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "fashion_mnist"  # "fashion_mnist" or "synthetic".

@@ -19,6 +19,7 @@ from flax import nnx
 
 from jaxsparse import data as data_lib
 from jaxsparse.models import create_model, functional
+from jaxsparse.models.pretrained import load_torchvision
 from jaxsparse.training import checkpoint, steps
 from jaxsparse.training.sharding import DataParallel, data_parallel
 from jaxsparse.training.validate import precision_dtype
@@ -109,12 +110,20 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[data_lib.Split, data
 
 
 def build_model(config: ml_collections.ConfigDict, in_channels: int) -> tuple[Callable, dict]:
-    """``(apply_fn, variables)`` of the model named by ``config.model``."""
+    """``(apply_fn, variables)`` of the model named by ``config.model``: initialised from
+    ``config.seed``, or with the torchvision weights of ``model.pretrained`` (safetensors).
+
+    Raises:
+        ValueError: for pretrained weights that do not fit the model (naming the key).
+    """
     m = config.model
     model = create_model(m.name, num_classes=config.data.num_classes, stem=m.stem, width=m.width,
                          in_channels=in_channels, dtype=precision_dtype(config.precision),
                          rngs=nnx.Rngs(config.seed))
-    return functional(model)
+    apply_fn, variables = functional(model)
+    if m.get("pretrained"):
+        variables = load_torchvision(m.pretrained, variables)
+    return apply_fn, variables
 
 
 def build(config: ml_collections.ConfigDict, *, load_data: bool = True) -> Experiment:

@@ -170,6 +170,10 @@ def _validate(config: ml_collections.ConfigDict, workdir: str | None,
     if d.alpha > 0 and not d.teacher:
         raise ValueError(f"distill.alpha={d.alpha} needs distill.teacher: the workdir of a "
                          f"finished run of the same model.")
+    pretrained = config.model.get("pretrained", "")
+    if pretrained and not os.path.isfile(pretrained):
+        raise ValueError(f"model.pretrained={pretrained!r}: no such file; give a safetensors "
+                         f"file of a torchvision ResNet state_dict.")
     paths = (("distill.teacher", d.teacher if d.alpha > 0 else ""),
              ("init_from", config.init_from)) if check_paths else ()
     for key, path in paths:

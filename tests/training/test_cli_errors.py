@@ -41,6 +41,8 @@ CASES = [
     ("run", [SMOKE, "--workdir=/proc/x", NO_DATA], "--workdir='/proc/x' cannot be written"),
     ("study", ["--config=experiments/configs/study_smoke.py", "--workdir=/proc/x"],
      "--workdir='/proc/x' cannot be written"),
+    ("run", [SMOKE, "--workdir={tmp}/w", NO_DATA, "--config.model.pretrained={tmp}/no.st"],
+     "model.pretrained='{tmp}/no.st': no such file"),
     # The error names the field the user typed.
     ("study", ["--config=experiments/configs/study_smoke.py", "--workdir={tmp}/w",
                "--config.base.train.batch_size=-8"], "base.train.batch_size=-8 must be >= 1"),
