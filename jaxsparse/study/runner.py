@@ -107,8 +107,7 @@ def run_or_load(config: ml_collections.ConfigDict, workdir: str,
         with open(path) as f:
             return json.load(f)
     train.say(f"[study] {workdir}: training.")
-    return train.train_and_evaluate(config, workdir, experiment=experiment,
-                                    declare_hparams=False)
+    return train.train_and_evaluate(config, workdir, experiment=experiment, hparams=False)
 
 
 def compiled_accuracy(exp: Experiment, sp: js.SparseModel, batch_size: int) -> float:

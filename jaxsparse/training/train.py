@@ -235,7 +235,7 @@ def _inference_variables(pruning: methods.PruningSetup, state: steps.TrainState)
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        experiment: Experiment | None = None,
-                       declare_hparams: bool = True) -> dict[str, Any]:
+                       hparams: bool = True) -> dict[str, Any]:
     """Trains, evaluates and benchmarks the configured model; resumable from ``workdir``.
 
     Writes TensorBoard events, checkpoints, the final variables and ``results.json`` under
@@ -246,8 +246,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         workdir: the run's folder; rerunning with the same folder resumes.
         experiment: an already built experiment of the same data and model (the study passes
             its own, so the data is read once); None: built from ``config``.
-        declare_hparams: declare this run's config as TensorBoard's HParams columns (a study
-            passes False: it declares its own columns once, for its rows).
+        hparams: record this run as a row of TensorBoard's HParams view (a study passes False:
+            its own rows, one per study model, compare the variants).
 
     Returns:
         The contents of ``results.json``.
@@ -296,7 +296,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     metrics = {"hparam/accuracy": eval_metrics["accuracy"]}
     if "images_per_sec" in results:  # Only a measured throughput (never a 0.0 placeholder).
         metrics["hparam/images_per_sec"] = results["images_per_sec"]
-    writer.hparams(run_hparams(config), metrics, declare=declare_hparams)
+    if hparams:
+        writer.hparams(run_hparams(config), metrics)
     writer.close()
     ckpt.close()
     save_final_variables(workdir, final_vars)

@@ -48,6 +48,9 @@ def test_smoke_study_end_to_end_and_resume(tmp_path, capsys):
     plugin = hparams_plugin_data(tmp_path)
     declared = [run for run, tags in plugin.items() if hp_meta.EXPERIMENT_TAG in tags]
     assert declared == ["."], declared
+    sessions = sorted(run for run, tags in plugin.items()
+                      if hp_meta.SESSION_START_INFO_TAG in tags)
+    assert sessions == sorted(f"hparams/{n}" for n in names), sessions  # No training runs.
     experiment = hp_meta.parse_experiment_plugin_data(plugin["."][hp_meta.EXPERIMENT_TAG])
     columns = {h.name for h in experiment.hparam_infos}
     assert {"variant", "pattern", "sparsity", "method", "lr_schedule", "distribution",
