@@ -22,9 +22,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.pretrained = ""  # A torchvision ResNet state_dict as .safetensors (docs/library.md).
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "fashion_mnist"  # "fashion_mnist" or "synthetic".
+    c.data.name = "fashion_mnist"  # "fashion_mnist", "imagefolder" (dir/train|val/<class>/*)
+    #                                or "synthetic".
     c.data.dir = ""  # Empty: /usr/share/datasets/fashion-mnist (Debian dataset-fashion-mnist).
-    c.data.shape = (28, 28, 1)  # Image shape (H, W, C); used by synthetic data and bench mode.
+    c.data.shape = (28, 28, 1)  # Image shape (H, W, C): synthetic data, bench mode, and the
+    #                             crop size of an image folder (224, 224, 3 for ImageNet).
     c.data.num_classes = 10
     c.data.train_limit = 0  # Use only the first N training examples (0 = all).
     c.data.test_limit = 0  # Use only the first N test examples (0 = all).

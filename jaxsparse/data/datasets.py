@@ -38,6 +38,11 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """``(H, W, C)`` of one image."""
+        return tuple(self.images.shape[1:])
+
 
 def load_fashion_mnist(split: str, data_dir: str | None = None, limit: int | None = None) -> Split:
     """Loads a Fashion-MNIST split, normalised, as (N, 28, 28, 1) float32.
@@ -104,4 +109,5 @@ def load_dataset(name: str, split: str, *, data_dir: str | None = None,
     if name == "synthetic":
         n = num_examples if limit is None else min(limit, num_examples)
         return synthetic(n, tuple(shape), num_classes, seed=seed + (split == "test"))
-    raise DatasetError(f"dataset={name!r} is not known; valid: ['fashion_mnist', 'synthetic'].")
+    raise DatasetError(f"dataset={name!r} is not known; valid: ['fashion_mnist', 'imagefolder', "
+                       f"'synthetic'].")

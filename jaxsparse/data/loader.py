@@ -12,8 +12,12 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
+from jaxsparse.data import imagefolder
 from jaxsparse.data.augment import augment_batch
 from jaxsparse.data.datasets import Split
+from jaxsparse.data.imagefolder import ImageFolder
+
+DECODE_WORKERS = 2  # grain worker processes decoding an image folder's files.
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
@@ -21,7 +25,7 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def steps_per_epoch(split: Split, batch_size: int) -> int:
+def steps_per_epoch(split: Split | ImageFolder, batch_size: int) -> int:
     """Number of full training batches in one epoch (the last partial batch is dropped)."""
     steps = len(split) // batch_size
     if steps < 1:
@@ -40,6 +44,43 @@ def _to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
         local = v[pid * (len(v) // n):(pid + 1) * (len(v) // n)] if n > 1 else v
         out[k] = jax.make_array_from_process_local_data(sharding, local, v.shape)
     return out
+
+
+def _local_to_global(batch: dict[str, np.ndarray], sharding, global_size: int,
+                     ) -> dict[str, jax.Array]:
+    """Puts this process's part of a global batch (already only its slice) on the devices."""
+    if sharding is None:
+        return jax.device_put(batch)
+    return {k: jax.make_array_from_process_local_data(sharding, v, (global_size, *v.shape[1:]))
+            for k, v in batch.items()}
+
+
+def _folder_train(split: ImageFolder, batch_size: int, seed: int, start_step: int,
+                  num_steps: int, sharding) -> Iterator[dict[str, jax.Array]]:
+    spe = steps_per_epoch(split, batch_size)
+    n, pid = jax.process_count(), jax.process_index()
+    step = start_step
+    while step < num_steps:
+        epoch, first = divmod(step, spe)
+        last = min(spe, first + num_steps - step)
+        pos = imagefolder.local_positions(last, batch_size, first, pid, n)
+        order = epoch_permutation(len(split), seed, epoch)
+        for b in imagefolder.batches(split, order[pos], pos, batch_size // n, seed=seed,
+                                     epoch=epoch, workers=DECODE_WORKERS):
+            b.pop("mask")
+            yield _local_to_global(b, sharding, batch_size)
+            step += 1
+
+
+def _folder_eval(split: ImageFolder, batch_size: int, sharding,
+                 ) -> Iterator[dict[str, jax.Array]]:
+    n, pid = jax.process_count(), jax.process_index()
+    num_batches = -(-len(split) // batch_size)
+    pos = imagefolder.local_positions(num_batches, batch_size, 0, pid, n)
+    indices = np.where(pos < len(split), pos, -1)
+    for b in imagefolder.batches(split, indices, pos, batch_size // n,
+                                 workers=DECODE_WORKERS):
+        yield _local_to_global(b, sharding, batch_size)
 
 
 def prefetch(it: Iterator, size: int = 2) -> Iterator:
@@ -67,8 +108,12 @@ def train_batches(split: Split, batch_size: int, seed: int, start_step: int, num
         sharding: a ``NamedSharding`` for the batch axis, or ``None`` for the default device.
         prefetch_size: batches kept in flight on the devices.
         augment: random crop (2 px zero padding) and horizontal flip, seeded by
-            ``(seed, epoch, step)`` (see :mod:`jaxsparse.data.augment`).
+            ``(seed, epoch, step)`` (see :mod:`jaxsparse.data.augment`). An image folder
+            always augments (random-resized crop and flip, :mod:`jaxsparse.data.imagefolder`).
     """
+    if isinstance(split, ImageFolder):
+        return prefetch(_folder_train(split, batch_size, seed, start_step, num_steps,
+                                      sharding), prefetch_size)
     spe = steps_per_epoch(split, batch_size)
 
     def gen():
@@ -86,8 +131,11 @@ def train_batches(split: Split, batch_size: int, seed: int, start_step: int, num
     return prefetch(gen(), prefetch_size)
 
 
-def eval_batches(split: Split, batch_size: int, sharding=None) -> Iterator[dict[str, jax.Array]]:
+def eval_batches(split: Split | ImageFolder, batch_size: int, sharding=None,
+                 ) -> Iterator[dict[str, jax.Array]]:
     """Yields every example once, in order; the last batch is padded and carries a ``mask``."""
+    if isinstance(split, ImageFolder):
+        return prefetch(_folder_eval(split, batch_size, sharding))
 
     def gen():
         for start in range(0, len(split), batch_size):

@@ -18,6 +18,7 @@ import ml_collections
 from flax import nnx
 
 from jaxsparse import data as data_lib
+from jaxsparse.data.imagefolder import load_image_folder
 from jaxsparse.models import create_model, functional
 from jaxsparse.models.pretrained import load_torchvision
 from jaxsparse.training import checkpoint, steps
@@ -51,7 +52,7 @@ class Experiment:
     def image_shape(self) -> tuple[int, ...]:
         """``(H, W, C)`` of one input."""
         split = self.test if self.test is not None else self.train
-        return tuple(split.images.shape[1:]) if split is not None else \
+        return tuple(split.image_shape) if split is not None else \
             tuple(self.config.data.shape)
 
     def example(self, batch_size: int) -> jax.Array:
@@ -100,8 +101,12 @@ class Experiment:
 
 
 def load_splits(config: ml_collections.ConfigDict) -> tuple[data_lib.Split, data_lib.Split]:
-    """The train and test splits named by ``config.data``."""
+    """The train and test splits named by ``config.data`` (an image folder's test split is
+    its ``val/``)."""
     d = config.data
+    if d.name == "imagefolder":
+        return load_image_folder(d.dir, image_size=d.shape[0], num_classes=d.num_classes,
+                                 train_limit=d.train_limit, val_limit=d.test_limit)
     kw = dict(data_dir=d.dir or None, shape=tuple(d.shape), num_classes=d.num_classes,
               num_examples=d.synthetic_examples, seed=config.seed)
     train = data_lib.load_dataset(d.name, "train", limit=d.train_limit or None, **kw)
@@ -135,6 +140,6 @@ def build(config: ml_collections.ConfigDict, *, load_data: bool = True) -> Exper
     """
     dtype = precision_dtype(config.precision)
     train, test = load_splits(config) if load_data else (None, None)
-    in_channels = test.images.shape[-1] if test is not None else config.data.shape[-1]
+    in_channels = test.image_shape[-1] if test is not None else config.data.shape[-1]
     apply_fn, variables = build_model(config, in_channels)
     return Experiment(config, dtype, train, test, apply_fn, variables, data_parallel())

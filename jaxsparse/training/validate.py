@@ -162,6 +162,11 @@ def _validate(config: ml_collections.ConfigDict, workdir: str | None,
         raise ValueError(f"train.epochs={config.train.epochs} and train.num_steps="
                          f"{config.train.num_steps} must be >= 0.")
     optim.run_schedule(config.train, 1)  # Raises for a bad schedule_start_epoch.
+    data = config.data
+    if data.name == "imagefolder" and (not data.dir or tuple(data.shape)[-1] != 3):
+        raise ValueError(f"data.name='imagefolder' needs data.dir (the folder holding train/ "
+                         f"and val/) and data.shape=(H, W, 3); got data.dir={data.dir!r}, "
+                         f"data.shape={tuple(data.shape)}.")
     check_devices(config)
     check_sparsity_block(config.sparsity)
     d = config.distill
