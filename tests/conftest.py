@@ -47,3 +47,26 @@ def hparams_plugin_data(logdir):
             if content:
                 out[os.path.relpath(root, str(logdir))] = content
     return out
+
+
+CLASSES = ("cat", "ant", "bee")  # Not sorted: labels follow the sorted names.
+SIZES = ((37, 50), (64, 31), (45, 45), (80, 60))
+
+
+def make_image_folder(root, classes=CLASSES, per_class=4, val_per_class=2):
+    """An image folder under ``root``: train/ and val/ with one folder per class of random
+    JPEG and PNG images of odd sizes; returns ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("val", val_per_class)):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                w, h = SIZES[i % len(SIZES)]
+                pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                ext = "png" if i % 2 else "jpg"
+                Image.fromarray(pixels).save(d / f"{c}_{i}.{ext}")
+    return root

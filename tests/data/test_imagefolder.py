@@ -9,24 +9,8 @@ from PIL import Image
 
 from jaxsparse.data import DatasetError, eval_batches, train_batches
 from jaxsparse.data import imagefolder as imf
+from tests.conftest import make_image_folder as make_folder
 from tests.conftest import run_cli
-
-CLASSES = ("cat", "ant", "bee")  # Not sorted: labels follow the sorted names.
-SIZES = ((37, 50), (64, 31), (45, 45), (80, 60))
-
-
-def make_folder(root, classes=CLASSES, per_class=4, val_per_class=2):
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("val", val_per_class)):
-        for c in classes:
-            d = root / split / c
-            d.mkdir(parents=True)
-            for i in range(n):
-                w, h = SIZES[i % len(SIZES)]
-                pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-                ext = "png" if i % 2 else "jpg"
-                Image.fromarray(pixels).save(d / f"{c}_{i}.{ext}")
-    return root
 
 
 def test_labels_follow_sorted_folder_names(tmp_path):
