@@ -47,10 +47,10 @@ MIN_SPARSE_FLOPS = 2e7
 BLOCK_SLOWER_PLATFORMS = ("cpu",)
 # policy="auto" on cuda, from docs/results/nvidia-h200-2026-11-26.md (bf16, batch 256): the
 # cuSPARSELt 2:4 kernel alone ran at 0.22-0.89x the speed of cuBLAS on every ResNet50 GEMM shape
-# (they are memory-bound at this size), so "auto" keeps 2:4 layers dense there; the Pallas
-# block kernel at 90% beat dense on most shapes with 128x128 blocks (up to 2.3x) but rarely
-# with 32x32 ones, so "auto" takes blocks of at least this size.
-NM_AUTO_ON_CUDA = False
+# (they are memory-bound at this size), so "auto" keeps 2:4 layers dense there (until a measured
+# cuda cost table says otherwise); the Pallas block kernel at 90% beat dense on most shapes with
+# 128x128 blocks (up to 2.3x) but rarely with 32x32 ones, so "auto" takes blocks of at least
+# this size.
 CUDA_MIN_BLOCK = 64
 
 
@@ -157,7 +157,7 @@ def _nm_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTiming | Non
     """``(lowering, why, timing)`` for an N:M layer. ``policy="sparse"`` runs ``nm_dot``
     (cuSPARSELt on ``cuda`` where it runs, else the portable lowering); ``"auto"`` keeps it
     dense, since no platform has a 2:4 kernel measured faster than dense yet
-    (:data:`NM_AUTO_ON_CUDA`)."""
+    (the H200 measurements above)."""
     pattern = c.pattern
     kernel, why = (None, f"no {pattern} sparse tensor cores on {opts.platform}")
     if opts.platform == "cuda":
@@ -168,10 +168,8 @@ def _nm_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTiming | Non
         return "nm", f"policy='sparse' ({detail})", None
     if kernel is None:
         return "dense", f"{why}; the portable nm_dot densifies (policy='sparse' forces it)", None
-    if not NM_AUTO_ON_CUDA:
-        return "dense", ("cuSPARSELt 2:4 measured slower than dense on ResNet50's GEMMs (H200, "
-                         "bf16); policy='sparse' forces it"), None
-    return "nm", why, None
+    return "dense", ("cuSPARSELt 2:4 measured slower than dense on ResNet50's GEMMs (H200, "
+                     "bf16); policy='sparse' forces it"), None
 
 
 def _choose(c: Candidate | None, opts: Options) -> tuple[str, str, LayerTiming | None]:

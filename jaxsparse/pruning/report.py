@@ -14,15 +14,13 @@ from jaxsparse.pruning.tree_paths import named_leaves
 
 @dataclasses.dataclass(frozen=True)
 class LayerSparsity:
-    """One weight of a sparsity report. ``flops_kept`` is the fraction of its multiply-adds
-    left: for a GEMM or convolution each weight costs one MAC per output position, so it
-    equals the weight's density."""
+    """One weight of a sparsity report. Its density is also the fraction of its multiply-adds
+    left (in a GEMM or convolution each weight costs one MAC per output position)."""
 
     name: str
     shape: tuple[int, ...]
     pattern: str
     density: float
-    flops_kept: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +35,9 @@ class SparsityReport:
                 "layers": [dataclasses.asdict(r) for r in self.rows]}
 
     def markdown(self) -> str:
-        lines = [table(["layer", "shape", "pattern", "density", "FLOPs kept"],
-                       [[r.name, shape(r.shape), r.pattern, f"{r.density:.3f}",
-                         f"{r.flops_kept:.3f}"] for r in self.rows])]
+        lines = [table(["layer", "shape", "pattern", "density (= FLOPs kept)"],
+                       [[r.name, shape(r.shape), r.pattern, f"{r.density:.3f}"]
+                        for r in self.rows])]
         lines.append(f"\nglobal sparsity over the listed weights: {self.global_sparsity:.4f}")
         return "\n".join(lines)
 
@@ -64,7 +62,7 @@ def sparsity_report(params: Any, masks: Any, pattern: str | None = None) -> Spar
             density, pat = float(np.mean(np.asarray(w) != 0)), "dense"
         else:
             density, pat = float(np.mean(np.asarray(m))), pattern or "masked"
-        rows.append(LayerSparsity(name, tuple(w.shape), pat, density, density))
+        rows.append(LayerSparsity(name, tuple(w.shape), pat, density))
         kept += density * w.size
         total += w.size
     return SparsityReport(tuple(rows), 1.0 - kept / total if total else 0.0)
