@@ -229,3 +229,19 @@ def test_rewound_variant_logs_the_dense_learning_rates(tmp_path):
     offset = max(dense) - max(ft)
     assert len(ft) == 16 and offset == 48
     assert all(ft[s] == pytest.approx(dense[s + offset], rel=1e-6) for s in ft)
+
+
+def test_best_per_family_names_each_familys_fastest_within_99():
+    rows = [_row("dense", 0.9, 100.0)] + [
+        report_lib.VariantRow(n, p, "gradual", 0.5, 0.3, acc, ips, False)
+        for n, p, acc, ips in (("c40", "channel", 0.895, 200.0), ("c50", "channel", 0.893, 260.0),
+                               ("c60", "channel", 0.85, 400.0), ("u80", "unstructured", 0.85,
+                                                                  150.0),
+                               ("b75", "block:16x16", 0.899, 210.0))]
+    rep = report_lib.build_report(rows, {"device_kind": "cpu", "precision": "float32",
+                                         "batch_size": 8, "jax": "x"})
+    best = rep["best_per_family"]
+    assert best["channel"]["variant"] == "c50" and best["block"]["variant"] == "b75"
+    assert best["unstructured"] is None  # Not within 99% of dense.
+    assert "per family: channel: c50 2.60x at 0.8930; unstructured: none; block: b75 2.10x" \
+        in report_lib.markdown(rep)
