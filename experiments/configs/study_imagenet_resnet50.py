@@ -47,6 +47,8 @@ def get_config():
     c.note = ("Dense: torchvision's pretrained weights, evaluated. Sparse: 2-epoch distilled "
               "fine-tunes from them. MLPerf's bar for ResNet-50 is 75.69% top-1 (99% of "
               "76.46%).")
+    c.reference_accuracy = 0.7646  # MLPerf Inference's ResNet-50 FP32 reference top-1.
+    c.reference_name = "MLPerf ResNet-50 reference"
     c.variants = [
         variant("nm24", "one_shot", "2:4"),
         variant("channel_30", "gradual", "channel", 0.3, **CHANNEL),

@@ -142,6 +142,10 @@ def build_report(rows: list[VariantRow], env: dict[str, Any]) -> dict[str, Any]:
                         "speed_text": _speed_text(r, dense),
                         "note": r.why if (r.mask_only or not measurable(r)) and r is not dense
                         else ""})
+    ref = env.get("reference_accuracy") or 0.0
+    for e in entries:  # An external reference (MLPerf's ResNet-50: 76.46%), when given.
+        e["meets_reference_bar"] = None if not ref or e["accuracy"] is None else \
+            e["accuracy"] >= ACCURACY_BAR * ref
     front = pareto_front([None if e["accuracy"] is None or e["images_per_sec"] is None
                           else (e["accuracy"], e["images_per_sec"]) for e in entries])
     for e, on in zip(entries, front, strict=True):
@@ -237,6 +241,11 @@ def markdown(report: dict[str, Any]) -> str:
              f"back to back), [interquartile range].", "", table(header, cells)]
     if report.get("summary"):
         lines += ["", report["summary"]]
+    if report.get("reference_accuracy"):
+        ref, name = report["reference_accuracy"], report.get("reference_name", "the reference")
+        ok = [e["variant"] for e in report["rows"] if e.get("meets_reference_bar")]
+        lines += ["", f"{name}: {100 * ref:.2f}% top-1, its 99% bar {100 * ACCURACY_BAR * ref:.3f}"
+                  f"%; rows at or above the bar: {', '.join(ok) or 'none'}."]
     if report.get("best_per_family"):
         lines += ["", "Fastest within 99% of dense, per family: " + "; ".join(
             f"{f}: none" if b is None else

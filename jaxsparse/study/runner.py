@@ -194,6 +194,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
            "title": config.title, "model": base.model.to_dict(), "dataset": base.data.name,
            "finetune": config.finetune.to_dict(), "distill": config.distill.to_dict(),
            "note": config.note,
+           "reference_accuracy": float(config.get("reference_accuracy", 0.0)),
+           "reference_name": config.get("reference_name", ""),
            "latency_ms_p50": {r.variant: t.latency_ms_p50 for r, t in zip(rows, timings,
                                                                            strict=True)}}
     rep = report_lib.build_report(rows, env)

@@ -245,3 +245,14 @@ def test_best_per_family_names_each_familys_fastest_within_99():
     assert best["unstructured"] is None  # Not within 99% of dense.
     assert "per family: channel: c50 2.60x at 0.8930; unstructured: none; block: b75 2.10x" \
         in report_lib.markdown(rep)
+
+
+def test_reference_bar_is_checked_when_given():
+    rep = report_lib.build_report([_row("dense", 0.761, 100.0), _row("s", 0.757, 200.0),
+                                   _row("t", 0.750, 300.0)],
+                                  {"device_kind": "cpu", "precision": "float32", "batch_size": 8,
+                                   "jax": "x", "reference_accuracy": 0.7646,
+                                   "reference_name": "MLPerf ResNet-50 reference"})
+    assert [e["meets_reference_bar"] for e in rep["rows"]] == [True, True, False]
+    assert ("MLPerf ResNet-50 reference: 76.46% top-1, its 99% bar 75.695%; rows at or above "
+            "the bar: dense, s.") in report_lib.markdown(rep)
