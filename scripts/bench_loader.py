@@ -1,7 +1,8 @@
 """Measures the image-folder loader (grain workers decoding JPEGs, ResNet train preprocessing)
 on a generated folder of ImageNet-sized JPEGs, or on --dir; prints one line per worker count.
 
-    python scripts/bench_loader.py [--dir=DIR] [--workers=0,1,2] [--batch=64] [--batches=10]
+    python scripts/bench_loader.py [--dir=DIR] [--workers=0,1,2] [--batch=64] [--batches=10] \
+        [--out=docs/results/bench_loader_cpu.md]
 """
 
 import argparse
@@ -35,20 +36,31 @@ def main() -> None:
     p.add_argument("--workers", default="0,1,2")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--batches", type=int, default=10)
+    p.add_argument("--out", default="", help="also write the lines to this file")
     a = p.parse_args()
+    lines = []
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
     with tempfile.TemporaryDirectory() as tmp:
         root = a.dir or tmp
         if not a.dir:
             make_jpegs(root)
         train, _ = imagefolder.load_image_folder(root)
         env = environment()
-        print(f"image-folder loader, {env['host_cpu']} ({env['host_cpu_count']} cores), "
+        say(f"image-folder loader, {env['host_cpu']} ({env['host_cpu_count']} cores), "
               f"{len(train)} training JPEGs {'in ' + a.dir if a.dir else '(500x375, made here)'}"
               f", 224 px random-resized crop + flip, batch {a.batch}, {a.batches} batches")
         for w in (int(x) for x in a.workers.split(",")):
             r = imagefolder.measure_loader(train, a.batch, w, a.batches)
-            print(f"workers {w}: {r['images_per_sec']:.0f} images/s "
-                  f"({r['images_per_sec_per_worker']:.0f} per worker)")
+            say(f"- workers {w}: {r['images_per_sec']:.0f} images/s "
+                f"({r['images_per_sec_per_worker']:.0f} per worker)")
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(f"# Image-folder loader throughput\n\n`python scripts/bench_loader.py "
+                    f"{' '.join(sys.argv[1:])}`, jax {env['jax']}\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
