@@ -1,7 +1,7 @@
 """Measures the image-folder loader (grain workers decoding JPEGs, ResNet train preprocessing)
 on a generated folder of ImageNet-sized JPEGs, or on --dir; prints one line per worker count.
 
-    python scripts/bench_loader.py [--dir=DIR] [--workers=0,1,2] [--batch=64] [--batches=10] \
+    python scripts/bench_loader.py [--dir=DIR] [--workers=0,1,2] [--batch=64] [--batches=30] \
         [--out=docs/results/bench_loader_cpu.md]
 """
 
@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--dir", default="")
     p.add_argument("--workers", default="0,1,2")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--batches", type=int, default=10)
+    p.add_argument("--batches", type=int, default=30)
     p.add_argument("--out", default="", help="also write the lines to this file")
     a = p.parse_args()
     lines = []
@@ -52,7 +52,8 @@ def main() -> None:
         env = environment()
         say(f"image-folder loader, {env['host_cpu']} ({env['host_cpu_count']} cores), "
               f"{len(train)} training JPEGs {'in ' + a.dir if a.dir else '(500x375, made here)'}"
-              f", 224 px random-resized crop + flip, batch {a.batch}, {a.batches} batches")
+              f", 224 px random-resized crop + flip, batch {a.batch}, {a.batches} batches timed "
+              f"from the loader's start")
         for w in (int(x) for x in a.workers.split(",")):
             r = imagefolder.measure_loader(train, a.batch, w, a.batches)
             say(f"- workers {w}: {r['images_per_sec']:.0f} images/s "
