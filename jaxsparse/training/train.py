@@ -215,11 +215,14 @@ def _fit(exp: Experiment, sched: _Schedule, state: steps.TrainState, start: int,
                     f"command to resume.", bar)
                 raise Interrupted(f"{name} at step {done}")
     except KeyboardInterrupt:  # A second signal, or one outside the loop's checks.
-        say(f"Interrupted: saving a checkpoint at step {int(state.step)}; rerun the same "
-            f"command to resume.", bar)
-        save(state, force=True)
-        ckpt.wait()
-        raise Interrupted(f"interrupted at step {int(state.step)}") from None
+        try:  # The state may be mid-step (its buffers donated): then keep the last checkpoint.
+            save(state, force=True)
+            ckpt.wait()
+            where = f"saved a checkpoint at step {int(state.step)}"
+        except Exception:  # noqa: BLE001
+            where = f"kept the last checkpoint (step {ckpt.latest_step()})"
+        say(f"Interrupted: {where}; rerun the same command to resume.", bar)
+        raise Interrupted(f"interrupted ({where})") from None
     finally:
         signals.close()
         bar.close()
