@@ -162,7 +162,9 @@ def test_report_labels_division_and_the_99_percent_bar():
                                      "fast_ok (p, m), 3.00x")
     assert "sparse model" in rep["summary"] and "Open-division" in rep["summary"]
     table = report_lib.markdown(rep)
-    assert table.splitlines()[-1] == rep["summary"]
+    lines = table.splitlines()  # The summary line, then the per-family line.
+    assert lines[-3] == rep["summary"]
+    assert lines[-1] == "Fastest within 99% of dense, per family: p: fast_ok 3.00x at 0.8911."
     assert "| fast_bad | open | p | 0.500 | 0.500 | 0.8500 | -5.00 pt | no |" in table
     none = report_lib.build_report([_row("dense", 0.9, 100.0), _row("bad", 0.5, 900.0)], ENV)
     assert none["summary"].startswith("No sparse model both kept 99%")
