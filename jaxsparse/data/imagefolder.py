@@ -75,8 +75,9 @@ class ImageFolder:
         except Exception as e:  # noqa: BLE001  (PIL raises many types)
             raise DatasetError(f"{path}: not a readable image ({e}).") from None
         if self.train:
-            im = _random_resized_crop(im, self.image_size, rng or np.random.default_rng(0))
-            if (rng or np.random.default_rng(0)).random() < 0.5:
+            rng = rng if rng is not None else np.random.default_rng(0)
+            im = _random_resized_crop(im, self.image_size, rng)
+            if rng.random() < 0.5:
                 im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         else:
             im = _center_crop(im, self.resize, self.image_size)

@@ -39,11 +39,10 @@ def _to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
     if sharding is None:
         return jax.device_put(batch)
     n, pid = jax.process_count(), jax.process_index()
-    out = {}
-    for k, v in batch.items():
-        local = v[pid * (len(v) // n):(pid + 1) * (len(v) // n)] if n > 1 else v
-        out[k] = jax.make_array_from_process_local_data(sharding, local, v.shape)
-    return out
+    size = len(next(iter(batch.values())))
+    local = {k: v[pid * (len(v) // n):(pid + 1) * (len(v) // n)] if n > 1 else v
+             for k, v in batch.items()}
+    return _local_to_global(local, sharding, size)
 
 
 def _local_to_global(batch: dict[str, np.ndarray], sharding, global_size: int,

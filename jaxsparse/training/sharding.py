@@ -33,9 +33,14 @@ class DataParallel:
 
     def check_batch_size(self, batch_size: int, what: str = "batch_size") -> None:
         """Raises ``ValueError`` unless ``batch_size`` splits evenly over the devices."""
-        if batch_size % self.num_devices:
-            raise ValueError(f"{what}={batch_size} is not divisible by the {self.num_devices} "
-                             f"devices; use a multiple of {self.num_devices}.")
+        check_batch_size(batch_size, self.num_devices, what)
+
+
+def check_batch_size(batch_size: int, num_devices: int, what: str = "batch_size") -> None:
+    """Raises ``ValueError`` unless ``batch_size`` splits evenly over ``num_devices``."""
+    if batch_size % num_devices:
+        raise ValueError(f"{what}={batch_size} is not divisible by the {num_devices} "
+                         f"devices; use a multiple of {num_devices}.")
 
 
 def maybe_initialize_distributed() -> None:

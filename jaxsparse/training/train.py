@@ -264,8 +264,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     os.makedirs(workdir, exist_ok=True)
     exp = experiment.with_config(config) if experiment is not None else \
         experiment_lib.build(config)
-    exp.dp.check_batch_size(config.train.batch_size, "train.batch_size")
-    exp.dp.check_batch_size(config.eval.batch_size, "eval.batch_size")
     sched = _schedule(exp)
     ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
     state, start = _initial_state(exp, sched, ckpt, workdir)

@@ -24,7 +24,7 @@ from jaxsparse.pruning.distributions import DISTRIBUTIONS
 from jaxsparse.pruning.masks import check_sparsity
 from jaxsparse.pruning.patterns import NM, Channel, parse_pattern
 from jaxsparse.training import methods, optim
-from jaxsparse.training.sharding import maybe_initialize_distributed
+from jaxsparse.training.sharding import check_batch_size, maybe_initialize_distributed
 
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The sparsity block's values when pruning is off (experiments/configs/default.py; a test keeps
@@ -73,9 +73,7 @@ def check_devices(config: ml_collections.ConfigDict) -> None:
     if config.bench.enabled:
         sizes.append(("bench.batch_size", config.bench.batch_size))
     for key, size in sizes:
-        if size % n:
-            raise ValueError(f"{key}={size} is not divisible by the {n} devices; use a "
-                             f"multiple of {n}.")
+        check_batch_size(size, n, key)
 
 
 def precision_dtype(precision: str):
