@@ -31,7 +31,7 @@ from jaxsparse.training import train
 from jaxsparse.training.bench import benchmark
 from jaxsparse.training.experiment import Experiment
 from jaxsparse.training.sharding import maybe_initialize_distributed
-from jaxsparse.training.summary import Writer, environment, write_json
+from jaxsparse.training.summary import Writer, environment, say, write_json
 from jaxsparse.training.validate import SPARSITY_OFF, check_workdir, validate_config
 
 HPARAMS_DIR = "hparams"  # <workdir>/hparams/<variant>: the study's HParams runs.
@@ -103,10 +103,10 @@ def run_or_load(config: ml_collections.ConfigDict, workdir: str,
     ``experiment``'s data and model."""
     path = os.path.join(workdir, "results.json")
     if os.path.isfile(path):
-        train.say(f"[study] {workdir}: finished earlier, reusing its results.")
+        say(f"[study] {workdir}: finished earlier, reusing its results.")
         with open(path) as f:
             return json.load(f)
-    train.say(f"[study] {workdir}: training.")
+    say(f"[study] {workdir}: training.")
     return train.train_and_evaluate(config, workdir, experiment=experiment, hparams=False)
 
 
@@ -151,14 +151,14 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     rows = [report_lib.VariantRow("dense", "dense", "none", 0.0, 1.0, dense_res["accuracy"],
                                   None, False)]
     fns, args = [jax.jit(lambda v, x: apply_fn(v, x))], [(dense_vars, example)]
-    train.say(f"[study] dense: test accuracy {dense_res['accuracy']:.4f}.")
+    say(f"[study] dense: test accuracy {dense_res['accuracy']:.4f}.")
     t_variants = time.perf_counter()
     for i, v in enumerate(all_variants):
         elapsed = time.perf_counter() - t_start
         per_variant = (time.perf_counter() - t_variants) / max(i, 1)
         eta = "" if i == 0 else \
             f", about {per_variant * (len(all_variants) - i) / 60:.0f} min of variants left"
-        train.say(f"[study] variant {i + 1}/{len(all_variants)}: {v.name} ({v.method} "
+        say(f"[study] variant {i + 1}/{len(all_variants)}: {v.name} ({v.method} "
                   f"{v.pattern}); {elapsed / 60:.1f} min elapsed{eta}.")
         vdir = os.path.join(workdir, v.name)
         res = run_or_load(variant_config(config, v, dense_dir), vdir, exp)
@@ -170,11 +170,11 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
             with open(cached) as f:
                 acc = json.load(f)["compiled_accuracy"]
         else:
-            train.say(f"[study] {v.name}: evaluating the compiled model.")
+            say(f"[study] {v.name}: evaluating the compiled model.")
             acc = compiled_accuracy(exp, sp, bs)
             write_json(cached, {"compiled_accuracy": acc, "masked_accuracy": res["accuracy"],
                                 "compile_report": sp.report.as_dict()})
-        train.say(f"[study] {v.name}: compiled accuracy {acc:.4f} (masked "
+        say(f"[study] {v.name}: compiled accuracy {acc:.4f} (masked "
                   f"{res['accuracy']:.4f}), FLOPs ratio {sp.report.flops_ratio:.3f}.")
         ratio = sp.report.flops_ratio
         rows.append(report_lib.VariantRow(
@@ -183,7 +183,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
             target_sparsity=target_sparsity(v), recipe=variants_lib.recipe(config, v)))
         fns.append(jax.jit(sp))
         args.append((sp.variables, example))
-    train.say(f"[study] benchmarking {len(fns)} models back to back, batch {bs}.")
+    say(f"[study] benchmarking {len(fns)} models back to back, batch {bs}.")
     timings = benchmark(fns, args, bs, warmup=config.bench.warmup,
                         num_batches=config.bench.num_batches)
     dense_ms = timings[0].latencies_ms

@@ -35,8 +35,7 @@ from jaxsparse.training import methods
 from jaxsparse.training.bench import benchmark
 from jaxsparse.training.experiment import Experiment
 from jaxsparse.training.sharding import maybe_initialize_distributed
-from jaxsparse.training.summary import Writer, environment, write_json
-from jaxsparse.training.train import say
+from jaxsparse.training.summary import Writer, environment, say, write_json
 from jaxsparse.training.validate import check_workdir, validate_config
 
 # Largest relative error (to the output's scale) a compiled model may show against the masked

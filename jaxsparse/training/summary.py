@@ -16,6 +16,17 @@ import tensorboardX
 from tensorboardX.summary import hparams as hparams_summary
 
 
+def say(message: str, bar: Any = None) -> None:
+    """Prints a progress line once per run (process 0), above ``bar`` (a ``tqdm`` progress bar)
+    if given."""
+    if jax.process_index() != 0:
+        return
+    if bar is not None:
+        bar.write(message)
+    else:
+        print(message, flush=True)
+
+
 def environment() -> dict[str, Any]:
     """Device kind and count plus the versions that decide a measurement."""
     dev = jax.devices()[0]

@@ -28,7 +28,7 @@ from jaxsparse.training.bench import benchmark
 from jaxsparse.training.checkpoint import Checkpointer, save_final_variables
 from jaxsparse.training.experiment import Experiment
 from jaxsparse.training.sharding import maybe_initialize_distributed
-from jaxsparse.training.summary import Writer, environment, write_json
+from jaxsparse.training.summary import Writer, environment, say, write_json
 from jaxsparse.training.validate import validate_config
 
 log = logging.getLogger(__name__)
@@ -86,16 +86,6 @@ def run_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
         if methods.target_sparsity(pattern, s.sparsity) is None:  # N:M: 1 - N/M.
             hp["sparsity"] = {**hp["sparsity"], "sparsity": 1.0 - pattern.n / pattern.m}
     return hp
-
-
-def say(message: str, bar: tqdm | None = None) -> None:
-    """Prints a progress line once per run (process 0), above the progress bar if any."""
-    if jax.process_index() != 0:
-        return
-    if bar is not None:
-        bar.write(message)
-    else:
-        print(message, flush=True)
 
 
 @dataclasses.dataclass(frozen=True)
