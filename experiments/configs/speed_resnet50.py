@@ -2,6 +2,8 @@
 
     python -m experiments.study --config=experiments/configs/speed_resnet50.py \
         --workdir=runs/speed_resnet50 [--config.speed.layer_table=True]
+    python -m experiments.study \
+        --config=experiments/configs/speed_resnet50.py:block90_32,channel50 --workdir=...
 
 Every variant of ``CATALOGUE`` is pruned by magnitude, compiled with ``js.sparsify``, checked
 against the masked dense model and timed back to back with the dense model (see
@@ -29,6 +31,14 @@ DEFAULT = ("block90_32", "block90_16", "unstructured90", "unstructured80", "chan
 
 
 def get_config(names=DEFAULT):
+    """The speed study of ``names`` (a sequence, or a comma-separated string as
+    ``--config=speed_resnet50.py:block90_32,channel50`` passes it)."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CATALOGUE]
+    if unknown or not names:
+        raise ValueError(f"speed_resnet50: unknown variant(s) {unknown or names!r}; use names "
+                         f"from {sorted(CATALOGUE)}.")
     c = study_fmnist.get_config()
     c.mode = "speed"
     c.title = "ResNet-50 224x224: dense vs compiled sparse inference (random weights)"

@@ -100,7 +100,7 @@ def dense_reason(rows: Sequence[CompiledLayer]) -> str:
     """The compiler's most frequent reason for keeping a pruned layer dense (a compile report's
     rows), or "" when every pruned layer went sparse."""
     why = collections.Counter(r.why for r in rows
-                              if r.pattern != "dense" and r.action.startswith("dense"))
+                              if r.pattern != "dense" and not r.sparse and not r.sliced)
     return why.most_common(1)[0][0] if why else ""
 
 
@@ -178,14 +178,20 @@ def best_per_family(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any] |
     return out
 
 
+def best_within_99(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The report entry of the fastest sparse model within 99% of dense that ran measurably
+    faster, or None."""
+    ok = _claims(entries)
+    return max(ok, key=lambda e: e["speedup"]) if ok else None
+
+
 def summary(entries: list[dict[str, Any]]) -> str:
     """One line: the fastest changed (sparse) model that keeps 99% of the dense accuracy."""
-    ok = _claims(entries)
+    best = best_within_99(entries)
     bar = f"{100 * ACCURACY_BAR:.0f}% of the dense accuracy"
-    if not ok:
+    if best is None:
         return (f"No sparse model both kept {bar} and ran measurably faster; every sparse row "
                 f"is an Open-division (changed-model) result.")
-    best = max(ok, key=lambda e: e["speedup"])
     target = "" if best.get("target_sparsity") is None else \
         f", sparsity {best['target_sparsity']:g}"
     return (f"Fastest sparse model within {bar}: {best['variant']} ({best['pattern']}, "

@@ -110,6 +110,15 @@ def run_or_load(config: ml_collections.ConfigDict, workdir: str,
     return train.train_and_evaluate(config, workdir, experiment=experiment, hparams=False)
 
 
+def compile_trained(exp: Experiment, vdir: str, example: jax.Array,
+                    policy: str = "auto") -> js.SparseModel:
+    """The trained variant in ``vdir`` compiled for ``example``'s shape: its masks are read
+    back from the pruned weights' zeros, then ``js.sparsify``."""
+    variables = exp.load_variables(vdir)
+    masks = js.masks_from_zeros(variables["params"])
+    return js.sparsify(exp.apply_fn, variables, masks, example, policy=policy)
+
+
 def compiled_accuracy(exp: Experiment, sp: js.SparseModel, batch_size: int) -> float:
     """Test accuracy of a compiled model (compiled for ``batch_size``), over every example."""
     return exp.evaluate(sp.variables, apply_fn=lambda v, x, train=False: sp(v, x),
@@ -162,9 +171,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
                   f"{v.pattern}); {elapsed / 60:.1f} min elapsed{eta}.")
         vdir = os.path.join(workdir, v.name)
         res = run_or_load(variant_config(config, v, dense_dir), vdir, exp)
-        variables = exp.load_variables(vdir)
-        masks = js.masks_from_zeros(variables["params"])
-        sp = js.sparsify(apply_fn, variables, masks, example, policy=v.policy)
+        sp = compile_trained(exp, vdir, example, v.policy)
         cached = os.path.join(vdir, "study.json")
         if os.path.isfile(cached):
             with open(cached) as f:

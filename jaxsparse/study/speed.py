@@ -63,12 +63,19 @@ def compile_checked(exp: Experiment, masks: Any, x: jax.Array, **sparsify_kwargs
     return sp, pass_s, max_rel_error(exp, masks, sp, x)
 
 
-def _compile_variant(config: ml_collections.ConfigDict, v: ml_collections.ConfigDict,
-                     exp: Experiment, x: jax.Array, dense_dir: str) -> tuple[Any, dict]:
-    """Prunes and compiles one variant: ``(SparseModel, its report row)``."""
-    block = variant_config(config, v, dense_dir).sparsity
+def random_weight_masks(config: ml_collections.ConfigDict, v: ml_collections.ConfigDict,
+                        exp: Experiment, x: jax.Array) -> Any:
+    """The masks of variant ``v`` on ``exp``'s initial (random) weights: one-shot magnitude
+    pruning with the variant's pattern, sparsity and grouping (traced on ``x[:1]``)."""
+    block = variant_config(config, v, "").sparsity
     groups = js.channel_groups(exp.apply_fn, exp.variables, x[:1]) if v.grouped else None
-    masks = methods.one_shot_masks(block, exp.variables["params"], groups)
+    return methods.one_shot_masks(block, exp.variables["params"], groups)
+
+
+def _compile_variant(config: ml_collections.ConfigDict, v: ml_collections.ConfigDict,
+                     exp: Experiment, x: jax.Array) -> tuple[Any, dict]:
+    """Prunes and compiles one variant: ``(SparseModel, its report row)``."""
+    masks = random_weight_masks(config, v, exp, x)
     sp, pass_s, err = compile_checked(exp, masks, x, backend=config.speed.backend,
                                       policy=v.policy)
     layers = ""
@@ -145,7 +152,7 @@ def run_speed(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     for i, v in enumerate(variants):
         say(f"[speed] variant {i + 1}/{len(variants)}: {v.name} ({v.pattern}, policy "
             f"{v.policy}): pruning random weights and compiling.")
-        sp, row = _compile_variant(config, v, exp, x, dense_dir)
+        sp, row = _compile_variant(config, v, exp, x)
         fns.append(jax.jit(sp))
         args.append((sp.variables, x))
         rows.append(row)
