@@ -12,8 +12,8 @@ import datetime
 
 from absl import app, flags
 
-from jaxsparse.compiler import costs
 from jaxsparse.kernels import cpu_library
+from jaxsparse.study import calibration
 from jaxsparse.training.summary import environment, write_json
 
 flags.DEFINE_list("kernels", "block:8x8,block:16x16,block:32x32,unstructured",
@@ -30,8 +30,9 @@ def main(argv):
     st = cpu_library.status()
     if not st.available:
         raise app.UsageError(f"the CPU kernels are not available: {st.reason}")
-    table = costs.calibrate(tuple(FLAGS.kernels), tuple(float(d) for d in FLAGS.densities),
-                            FLAGS.batch, reps=FLAGS.reps)
+    table = calibration.calibrate(tuple(FLAGS.kernels),
+                                  tuple(float(d) for d in FLAGS.densities), FLAGS.batch,
+                                  reps=FLAGS.reps)
     env = environment()
     machine = f"{env['host_cpu']} x{env['host_cpu_count']}, flags {env['host_simd']}"
     write_json(FLAGS.out, {"machine": machine, "date": datetime.date.today().isoformat(),

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsparse.compiler import engine, layers
+from jaxsparse.compiler import engine, layers  # noqa: F401  (registers the layer rule)
+from jaxsparse.compiler import policy as policy_lib
 from jaxsparse.compiler.interpreter import MISSING_RULE, Context, eval_jaxpr
 from jaxsparse.compiler.packed import is_rewritten, nbytes
 from jaxsparse.compiler.report import CompileReport
@@ -111,14 +112,14 @@ class SparseModel:
     _jaxpr: Any
     _out_tree: Any
     _plan: dict
-    _options: layers.Options
+    _options: policy_lib.Options
 
     def __call__(self, variables: dict, *args: Any) -> Any:
         leaves = jax.tree_util.tree_flatten_with_path(variables["model"],
                                                       is_leaf=is_rewritten)[0]
         vals = [WRef(path_str(p), v, None) if is_rewritten(v) or np.ndim(v) >= 2 else v
                 for p, v in leaves]
-        ctx = Context(compiling=False, plan=self._plan, apply=layers.apply,
+        ctx = Context(compiling=False, plan=self._plan,
                       folded=variables.get("folded", {}), options=self._options)
         flat_args = jax.tree.leaves(args)
         expected = [(v.aval.shape, v.aval.dtype) for v in
@@ -184,8 +185,8 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
     """
     platform = target_platform(platform)
     impl, interpret, note = resolve_backend(backend, platform, interpret)
-    if policy not in layers.POLICIES:
-        raise ValueError(f"policy={policy!r} is not valid; use one of {layers.POLICIES}.")
+    if policy not in policy_lib.POLICIES:
+        raise ValueError(f"policy={policy!r} is not valid; use one of {policy_lib.POLICIES}.")
     if missing_rule not in MISSING_RULE:
         raise ValueError(f"missing_rule={missing_rule!r} is not valid; use one of "
                          f"{MISSING_RULE}.")
@@ -201,13 +202,12 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
                                         *example_args)
     out_tree = jax.tree.structure(out_shape)
     on_gpu = platform == "cuda" and target_platform(None) == "cuda"
-    opts = layers.Options(policy, impl, platform, calibrate, note,
+    opts = policy_lib.Options(policy, impl, platform, calibrate, note,
                           precompress=on_gpu and cusparselt.available(),
                           missing_rule=missing_rule, interpret=interpret)
     forced: frozenset[str] = frozenset()
     while True:
-        ctx = Context(compiling=True, plan={}, decide=layers.decide, apply=layers.apply,
-                      options=opts, forced_dense=forced)
+        ctx = Context(compiling=True, plan={}, options=opts, forced_dense=forced)
         vals = [WRef(p, v, mask_of.get(p)) if np.ndim(v) >= 2 else v
                 for p, v in zip(paths, leaves, strict=True)]
 

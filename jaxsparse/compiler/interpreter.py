@@ -4,7 +4,8 @@ Values are plain arrays, :class:`~jaxsparse.compiler.values.Sliced` activations 
 :class:`~jaxsparse.compiler.values.WRef` weights. ``RULES`` maps a primitive to
 ``rule(ctx, eqn, invals) -> outvals``: one per primitive of
 :data:`jaxsparse.compiler.channels.FLOW` (where the channel axis survives, the activation stays
-sliced; otherwise the rule rebuilds it in full, which is exact) and the layer rule for conv/dot.
+sliced; otherwise the rule rebuilds it in full, which is exact), plus the layer rule for
+conv/dot, which :mod:`~jaxsparse.compiler.layers` registers.
 Equations whose inputs are all plain are re-bound unchanged (folded in numpy at compile time when
 their inputs are host constants). A weight read by a primitive with no rule is read densely and
 the pass keeps that weight whole; a sliced activation reaching a primitive with no rule raises
@@ -17,7 +18,6 @@ to do, build the rewritten weights and record a plan; at run time they replay th
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
@@ -43,11 +43,9 @@ class Context:
     Attributes:
         compiling: True at compile time (decide and record), False at run time (replay).
         plan: per-layer decisions, keyed ``"<primitive><n>"`` in visiting order.
-        decide: compile-time callback ``(ctx, key, eqn, x, wref) -> LayerPlan`` for a layer.
-        apply: callback ``(ctx, key, plan, eqn, x, wref) -> outputs`` running a layer's plan.
         folded: constant bias maps folded from removed channels, by plan key.
         materialized: paths of weights read densely by an op without a rule (compile time).
-        options: compile options (``layers.Options``: policy, kernel implementation, platform,
+        options: compile options (``policy.Options``: policy, kernel implementation, platform,
             ``missing_rule``: a sliced activation at a primitive with no rule raises, or with
             ``"densify"`` is rebuilt in full there).
         rewritten: compile time: the rewritten weight of each rewritten leaf, by path.
@@ -60,8 +58,6 @@ class Context:
 
     compiling: bool
     plan: dict[str, Any]
-    decide: Callable | None = None
-    apply: Callable | None = None
     folded: dict[str, Any] = dataclasses.field(default_factory=dict)
     materialized: set[str] = dataclasses.field(default_factory=set)
     options: Any = None
@@ -248,17 +244,6 @@ def _reshape(ctx: Context, eqn, invals: list) -> list:
     return [Sliced(data, new_axis, x.keep, x.full, x.fill)]
 
 
-def _layer(ctx: Context, eqn, invals: list) -> list:
-    """conv_general_dilated and dot_general: the layers the pass rewrites."""
-    x, w = invals[0], invals[1]
-    if isinstance(x, WRef) or not isinstance(w, WRef):
-        return default_rule(ctx, eqn, invals)
-    key = ctx.next_key(eqn.primitive.name)
-    if ctx.compiling:
-        ctx.plan[key] = ctx.decide(ctx, key, eqn, x, w)
-    return ctx.apply(ctx, key, ctx.plan[key], eqn, x, w)
-
-
 for _p in channels.ELEMENTWISE:
     RULES[_p] = _elementwise
 RULES[lax.convert_element_type_p] = _convert
@@ -266,8 +251,6 @@ RULES[lax.reduce_sum_p] = _reduce
 RULES[lax.reduce_max_p] = _reduce
 RULES[lax.reduce_window_max_p] = _reduce_window_max
 RULES[lax.reshape_p] = _reshape
-for _p in channels.LAYERS:
-    RULES[_p] = _layer
 
 DOMAIN = engine.Domain(name="sparsifying rewrite", rules=RULES, tracks=is_special,
                        untracked=_untracked, no_rule=_no_rule)

@@ -1,9 +1,10 @@
-"""The layer rules of the pass: what to do with one conv or dense layer, and doing it.
+"""The layer rule of the pass: what to do with one conv or dense layer, and doing it.
 
 ``decide`` (compile time) looks at the layer's mask and its input's kept channels, slices away
 removed input and output channels, folds removed-but-constant input channels into a bias map,
-picks a kernel by the policy's cost model, builds the rewritten weight and returns a
-:class:`LayerPlan`. ``apply`` (both times) runs the layer from its plan.
+asks :mod:`~jaxsparse.compiler.policy` for a lowering, builds the rewritten weight and returns
+a :class:`LayerPlan`. ``apply`` (both times) runs the layer from its plan. ``layer_rule`` is
+registered into the interpreter's table for every layer primitive when this module loads.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxsparse.compiler import costs, lowering
-from jaxsparse.compiler.detect import block_views, removed_outputs, sub_pattern
-from jaxsparse.compiler.interpreter import Context, default_rule
+from jaxsparse.compiler import channels, costs, lowering, policy
+from jaxsparse.compiler.detect import removed_outputs, sub_pattern
+from jaxsparse.compiler.interpreter import RULES, Context, default_rule
 from jaxsparse.compiler.packed import (
     BlockWeight,
     DenseWeight,
@@ -27,57 +28,11 @@ from jaxsparse.compiler.packed import (
     block_shape,
     nbytes,
 )
-from jaxsparse.compiler.report import CompiledLayer, LayerTiming
+from jaxsparse.compiler.report import CompiledLayer
 from jaxsparse.compiler.values import Sliced, WRef
 from jaxsparse.gpu import cusparselt
-from jaxsparse.kernels import cpu_sparse_conv
-from jaxsparse.primitives.block_sparse_dot import pack_block_ell, pallas_kernel
+from jaxsparse.primitives.block_sparse_dot import pack_block_ell
 from jaxsparse.primitives.nm_dot import cuda_kernel, pack_nm, unpack_nm
-from jaxsparse.pruning.patterns import NM, Block, Unstructured
-
-POLICIES = ("auto", "sparse", "dense")
-# Cost model of policy="auto" for kernels without a measured table (the XLA gather lowering,
-# Pallas): the block-sparse kernel pays a gather of the input's row blocks, so it only wins over
-# a dense GEMM well below half density and on layers large enough for the gather to amortise.
-# On CPU the XLA lowering measured slower than dense even at 90% sparsity
-# (docs/results/bench_sparse_resnet50_cpu_*.md), so "auto" keeps it off there; the C++ kernels
-# (impl "cpu") are chosen from their measured table instead (jaxsparse/compiler/costs.py).
-BLOCK_MAX_DENSITY = 0.5
-MIN_SPARSE_FLOPS = 2e7
-BLOCK_SLOWER_PLATFORMS = ("cpu",)
-# policy="auto" on cuda, from docs/results/nvidia-h200-2026-11-26.md (bf16, batch 256): the
-# cuSPARSELt 2:4 kernel alone ran at 0.22-0.89x the speed of cuBLAS on every ResNet50 GEMM shape
-# (they are memory-bound at this size), so "auto" keeps 2:4 layers dense there (until a measured
-# cuda cost table says otherwise); the Pallas block kernel at 90% beat dense on most shapes with
-# 128x128 blocks (up to 2.3x) but rarely with 32x32 ones, so "auto" takes blocks of at least
-# this size.
-CUDA_MIN_BLOCK = 64
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """Compile options shared by every layer.
-
-    Attributes:
-        policy: ``"auto"``, ``"sparse"`` or ``"dense"``.
-        impl: block-sparse implementation (``"cpu"``, ``"xla"`` or ``"pallas"``).
-        platform: the platform compiled for.
-        calibrate: measure each candidate layer (dense vs sparse) instead of predicting.
-        kernel_note: why the CPU kernels are not used, when they are not (for the report).
-        precompress: make cuSPARSELt's compressed copy of every 2:4 weight at compile time
-            (compiling for ``cuda`` on a machine with an NVIDIA GPU).
-        missing_rule: ``"error"`` or ``"densify"`` (see :func:`jaxsparse.sparsify`).
-        interpret: run the Pallas kernels in the Pallas interpreter (tests).
-    """
-
-    policy: str
-    impl: str
-    platform: str
-    calibrate: bool = False
-    kernel_note: str = ""
-    precompress: bool = False  # Compress 2:4 weights for cuSPARSELt now (a local CUDA GPU).
-    missing_rule: str = "error"
-    interpret: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,19 +57,6 @@ class LayerPlan:
 UNCHANGED = LayerPlan("unchanged")
 
 
-@dataclasses.dataclass(frozen=True)
-class Candidate:
-    """A kept sub-weight that a sparse kernel could run, and how it would be packed."""
-
-    pattern: Any
-    density: float
-    flops: float  # Dense FLOPs of the kept sub-weight.
-    kernel_hw: tuple[int, int]
-    x_shape: tuple[int, ...]
-    x_dtype: Any
-    gemm_kn: tuple[int, int] = (0, 0)  # (K, cout) of the kept sub-weight's GEMM view.
-
-
 def _layer_shape(eqn, w: WRef) -> tuple[str | None, int]:
     """``(why unsupported or None, GEMM rows)`` of a conv or dot layer."""
     out_shape = eqn.outvars[0].aval.shape
@@ -127,114 +69,6 @@ def _layer_shape(eqn, w: WRef) -> tuple[str | None, int]:
     if len(shape) != 2 or tuple(rc) != (0,) or tuple(lc) != (x_ndim - 1,) or lb or rb:
         return "dot_general is not x @ W with W of shape (in, out)", 0
     return None, int(np.prod(out_shape[:-1]))
-
-
-def _cpu_kernel_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTiming | None]:
-    """``(lowering, why, timing)`` for a block/unstructured layer with the C++ CPU kernels."""
-    why = cpu_sparse_conv.unsupported(c.x_shape, c.x_dtype, (1, 1, *block_shape(c.pattern)),
-                                      None)
-    if why is not None:
-        return "dense", f"no CPU kernel: {why}", None
-    if opts.policy == "sparse":
-        return "block", "policy='sparse'", None
-    table = costs.load_table(opts.platform)
-    key = costs.kernel_key(c.pattern)
-    pred = table.ratio(key, costs.shape_class(c.kernel_hw), c.density) if table else None
-    timing = LayerTiming(predicted_ratio=None if pred is None else pred[0])
-    if opts.calibrate:
-        return "measure", "", timing
-    if pred is None:
-        return "dense", f"no measured cost table for {key} on {opts.platform}; run " \
-                        f"scripts/calibrate_costs.py or compile with calibrate=True", timing
-    ratio, used = pred
-    src = "" if used == key else f" (table of {used})"
-    if ratio < costs.MAX_RATIO:
-        return "block", f"predicted {1 / ratio:.1f}x faster than dense{src}", timing
-    return "dense", f"predicted sparse/dense time {ratio:.2f} >= {costs.MAX_RATIO}{src}", timing
-
-
-def _nm_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTiming | None]:
-    """``(lowering, why, timing)`` for an N:M layer. ``policy="sparse"`` runs ``nm_dot``
-    (cuSPARSELt on ``cuda`` where it runs, else the portable lowering); ``"auto"`` keeps it
-    dense, since no platform has a 2:4 kernel measured faster than dense yet
-    (the H200 measurements above)."""
-    pattern = c.pattern
-    kernel, why = (None, f"no {pattern} sparse tensor cores on {opts.platform}")
-    if opts.platform == "cuda":
-        kernel, why = cuda_kernel(c.gemm_kn[0], pattern.n, pattern.m, c.gemm_kn[1], c.x_dtype)
-        why = why if kernel else f"no cuSPARSELt kernel: {why}"
-    if opts.policy == "sparse":
-        detail = why if kernel else f"portable nm_dot densifies; {why}"
-        return "nm", f"policy='sparse' ({detail})", None
-    if kernel is None:
-        return "dense", f"{why}; the portable nm_dot densifies (policy='sparse' forces it)", None
-    return "dense", ("cuSPARSELt 2:4 measured slower than dense on ResNet50's GEMMs (H200, "
-                     "bf16); policy='sparse' forces it"), None
-
-
-def _choose(c: Candidate | None, opts: Options) -> tuple[str, str, LayerTiming | None]:
-    """``(lowering, why, timing)`` for the kept sub-weight by the policy's cost model.
-
-    ``lowering`` is ``"dense"``, ``"nm"``, ``"block"`` (blocked-ELL, 1x1 blocks for
-    unstructured) or ``"measure"`` (calibrate: decided after timing both).
-    """
-    if c is None:
-        return "dense", "no zeros left after channel slicing", None
-    pattern = c.pattern
-    if opts.policy == "dense":
-        return "dense", "policy='dense'", None
-    if isinstance(pattern, NM):
-        return _nm_choice(c, opts)
-    if opts.impl == "cpu":
-        return _cpu_kernel_choice(c, opts)
-    if isinstance(pattern, Unstructured):
-        note = f" ({opts.kernel_note})" if opts.kernel_note else ""
-        return "dense", (f"unstructured zeros: no kernel on {opts.platform} with impl "
-                         f"{opts.impl!r} skips them (mask only){note}"), None
-    assert isinstance(pattern, Block)
-    if opts.impl == "pallas":
-        kernel, why = _pallas(opts, pattern.bh, pattern.bw)
-        if kernel is None:
-            if opts.policy == "sparse":
-                return "block", f"policy='sparse' (portable block_sparse_dot: {why})", None
-            return "dense", f"no Pallas kernel on {opts.platform}: {why}", None
-    if opts.policy == "sparse":
-        return "block", "policy='sparse'", None
-    if opts.platform == "cuda" and min(pattern.bh, pattern.bw) < CUDA_MIN_BLOCK:
-        return "dense", (f"{pattern.bh}x{pattern.bw} blocks: the Pallas GPU kernel measured "
-                         f"faster than dense only with blocks of {CUDA_MIN_BLOCK}+ (H200); "
-                         f"policy='sparse' forces it"), None
-    if opts.platform in BLOCK_SLOWER_PLATFORMS and opts.impl == "xla":
-        note = f"; CPU kernels: {opts.kernel_note}" if opts.kernel_note else ""
-        return "dense", (f"block_sparse_dot's XLA lowering measured slower than dense on "
-                         f"{opts.platform}; policy='sparse' forces it{note}"), None
-    if c.density > BLOCK_MAX_DENSITY:
-        return "dense", f"density {c.density:.2f} > {BLOCK_MAX_DENSITY}: dense GEMM is " \
-                        f"faster", None
-    if c.flops * c.density < MIN_SPARSE_FLOPS:
-        return "dense", f"small layer ({c.flops * c.density / 1e6:.1f} MFLOP): dense GEMM " \
-                        f"is faster", None
-    return "block", f"density {c.density:.2f} <= {BLOCK_MAX_DENSITY} on a large layer", None
-
-
-def _pallas(opts: Options, bh: int, bw: int) -> tuple[str | None, str]:
-    """``(Pallas kernel or None, why)`` for ``bh x bw`` blocks on the target (the interpreter
-    with ``interpret=True``)."""
-    if opts.interpret:
-        return "pallas-interpret", "Pallas interpreter (interpret=True)"
-    return pallas_kernel(opts.platform, bh, bw)
-
-
-def _kernel_block(pattern, opts: Options):
-    """The block view of a detected block pattern that the kernel runs: the largest the
-    target's Pallas kernel supports, or up to 32x32 for the CPU kernels and the XLA gather
-    (the sizes their cost tables measured)."""
-    if not isinstance(pattern, Block):
-        return pattern
-    views = block_views(pattern)
-    if opts.impl == "pallas":
-        return next((v for v in views if _pallas(opts, v.bh, v.bw)[0]), pattern)
-    return next((v for v in views if v.bh <= 32 and v.bw <= 32), pattern)
 
 
 def _fold(eqn, x: Sliced, w_full: np.ndarray, out_keep) -> np.ndarray | None:
@@ -258,8 +92,8 @@ def _fold(eqn, x: Sliced, w_full: np.ndarray, out_keep) -> np.ndarray | None:
             precision=lax.Precision.HIGHEST))
 
 
-def _measure(eqn, c: Candidate, weight: BlockWeight, dense_kernel: np.ndarray,
-             opts: Options) -> tuple[float, float]:
+def _measure(eqn, c: policy.Candidate, weight: BlockWeight, dense_kernel: np.ndarray,
+             opts: policy.Options) -> tuple[float, float]:
     """Times the layer at its shape: XLA dense conv/dot vs the sparse kernel (ms).
 
     ``decide`` runs while the model is traced; the measurement must run for real, so it is
@@ -300,26 +134,9 @@ def _with_blob(weight: NMWeight, dtype, gemm_kn: tuple[int, int]) -> NMWeight:
     return dataclasses.replace(weight, blob=blob)
 
 
-def _action(low: str, pattern, opts: Options, gemm_kn: tuple[int, int], dtype) -> str:
-    if low == "nm":
-        kernel = None
-        if opts.platform == "cuda":
-            kernel = cuda_kernel(gemm_kn[0], pattern.n, pattern.m, gemm_kn[1], dtype)[0]
-        return f"nm_dot ({kernel or 'portable'})"
-    if low != "block":
-        return "dense"
-    if opts.impl == "cpu":
-        kind = "ell" if isinstance(pattern, Unstructured) else "block"
-        return f"block_sparse_dot (cpu {kind} kernel)"
-    if opts.impl == "pallas":
-        kernel = _pallas(opts, *block_shape(pattern))[0]
-        return f"block_sparse_dot ({kernel or 'portable'})"
-    return f"block_sparse_dot ({opts.impl})"
-
-
 def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
     """Compile-time decision for one layer; fills ``ctx.rewritten``, ``ctx.folded``, rows."""
-    opts: Options = ctx.options
+    opts: policy.Options = ctx.options
     kind = "conv" if eqn.primitive is lax.conv_general_dilated_p else "dot"
     w_full = np.asarray(w.value, np.float32)  # compile() hands over weights already masked.
     shape = w_full.shape
@@ -335,10 +152,10 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
     if out_keep is not None and len(out_keep) == 0:
         out_keep = np.zeros(1, np.int64)  # Keep one (all-zero) channel: no zero-size arrays.
     if why is not None or (in_keep is None and out_keep is None and w.mask is None):
-        action = "dense (unchanged)" if why is None else "dense (unsupported)"
         ctx.rows.append(CompiledLayer(w.path, kind, shape,
-                                      "dense" if w.mask is None else "masked", action, before,
-                                      before, why or "no mask", dense_bytes, dense_bytes))
+                                      "dense" if w.mask is None else "masked", "unchanged",
+                                      before, before, why or "no mask", dense_bytes,
+                                      dense_bytes, supported=why is None))
         return UNCHANGED
     x_aval = eqn.invars[0].aval
     dtype = np.dtype(w.dtype or x_aval.dtype)
@@ -351,13 +168,13 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
             kw, km = kw[..., in_keep, :], km[..., in_keep, :]
         if out_keep is not None:
             kw, km = kw[..., out_keep], km[..., out_keep]
-        pat = _kernel_block(sub_pattern(km), opts)
+        pat = policy.kernel_block(sub_pattern(km), opts)
         flops = lowering.gemm_flops(rows, int(np.prod(kw.shape[:-1])), kw.shape[-1])
-        c = None if pat is None else Candidate(
+        c = None if pat is None else policy.Candidate(
             pat, float(km.mean()) if km.size else 1.0, flops, kernel_hw,
             (*x_aval.shape[:-1], kw.shape[-2]), dtype,
             (int(np.prod(kw.shape[:-1])), kw.shape[-1]))
-        return kw, km, pat, flops, c, _choose(c, opts)
+        return kw, km, pat, flops, c, policy.choose(c, opts)
 
     kept_w, kept_m, pattern, after, cand, (low, reason, timing) = kept(out_keep)
     if low in ("block", "measure") and out_keep is not None:
@@ -388,10 +205,6 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
         if low == "dense":
             weight, frac = dense, 1.0
     after *= frac
-    action = _action(low, pattern, opts, (k, n), dtype)
-    if in_keep is not None or out_keep is not None:
-        action = f"channel-sliced {kept_w.shape[-2]}/{shape[-2]} in, {n}/{shape[-1]} out + " \
-                 f"{action}"
     if w.path in ctx.rewritten:
         ctx.conflicts.add(w.path)
     ctx.rewritten[w.path] = weight
@@ -405,8 +218,12 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
         label = "channel" if pattern is None else f"channel+{pattern}"
     else:
         label = str(pattern) if pattern is not None else "dense"
-    ctx.rows.append(CompiledLayer(w.path, kind, shape, label, action, before, after, reason,
-                                  dense_bytes, nbytes(weight), timing))
+    sliced = in_keep is not None or out_keep is not None
+    ctx.rows.append(CompiledLayer(
+        w.path, kind, shape, label, low, before, after, reason, dense_bytes, nbytes(weight),
+        timing, kernel=policy.kernel_name(low, pattern, opts, (k, n), dtype),
+        in_channels=(kept_w.shape[-2], shape[-2]) if sliced else None,
+        out_channels=(n, shape[-1]) if sliced else None))
     return LayerPlan(low, kind, layout.in_keep, layout.out_keep, fold is not None)
 
 
@@ -439,3 +256,19 @@ def apply(ctx: Context, key: str, plan: LayerPlan, eqn, x: Any, w: WRef) -> list
         full = weight.layout.shape[-1]
         return [Sliced(y, y.ndim - 1, np.asarray(out_keep), full, np.zeros((full,), out_dtype))]
     return [y]
+
+
+def layer_rule(ctx: Context, eqn, invals: list) -> list:
+    """The interpreter's rule for conv_general_dilated and dot_general: at compile time
+    :func:`decide` records the layer's plan; both times :func:`apply` runs it."""
+    x, w = invals[0], invals[1]
+    if isinstance(x, WRef) or not isinstance(w, WRef):
+        return default_rule(ctx, eqn, invals)
+    key = ctx.next_key(eqn.primitive.name)
+    if ctx.compiling:
+        ctx.plan[key] = decide(ctx, key, eqn, x, w)
+    return apply(ctx, key, ctx.plan[key], eqn, x, w)
+
+
+for _p in channels.LAYERS:
+    RULES[_p] = layer_rule

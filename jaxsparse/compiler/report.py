@@ -1,4 +1,4 @@
-"""The compile report: one row per conv/dot layer, with the action taken and why."""
+"""The compile report: one row per conv/dot layer: its lowering, kernel, slicing and why."""
 
 from __future__ import annotations
 
@@ -25,22 +25,70 @@ class LayerTiming:
         return self.measured_sparse_ms / self.measured_dense_ms
 
 
+LOWERINGS = ("unchanged", "dense", "nm", "block")
+PRIMITIVES = {"nm": "nm_dot", "block": "block_sparse_dot"}
+
+
 @dataclasses.dataclass(frozen=True)
 class CompiledLayer:
     """One conv or dense layer of a compile report. FLOPs are multiply-adds x 2 at the
-    example batch; bytes are the stored weight (dense, or packed values + indices)."""
+    example batch; bytes are the stored weight (dense, or packed values + indices).
+
+    Attributes:
+        lowering: ``"unchanged"`` (the original op runs), ``"dense"`` (a dense conv/dot on
+            the rewritten weight), ``"nm"`` (``nm_dot``) or ``"block"``
+            (``block_sparse_dot``; unstructured layers are 1x1 blocks).
+        kernel: the kernel a sparse lowering runs (``"cusparselt"``, ``"portable"``,
+            ``"cpu block"``, ``"cpu ell"``, ``"xla"``, a Pallas kernel); "" for dense ones.
+        in_channels, out_channels: ``(kept, total)`` when the layer is channel-sliced.
+        supported: False when the pass cannot rewrite this layer (``why`` says why).
+        why: the reason for the lowering.
+    """
 
     name: str
     kind: str
     shape: tuple[int, ...]
     pattern: str
-    action: str
+    lowering: str
     flops_before: float
     flops_after: float
     why: str
     bytes_before: int = 0
     bytes_after: int = 0
     timing: LayerTiming | None = None
+    kernel: str = ""
+    in_channels: tuple[int, int] | None = None
+    out_channels: tuple[int, int] | None = None
+    supported: bool = True
+
+    @property
+    def sparse(self) -> bool:
+        """Whether a sparse kernel runs this layer."""
+        return self.lowering in PRIMITIVES
+
+    @property
+    def sliced(self) -> bool:
+        return self.in_channels is not None or self.out_channels is not None
+
+    @property
+    def op(self) -> str:
+        """What runs the layer: ``"dense"`` or ``"<primitive> (<kernel>)"``."""
+        return f"{PRIMITIVES[self.lowering]} ({self.kernel})" if self.sparse else "dense"
+
+    @property
+    def action(self) -> str:
+        """The row's sentence, derived from the fields (never parsed back)."""
+        if self.lowering == "unchanged":
+            return "dense (unchanged)" if self.supported else "dense (unsupported)"
+        op = self.op
+        if not self.sliced:
+            return op
+        (ki, ti), (ko, to) = self.in_channels or (self.shape[-2],) * 2, \
+            self.out_channels or (self.shape[-1],) * 2
+        return f"channel-sliced {ki}/{ti} in, {ko}/{to} out + {op}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "action": self.action}
 
 
 def _ratio(x: float | None) -> str:
@@ -101,7 +149,7 @@ class CompileReport:
                 "model_bytes_before": self.model_bytes_before,
                 "model_bytes_after": self.model_bytes_after,
                 "densified": dict(self.densified),
-                "layers": [dataclasses.asdict(r) for r in self.rows]}
+                "layers": [r.as_dict() for r in self.rows]}
 
     def markdown(self) -> str:
         header = ["layer", "op", "shape", "pattern", "action", "MFLOP before", "MFLOP after",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import re
 import subprocess
 import time
 from typing import Any
@@ -131,8 +130,8 @@ def e2e_rows(exp: Experiment, batch: int, variants: list[str], *, warmup: int, t
     for name in variants:
         masks = variant_masks(exp, name, x)
         sp, pass_s, err = compile_checked(exp, masks, x, policy="sparse")
-        actions = collections.Counter(re.sub(r"channel-sliced \S+ in, \S+ out \+ ", "sliced+",
-                                             r.action) for r in sp.report.rows)
+        actions = collections.Counter(("sliced+" if r.sliced else "") + r.op
+                                      for r in sp.report.rows)
         log(f"e2e batch {batch} {name}: pass {pass_s:.1f} s, FLOPs ratio "
             f"{sp.report.flops_ratio:.3f}, max rel. error vs masked dense {err:.1e}, "
             f"layers {dict(actions)}")

@@ -53,9 +53,9 @@ def test_resnet_equals_masked(pattern, sparsity, bottleneck, stem):
     sp = js.sparsify(apply_fn, variables, masks, x, policy="sparse")
     ref = masked_reference(apply_fn, variables, masks)(x)
     assert_close(jax.jit(sp)(sp.variables, x), ref)
-    actions = " ".join(r.action for r in sp.report.rows)
-    expected = {"2": "nm_dot", "1": "nm_dot", "b": "block_sparse_dot", "c": "channel-sliced"}
-    assert expected[pattern[0]] in actions
+    lowerings = {("sliced" if r.sliced else r.lowering) for r in sp.report.rows}
+    expected = {"2": "nm", "1": "nm", "b": "block", "c": "sliced"}
+    assert expected[pattern[0]] in lowerings, lowerings
     assert sp.report.flops_ratio < 0.95
 
 
@@ -70,7 +70,7 @@ def test_coupled_residual_channel_pruning(bottleneck):
     assert_close(jax.jit(sp)(sp.variables, x), masked_reference(apply_fn, variables, masks)(x))
     # Every conv, the residual stream included, lost input and output channels.
     convs = [r for r in sp.report.rows if r.kind == "conv"]
-    assert all(r.action.startswith("channel-sliced") for r in convs)
+    assert all(r.sliced and r.action.startswith("channel-sliced") for r in convs)
     assert sp.report.flops_ratio < 0.35
     assert not sp.variables["folded"], "masked BatchNorm makes removed channels exact zeros"
 
@@ -157,6 +157,7 @@ def test_plain_jax_strided_padded_dilated_grouped():
         sp = js.sparsify(_plain_fn, params, masks, x, policy="sparse")
         assert_close(jax.jit(sp)(sp.variables, x), _plain_fn(js.apply_masks(params, masks), x))
         row = {r.name: r for r in sp.report.rows}["g"]
+        assert row.lowering == "unchanged" and not row.supported
         assert row.action == "dense (unsupported)" and row.why == "grouped convolution"
 
 
@@ -241,7 +242,7 @@ def test_policy_auto_and_report():
     apply_fn, variables, x = resnet(False, "small")
     sp = js.sparsify(apply_fn, variables, js.prune(variables["params"], "2:4"), x)
     rows = [r for r in sp.report.rows if r.pattern == "2:4"]
-    assert rows and all(r.action == "dense" and "no 2:4 sparse tensor cores on cpu" in r.why
+    assert rows and all(r.lowering == "dense" and "no 2:4 sparse tensor cores on cpu" in r.why
                        for r in rows)
     assert "| params/layer1/0/conv1/kernel | conv |" in str(sp.report)
     sp = js.sparsify(apply_fn, variables, js.prune(variables["params"], "unstructured", 0.9),

@@ -104,7 +104,9 @@ def test_sparsify_with_pallas_interpreter():
     sp = js.sparsify(fn, p, masks, x, policy="sparse", interpret=True)
     np.testing.assert_allclose(sp(sp.variables, x), fn(js.apply_masks(p, masks), x),
                                rtol=1e-5, atol=1e-5)
-    assert sp.report.rows[0].action == "block_sparse_dot (pallas-interpret)"
+    row = sp.report.rows[0]
+    assert (row.lowering, row.kernel) == ("block", "pallas-interpret")
+    assert row.action == "block_sparse_dot (pallas-interpret)"
     assert "Pallas interpreter" in sp.report.kernels
     with pytest.raises(ValueError, match="needs backend='pallas', not 'xla'"):
         js.sparsify(fn, p, masks, x, backend="xla", interpret=True)

@@ -1,0 +1,202 @@
+"""The kernel policy of the pass: for one layer's kept sub-weight, which lowering runs it.
+
+``choose`` applies the policy (``"auto"``: the cost model, ``"sparse"``, ``"dense"``) to a
+:class:`Candidate` and returns the lowering with the reason, from the measured cost tables
+(:mod:`~jaxsparse.compiler.costs`) and the hardware-measured constants below. ``kernel_name``
+names the kernel a lowering runs on the target, ``kernel_block`` the block view it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from jaxsparse.compiler import costs
+from jaxsparse.compiler.detect import block_views
+from jaxsparse.compiler.packed import block_shape
+from jaxsparse.compiler.report import LayerTiming
+from jaxsparse.kernels import cpu_sparse_conv
+from jaxsparse.primitives.block_sparse_dot import pallas_kernel
+from jaxsparse.primitives.nm_dot import cuda_kernel
+from jaxsparse.pruning.patterns import NM, Block, Unstructured
+
+POLICIES = ("auto", "sparse", "dense")
+# Cost model of policy="auto" for kernels without a measured table (the XLA gather lowering,
+# Pallas): the block-sparse kernel pays a gather of the input's row blocks, so it only wins over
+# a dense GEMM well below half density and on layers large enough for the gather to amortise.
+# On CPU the XLA lowering measured slower than dense even at 90% sparsity
+# (docs/results/bench_sparse_resnet50_cpu_*.md), so "auto" keeps it off there; the C++ kernels
+# (impl "cpu") are chosen from their measured table instead (jaxsparse/compiler/costs.py).
+BLOCK_MAX_DENSITY = 0.5
+MIN_SPARSE_FLOPS = 2e7
+BLOCK_SLOWER_PLATFORMS = ("cpu",)
+# policy="auto" on cuda, from docs/results/nvidia-h200-2026-11-26.md (bf16, batch 256): the
+# cuSPARSELt 2:4 kernel alone ran at 0.22-0.89x the speed of cuBLAS on every ResNet50 GEMM shape
+# (they are memory-bound at this size), so "auto" keeps 2:4 layers dense there (until a measured
+# cuda cost table says otherwise); the Pallas block kernel at 90% beat dense on most shapes with
+# 128x128 blocks (up to 2.3x) but rarely with 32x32 ones, so "auto" takes blocks of at least
+# this size.
+CUDA_MIN_BLOCK = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Compile options shared by every layer.
+
+    Attributes:
+        policy: ``"auto"``, ``"sparse"`` or ``"dense"``.
+        impl: block-sparse implementation (``"cpu"``, ``"xla"`` or ``"pallas"``).
+        platform: the platform compiled for.
+        calibrate: measure each candidate layer (dense vs sparse) instead of predicting.
+        kernel_note: why the CPU kernels are not used, when they are not (for the report).
+        precompress: make cuSPARSELt's compressed copy of every 2:4 weight at compile time
+            (compiling for ``cuda`` on a machine with an NVIDIA GPU).
+        missing_rule: ``"error"`` or ``"densify"`` (see :func:`jaxsparse.sparsify`).
+        interpret: run the Pallas kernels in the Pallas interpreter (tests).
+    """
+
+    policy: str
+    impl: str
+    platform: str
+    calibrate: bool = False
+    kernel_note: str = ""
+    precompress: bool = False  # Compress 2:4 weights for cuSPARSELt now (a local CUDA GPU).
+    missing_rule: str = "error"
+    interpret: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A kept sub-weight that a sparse kernel could run, and how it would be packed."""
+
+    pattern: Any
+    density: float
+    flops: float  # Dense FLOPs of the kept sub-weight.
+    kernel_hw: tuple[int, int]
+    x_shape: tuple[int, ...]
+    x_dtype: Any
+    gemm_kn: tuple[int, int] = (0, 0)  # (K, cout) of the kept sub-weight's GEMM view.
+
+
+def _cpu_kernel_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTiming | None]:
+    """``(lowering, why, timing)`` for a block/unstructured layer with the C++ CPU kernels."""
+    why = cpu_sparse_conv.unsupported(c.x_shape, c.x_dtype, (1, 1, *block_shape(c.pattern)),
+                                      None)
+    if why is not None:
+        return "dense", f"no CPU kernel: {why}", None
+    if opts.policy == "sparse":
+        return "block", "policy='sparse'", None
+    table = costs.load_table(opts.platform)
+    key = costs.kernel_key(c.pattern)
+    pred = table.ratio(key, costs.shape_class(c.kernel_hw), c.density) if table else None
+    timing = LayerTiming(predicted_ratio=None if pred is None else pred[0])
+    if opts.calibrate:
+        return "measure", "", timing
+    if pred is None:
+        return "dense", f"no measured cost table for {key} on {opts.platform}; run " \
+                        f"scripts/calibrate_costs.py or compile with calibrate=True", timing
+    ratio, used = pred
+    src = "" if used == key else f" (table of {used})"
+    if ratio < costs.MAX_RATIO:
+        return "block", f"predicted {1 / ratio:.1f}x faster than dense{src}", timing
+    return "dense", f"predicted sparse/dense time {ratio:.2f} >= {costs.MAX_RATIO}{src}", timing
+
+
+def _nm_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTiming | None]:
+    """``(lowering, why, timing)`` for an N:M layer. ``policy="sparse"`` runs ``nm_dot``
+    (cuSPARSELt on ``cuda`` where it runs, else the portable lowering); ``"auto"`` keeps it
+    dense, since no platform has a 2:4 kernel measured faster than dense yet
+    (the H200 measurements above)."""
+    pattern = c.pattern
+    kernel, why = (None, f"no {pattern} sparse tensor cores on {opts.platform}")
+    if opts.platform == "cuda":
+        kernel, why = cuda_kernel(c.gemm_kn[0], pattern.n, pattern.m, c.gemm_kn[1], c.x_dtype)
+        why = why if kernel else f"no cuSPARSELt kernel: {why}"
+    if opts.policy == "sparse":
+        detail = why if kernel else f"portable nm_dot densifies; {why}"
+        return "nm", f"policy='sparse' ({detail})", None
+    if kernel is None:
+        return "dense", f"{why}; the portable nm_dot densifies (policy='sparse' forces it)", None
+    return "dense", ("cuSPARSELt 2:4 measured slower than dense on ResNet50's GEMMs (H200, "
+                     "bf16); policy='sparse' forces it"), None
+
+
+def choose(c: Candidate | None, opts: Options) -> tuple[str, str, LayerTiming | None]:
+    """``(lowering, why, timing)`` for the kept sub-weight by the policy's cost model.
+
+    ``lowering`` is ``"dense"``, ``"nm"``, ``"block"`` (blocked-ELL, 1x1 blocks for
+    unstructured) or ``"measure"`` (calibrate: decided after timing both).
+    """
+    if c is None:
+        return "dense", "no zeros left after channel slicing", None
+    pattern = c.pattern
+    if opts.policy == "dense":
+        return "dense", "policy='dense'", None
+    if isinstance(pattern, NM):
+        return _nm_choice(c, opts)
+    if opts.impl == "cpu":
+        return _cpu_kernel_choice(c, opts)
+    if isinstance(pattern, Unstructured):
+        note = f" ({opts.kernel_note})" if opts.kernel_note else ""
+        return "dense", (f"unstructured zeros: no kernel on {opts.platform} with impl "
+                         f"{opts.impl!r} skips them (mask only){note}"), None
+    assert isinstance(pattern, Block)
+    if opts.impl == "pallas":
+        kernel, why = pallas(opts, pattern.bh, pattern.bw)
+        if kernel is None:
+            if opts.policy == "sparse":
+                return "block", f"policy='sparse' (portable block_sparse_dot: {why})", None
+            return "dense", f"no Pallas kernel on {opts.platform}: {why}", None
+    if opts.policy == "sparse":
+        return "block", "policy='sparse'", None
+    if opts.platform == "cuda" and min(pattern.bh, pattern.bw) < CUDA_MIN_BLOCK:
+        return "dense", (f"{pattern.bh}x{pattern.bw} blocks: the Pallas GPU kernel measured "
+                         f"faster than dense only with blocks of {CUDA_MIN_BLOCK}+ (H200); "
+                         f"policy='sparse' forces it"), None
+    if opts.platform in BLOCK_SLOWER_PLATFORMS and opts.impl == "xla":
+        note = f"; CPU kernels: {opts.kernel_note}" if opts.kernel_note else ""
+        return "dense", (f"block_sparse_dot's XLA lowering measured slower than dense on "
+                         f"{opts.platform}; policy='sparse' forces it{note}"), None
+    if c.density > BLOCK_MAX_DENSITY:
+        return "dense", f"density {c.density:.2f} > {BLOCK_MAX_DENSITY}: dense GEMM is " \
+                        f"faster", None
+    if c.flops * c.density < MIN_SPARSE_FLOPS:
+        return "dense", f"small layer ({c.flops * c.density / 1e6:.1f} MFLOP): dense GEMM " \
+                        f"is faster", None
+    return "block", f"density {c.density:.2f} <= {BLOCK_MAX_DENSITY} on a large layer", None
+
+
+def pallas(opts: Options, bh: int, bw: int) -> tuple[str | None, str]:
+    """``(Pallas kernel or None, why)`` for ``bh x bw`` blocks on the target (the interpreter
+    with ``interpret=True``)."""
+    if opts.interpret:
+        return "pallas-interpret", "Pallas interpreter (interpret=True)"
+    return pallas_kernel(opts.platform, bh, bw)
+
+
+def kernel_block(pattern, opts: Options):
+    """The block view of a detected block pattern that the kernel runs: the largest the
+    target's Pallas kernel supports, or up to 32x32 for the CPU kernels and the XLA gather
+    (the sizes their cost tables measured)."""
+    if not isinstance(pattern, Block):
+        return pattern
+    views = block_views(pattern)
+    if opts.impl == "pallas":
+        return next((v for v in views if pallas(opts, v.bh, v.bw)[0]), pattern)
+    return next((v for v in views if v.bh <= 32 and v.bw <= 32), pattern)
+
+
+def kernel_name(low: str, pattern, opts: Options, gemm_kn: tuple[int, int], dtype) -> str:
+    """The kernel lowering ``low`` runs on the target ("" for dense lowerings)."""
+    if low == "nm":
+        kernel = None
+        if opts.platform == "cuda":
+            kernel = cuda_kernel(gemm_kn[0], pattern.n, pattern.m, gemm_kn[1], dtype)[0]
+        return kernel or "portable"
+    if low != "block":
+        return ""
+    if opts.impl == "cpu":
+        return f"cpu {'ell' if isinstance(pattern, Unstructured) else 'block'} kernel"
+    if opts.impl == "pallas":
+        return pallas(opts, *block_shape(pattern))[0] or "portable"
+    return opts.impl
