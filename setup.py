@@ -1,7 +1,7 @@
 """Builds the optional C++ CPU kernel library (XLA FFI) with the package.
 
-Metadata lives in setup.cfg. The library ``jaxsparse/kernels/_cpu_kernels*.so`` is compiled
-from ``jaxsparse/kernels/csrc`` against the XLA FFI headers that jaxlib ships
+Metadata lives in setup.cfg. The library ``jaxsparse/kernels/cpu/_cpu_kernels*.so`` is compiled
+from ``jaxsparse/kernels/cpu/csrc`` against the XLA FFI headers that jaxlib ships
 (``jax.ffi.include_dir()``); a build failure (no compiler, no headers) is reported and the
 package installs without it, falling back to the portable XLA lowerings.
 """
@@ -12,7 +12,7 @@ import os
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-CSRC = os.path.join("jaxsparse", "kernels", "csrc")
+CSRC = os.path.join("jaxsparse", "kernels", "cpu", "csrc")
 
 
 def ffi_include_dir() -> str | None:
@@ -43,7 +43,7 @@ class BuildKernels(build_ext):
 
 setup(
     ext_modules=[Extension(
-        "jaxsparse.kernels._cpu_kernels",
+        "jaxsparse.kernels.cpu._cpu_kernels",
         sources=[os.path.join(CSRC, f) for f in ("block_conv.cc", "ell_conv.cc")],
         depends=[os.path.join(CSRC, f) for f in ("conv.h", "block_tile.inc")],
         language="c++",

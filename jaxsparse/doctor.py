@@ -18,7 +18,7 @@ import numpy as np
 
 def _lowers(fn, args, platform: str) -> str:
     """``"ok (custom calls)"`` when ``fn`` lowers for ``platform``, else the error's first line."""
-    from jaxsparse.gpu.aot import cuda_target, custom_calls
+    from jaxsparse.compiler.aot import cuda_target, custom_calls
 
     t0 = time.perf_counter()
     try:
@@ -32,8 +32,8 @@ def _lowers(fn, args, platform: str) -> str:
 
 def checks() -> list[tuple[str, str]]:
     """``[(what, finding), ...]`` in print order."""
-    from jaxsparse.gpu import cusparselt
-    from jaxsparse.kernels import cpu_library
+    from jaxsparse.kernels.cpu import library as cpu_library
+    from jaxsparse.kernels.gpu import cusparselt
     from jaxsparse.primitives.block_sparse_dot import block_sparse_dot
     from jaxsparse.primitives.nm_dot import nm_dot
 

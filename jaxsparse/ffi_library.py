@@ -1,7 +1,7 @@
 """Loading an optional jaxsparse XLA FFI library and registering its targets.
 
-The one mechanism behind the C++ CPU kernels (:mod:`jaxsparse.kernels.cpu_library`) and the
-cuSPARSELt handler (:mod:`jaxsparse.gpu.cusparselt`): a library may be switched off by an
+The one mechanism behind the C++ CPU kernels (:mod:`jaxsparse.kernels.cpu.library`) and the
+cuSPARSELt handler (:mod:`jaxsparse.kernels.gpu.cusparselt`): a library may be switched off by an
 environment variable, be missing (not built) or fail to load; each case is a
 :class:`LibraryStatus` saying why, and the caller keeps its portable lowering.
 """

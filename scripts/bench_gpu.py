@@ -1,6 +1,6 @@
 """GPU benchmark: 2:4 (cuSPARSELt) and block-sparse (Pallas Triton) against dense, on an NVIDIA GPU.
 
-    python -m jaxsparse.gpu.build          # once: the cuSPARSELt FFI library
+    python -m jaxsparse.kernels.gpu.build          # once: the cuSPARSELt FFI library
     python scripts/bench_gpu.py --sections=gemm,e2e --batches=256,1024 --out=docs/results
 
 The sections are :mod:`jaxsparse.study.gpu_figures` (ResNet-50 GEMMs; ResNet-50 224x224 bf16
@@ -19,7 +19,7 @@ from absl import app, flags
 
 from experiments.cli import fail
 from experiments.configs import synthetic_resnet50_224
-from jaxsparse.gpu import cusparselt
+from jaxsparse.kernels.gpu import cusparselt
 from jaxsparse.study import gpu_figures as figs
 from jaxsparse.training import experiment
 

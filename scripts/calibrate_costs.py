@@ -12,7 +12,7 @@ import datetime
 
 from absl import app, flags
 
-from jaxsparse.kernels import cpu_library
+from jaxsparse.kernels.cpu import library as cpu_library
 from jaxsparse.study import calibration
 from jaxsparse.training.summary import environment, write_json
 

@@ -24,7 +24,7 @@ if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$VENV/.installed"
 fi
 stamp "building the cuSPARSELt FFI library"
-"$VENV/bin/python" -m jaxsparse.gpu.build
+"$VENV/bin/python" -m jaxsparse.kernels.gpu.build
 stamp "compiling for the targets (JAX_PLATFORMS=cpu: compile-only devices, no accelerator)"
 JAX_PLATFORMS=cpu PYTHONUNBUFFERED=1 "$VENV/bin/python" scripts/check_accel.py "$@"
 stamp "all compiles passed"

@@ -13,7 +13,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 t0=$(date +%s)
 stamp() { echo "== [$(( $(date +%s) - t0 )) s] $*"; }
 stamp "1/3 building the cuSPARSELt FFI library"
-"$PY" -m jaxsparse.gpu.build
+"$PY" -m jaxsparse.kernels.gpu.build
 "$PY" -m jaxsparse.doctor
 stamp "2/3 GPU correctness tests (tests/gpu)"
 "$PY" -m pytest -q -x -p no:cacheprovider tests/gpu

@@ -28,7 +28,7 @@ stamp=.venv/.jaxsparse-installed
 # Reinstall when the metadata or the C++ kernels change (the install builds them).
 extras="test"
 if [ "${JAXSPARSE_GPU_BUILD:-0}" = 1 ]; then extras="test,gpu-build"; fi
-want="$(cat setup.cfg pyproject.toml setup.py jaxsparse/kernels/csrc/* jaxsparse/gpu/csrc/* \
+want="$(cat setup.cfg pyproject.toml setup.py jaxsparse/kernels/cpu/csrc/* jaxsparse/kernels/gpu/csrc/* \
   | sha256sum | cut -d' ' -f1) $extras"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "== installing jaxsparse[$extras] into .venv (first time: a few minutes)"
@@ -37,15 +37,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # folders named like the package, which this checkout does not have outside jaxsparse/).
   PYTHONWARNINGS="ignore::UserWarning" .venv/bin/python -m pip install -q -e ".[$extras]"
   if [ "$extras" != test ]; then
-    echo "== building the cuSPARSELt FFI library (python -m jaxsparse.gpu.build)"
-    .venv/bin/python -m jaxsparse.gpu.build
+    echo "== building the cuSPARSELt FFI library (python -m jaxsparse.kernels.gpu.build)"
+    .venv/bin/python -m jaxsparse.kernels.gpu.build
   fi
   echo "$want" > "$stamp"
 fi
 echo "== setup done: $(.venv/bin/python -c '
 import jax
-from jaxsparse.gpu import cusparselt
-from jaxsparse.kernels import cpu_library
+from jaxsparse.kernels.gpu import cusparselt
+from jaxsparse.kernels.cpu import library as cpu_library
 st, gst = cpu_library.status(), cusparselt.status()
 print("jax", jax.__version__, jax.devices(), "| CPU sparse kernels:",
       "built" if st.available else "NOT available (" + st.reason + ")",

@@ -12,20 +12,19 @@ by name.
 """
 
 from experiments.configs import study_fmnist, synthetic_resnet50_224
-
-variant = study_fmnist.variant
+from jaxsparse.study.variants import Variant
 
 CATALOGUE = {v.name: v for v in [
     # Coupled channel pruning of every conv (residual streams included) / interior convs only.
-    variant("channel50", "one_shot", "channel", 0.5, grouped=True, include=r"conv\w*/kernel$"),
-    variant("channel50_interior", "one_shot", "channel", 0.5),
-    variant("block90_8", "one_shot", "block:8x8", 0.9),
-    variant("block90_16", "one_shot", "block:16x16", 0.9),
-    variant("block90_32", "one_shot", "block:32x32", 0.9),
-    variant("block75_32", "one_shot", "block:32x32", 0.75),
-    variant("nm24", "one_shot", "2:4", policy="sparse"),
-    variant("unstructured90", "one_shot", "unstructured", 0.9),
-    variant("unstructured80", "one_shot", "unstructured", 0.8),
+    Variant("channel50", "channel", 0.5, grouped=True, include=r"conv\w*/kernel$"),
+    Variant("channel50_interior", "channel", 0.5),
+    Variant("block90_8", "block:8x8", 0.9),
+    Variant("block90_16", "block:16x16", 0.9),
+    Variant("block90_32", "block:32x32", 0.9),
+    Variant("block75_32", "block:32x32", 0.75),
+    Variant("nm24", "2:4", policy="sparse"),
+    Variant("unstructured90", "unstructured", 0.9),
+    Variant("unstructured80", "unstructured", 0.8),
 ]}
 DEFAULT = ("block90_32", "block90_16", "unstructured90", "unstructured80", "channel50")
 
@@ -47,5 +46,5 @@ def get_config(names=DEFAULT):
     c.bench.warmup = 2
     c.bench.num_batches = 10
     c.distill.alpha = 0.0
-    c.variants = [CATALOGUE[n] for n in names]
+    c.variants = [CATALOGUE[n].config() for n in names]
     return c

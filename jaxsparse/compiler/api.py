@@ -17,8 +17,8 @@ from jaxsparse.compiler.interpreter import MISSING_RULE, Context, eval_jaxpr
 from jaxsparse.compiler.packed import is_rewritten, nbytes
 from jaxsparse.compiler.report import CompileReport
 from jaxsparse.compiler.values import WRef, plain
-from jaxsparse.gpu import cusparselt
-from jaxsparse.kernels import cpu_library
+from jaxsparse.kernels.cpu import library as cpu_library
+from jaxsparse.kernels.gpu import cusparselt
 from jaxsparse.primitives.block_sparse_dot import IMPLS, check_impl
 from jaxsparse.pruning.prune import named_masks
 from jaxsparse.pruning.tree_paths import named_leaves, path_str

@@ -30,7 +30,7 @@ from jaxsparse.compiler.packed import (
 )
 from jaxsparse.compiler.report import CompiledLayer
 from jaxsparse.compiler.values import Sliced, WRef
-from jaxsparse.gpu import cusparselt
+from jaxsparse.kernels.gpu import cusparselt
 from jaxsparse.primitives.block_sparse_dot import pack_block_ell
 from jaxsparse.primitives.nm_dot import cuda_kernel, pack_nm, unpack_nm
 

@@ -15,7 +15,7 @@ from jaxsparse.compiler import costs
 from jaxsparse.compiler.detect import block_views
 from jaxsparse.compiler.packed import block_shape
 from jaxsparse.compiler.report import LayerTiming
-from jaxsparse.kernels import cpu_sparse_conv
+from jaxsparse.kernels.cpu import sparse_conv as cpu_sparse_conv
 from jaxsparse.primitives.block_sparse_dot import pallas_kernel
 from jaxsparse.primitives.nm_dot import cuda_kernel
 from jaxsparse.pruning.patterns import NM, Block, Unstructured

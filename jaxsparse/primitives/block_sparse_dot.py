@@ -14,12 +14,12 @@ Implementations (``impl``):
 
 * ``"xla"`` (every platform): im2col (convs), then a gather of the stored row blocks of ``x``
   and one batched GEMM over block columns;
-* ``"cpu"``: the C++ kernels of :mod:`jaxsparse.kernels.cpu_sparse_conv` on the ``cpu``
+* ``"cpu"``: the C++ kernels of :mod:`jaxsparse.kernels.cpu.sparse_conv` on the ``cpu``
   platform (implicit GEMM, no im2col), registered as that platform's lowering; other platforms
   lower the ``"xla"`` way;
 * ``"pallas"``: Pallas kernels, chosen by the platform the program is lowered for: on ``cuda``
-  :mod:`jaxsparse.kernels.block_sparse_gpu` (Triton backend), on ``tpu``
-  :mod:`jaxsparse.kernels.block_sparse` (Mosaic, scalar prefetch); block shapes a kernel does
+  :mod:`jaxsparse.kernels.gpu.block_sparse` (Triton backend), on ``tpu``
+  :mod:`jaxsparse.kernels.tpu.block_sparse` (Mosaic, scalar prefetch); block shapes a kernel does
   not support, and other platforms, lower the ``"xla"`` way; with ``interpret=True`` the TPU
   kernel runs in the Pallas interpreter on every platform (CPU tests), as Pallas ops do.
 
@@ -37,7 +37,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from jaxsparse import deprecation
-from jaxsparse.kernels import cpu_sparse_conv
+from jaxsparse.kernels.cpu import sparse_conv as cpu_sparse_conv
 from jaxsparse.kernels.window import ConvWindow, im2col
 from jaxsparse.primitives.rules import bilinear_jvp, rows_batcher
 
@@ -184,25 +184,25 @@ def pallas_kernel(platform: str, bh: int, bw: int) -> tuple[str | None, str]:
     """``(kernel name or None, why)``: the Pallas kernel ``impl="pallas"`` runs for
     ``bh x bw`` blocks when lowered for ``platform``, or why it lowers the portable way."""
     if platform == "cuda":
-        from jaxsparse.kernels import block_sparse_gpu
+        from jaxsparse.kernels.gpu import block_sparse as gpu_block
 
-        why = block_sparse_gpu.unsupported(bh, bw)
+        why = gpu_block.unsupported(bh, bw)
         return (None, why) if why else ("pallas-triton", "Pallas Triton kernel")
     if platform == "tpu":
-        from jaxsparse.kernels import block_sparse
+        from jaxsparse.kernels.tpu import block_sparse as tpu_block
 
-        why = block_sparse.unsupported(bh, bw)
+        why = tpu_block.unsupported(bh, bw)
         return (None, why) if why else ("pallas-mosaic", "Pallas Mosaic TPU kernel")
     return None, f"no Pallas block-sparse kernel for platform {platform!r}"
 
 
 def _gemm(x2d, values, rows, kernel):
     if kernel == "pallas-triton":
-        from jaxsparse.kernels.block_sparse_gpu import block_sparse_matmul_gpu
+        from jaxsparse.kernels.gpu.block_sparse import block_sparse_matmul_gpu
 
         return block_sparse_matmul_gpu(x2d, values, rows)
     if kernel in ("pallas-mosaic", "pallas-interpret"):
-        from jaxsparse.kernels.block_sparse import block_sparse_matmul
+        from jaxsparse.kernels.tpu.block_sparse import block_sparse_matmul
 
         return block_sparse_matmul(x2d, values, rows, interpret=kernel == "pallas-interpret")
     return block_sparse_dot_xla(x2d, values, rows)

@@ -11,7 +11,7 @@ lowerings:
 
 * every platform: densify the packed weight and run one XLA GEMM (correct, not faster);
 * ``cuda``, for 2:4 in bf16/f16 when the cuSPARSELt FFI library is built
-  (:mod:`jaxsparse.gpu.cusparselt`): densify, compress into cuSPARSELt's layout, and run its
+  (:mod:`jaxsparse.kernels.gpu.cusparselt`): densify, compress into cuSPARSELt's layout, and run its
   sparse tensor-core GEMM. :func:`cuda_kernel` says which one a call gets, and why.
 """
 
@@ -84,7 +84,8 @@ def nm_dot(x: jax.Array, values: jax.Array, indices: jax.Array, *, m: int,
         indices: ``(K // m * n, cout)`` int8 positions inside each group of ``m``.
         m: group size M.
         blob: optional cuSPARSELt-compressed copy of ``W`` in ``x.dtype``
-            (:func:`jaxsparse.gpu.cusparselt.compress`, made once by ``js.sparsify`` on a GPU):
+            (:func:`jaxsparse.kernels.gpu.cusparselt.compress`, made once by ``js.sparsify`` on
+            a GPU):
             the CUDA lowering then runs the sparse GEMM alone instead of compressing on every
             call. It must hold the same weight as ``values`` (other lowerings, and gradients,
             read ``values``).
@@ -115,7 +116,7 @@ def _impl(x, values, indices, blob, *, m):
 def cuda_kernel(k: int, n: int, m: int, cout: int, dtype) -> tuple[str | None, str]:
     """``("cusparselt", why)`` when ``nm_dot`` of an ``n:m`` ``(k, cout)`` weight in ``dtype``
     lowers to cuSPARSELt on ``cuda``, else ``(None, why not)``."""
-    from jaxsparse.gpu import cusparselt
+    from jaxsparse.kernels.gpu import cusparselt
 
     if (n, m) != (2, 4):
         return None, f"{n}:{m} (cuSPARSELt runs 2:4 only)"
@@ -134,7 +135,7 @@ def _cuda_lowering(ctx, x, values, indices, blob, *, m):
     kernel, _ = cuda_kernel(k, r * m // k, m, cout, ctx.avals_in[0].dtype)
     if kernel is None:
         return mlir.lower_fun(_impl, multiple_results=False)(ctx, x, values, indices, blob, m=m)
-    from jaxsparse.gpu import cusparselt
+    from jaxsparse.kernels.gpu import cusparselt
 
     def run(x, values, indices, blob):
         if blob.shape[0]:

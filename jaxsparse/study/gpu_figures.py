@@ -29,11 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsparse as js
-from jaxsparse.gpu import cusparselt
+from jaxsparse.kernels.gpu import cusparselt
 from jaxsparse.markdown import table
 from jaxsparse.primitives.block_sparse_dot import pack_block_ell
 from jaxsparse.primitives.nm_dot import nm_dot, pack_nm
 from jaxsparse.study.speed import compile_checked
+from jaxsparse.study.variants import Variant
 from jaxsparse.training.bench import benchmark
 from jaxsparse.training.experiment import Experiment
 
@@ -51,13 +52,13 @@ def _resnet50_gemms() -> list[tuple[str, int, int, int]]:
 
 GEMMS = _resnet50_gemms()
 # name -> (pattern, sparsity, coupled channel groups first, then 2:4 on the kept channels).
-VARIANTS = {
-    "nm24": ("2:4", None, False, False),
-    "block90_32": ("block:32x32", 0.9, False, False),
-    "block90_64": ("block:64x64", 0.9, False, False),
-    "channel50": ("channel", 0.5, True, False),
-    "channel50_nm24": ("channel", 0.5, True, True),
-}
+VARIANTS = {v.name: v for v in [
+    Variant("nm24", "2:4", policy="sparse"),
+    Variant("block90_32", "block:32x32", 0.9, policy="sparse"),
+    Variant("block90_64", "block:64x64", 0.9, policy="sparse"),
+    Variant("channel50", "channel", 0.5, grouped=True, policy="sparse"),
+    Variant("channel50_nm24", "channel", 0.5, grouped=True, nm_after=True, policy="sparse"),
+]}
 
 
 def log(msg: str) -> None:
@@ -72,7 +73,7 @@ def _block_mask(k: int, n: int, b: int, density: float, rng) -> np.ndarray:
 
 def gemm_rows(batch: int, *, warmup: int, trials: int, reps: int) -> list[dict]:
     """Every GEMM of :data:`GEMMS` at ``batch`` images: times and speedups over dense."""
-    from jaxsparse.kernels.block_sparse_gpu import block_sparse_matmul_gpu
+    from jaxsparse.kernels.gpu.block_sparse import block_sparse_matmul_gpu
 
     rng = np.random.default_rng(0)
     rows = []
@@ -109,16 +110,7 @@ def gemm_rows(batch: int, *, warmup: int, trials: int, reps: int) -> list[dict]:
 
 def variant_masks(exp: Experiment, name: str, x: jax.Array) -> Any:
     """The masks of variant ``name`` of :data:`VARIANTS` for ``exp``'s random weights."""
-    pattern, sparsity, grouped, nm_after = VARIANTS[name]
-    params = exp.variables["params"]
-    if not grouped:
-        return js.prune(params, pattern, sparsity)
-    groups = js.channel_groups(exp.apply_fn, exp.variables, x[:1])
-    masks = js.prune(exp.variables, pattern, sparsity, groups=groups,
-                     include=lambda path, w: w.ndim == 4)  # Every conv; BatchNorm follows.
-    if nm_after:
-        masks = js.nm_on_kept_channels(exp.apply_fn, exp.variables, masks, x)
-    return masks
+    return VARIANTS[name].masks(exp.apply_fn, exp.variables, x)
 
 
 def e2e_rows(exp: Experiment, batch: int, variants: list[str], *, warmup: int, trials: int,

@@ -27,12 +27,12 @@ from jaxsparse.study import plot
 from jaxsparse.study import report as report_lib
 from jaxsparse.study import variants as variants_lib
 from jaxsparse.training import experiment as experiment_lib
-from jaxsparse.training import train
+from jaxsparse.training import methods, train
 from jaxsparse.training.bench import benchmark
 from jaxsparse.training.experiment import Experiment
 from jaxsparse.training.sharding import maybe_initialize_distributed
 from jaxsparse.training.summary import Writer, environment, say, write_json
-from jaxsparse.training.validate import SPARSITY_OFF, check_workdir, validate_config
+from jaxsparse.training.validate import check_workdir, validate_config
 
 HPARAMS_DIR = "hparams"  # <workdir>/hparams/<variant>: the study's HParams runs.
 
@@ -84,16 +84,10 @@ def variant_config(config: ml_collections.ConfigDict, v: ml_collections.ConfigDi
     c.distill.alpha = r["distill_alpha"]
     c.distill.temperature = config.distill.temperature
     c.distill.teacher = dense_dir if r["distill_alpha"] > 0 else ""
-    c.sparsity.end_step = -1
-    c.sparsity.end_fraction = r["prune_epochs"] / r["epochs"] if v.method == "gradual" else \
-        ft.prune_fraction
-    c.sparsity.method = v.method
-    c.sparsity.pattern = v.pattern
-    c.sparsity.sparsity = v.sparsity
-    c.sparsity.distribution = r["distribution"]
-    c.sparsity.begin_step = 0
-    c.sparsity.grouped = v.grouped
-    c.sparsity.include = v.include
+    c.sparsity.update(methods.variant_block(
+        v.pattern, v.sparsity, v.method, distribution=r["distribution"], grouped=v.grouped,
+        include=v.include, end_fraction=r["prune_epochs"] / r["epochs"]
+        if v.method == "gradual" else ft.prune_fraction))
     return c
 
 
@@ -130,7 +124,7 @@ def dense_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     sets for its variants, such as a schedule's frequency, are theirs alone)."""
     c = ml_collections.ConfigDict(config.base.to_dict())
     c.bench.enabled = False
-    c.sparsity.update({"method": "none", **SPARSITY_OFF})
+    c.sparsity.update({"method": "none", **methods.SPARSITY_OFF})
     return c
 
 
@@ -194,9 +188,11 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     timings = benchmark(fns, args, bs, warmup=config.bench.warmup,
                         num_batches=config.bench.num_batches)
     dense_ms = timings[0].latencies_ms
-    rows = [dataclasses.replace(r, images_per_sec=t.images_per_sec, speedup_range=None if i == 0
-                                else report_lib.speedup_spread(dense_ms, t.latencies_ms))
-            for i, (r, t) in enumerate(zip(rows, timings, strict=True))]
+    rows = [dataclasses.replace(
+        r, images_per_sec=t.images_per_sec,
+        speedup_range=None if i == 0 else report_lib.speedup_spread(dense_ms, t.latencies_ms),
+        speedup_median=None if i == 0 else report_lib.speedup_median(dense_ms, t.latencies_ms))
+        for i, (r, t) in enumerate(zip(rows, timings, strict=True))]
     env = {**environment(), "precision": base.precision, "batch_size": bs,
            "title": config.title, "model": base.model.to_dict(), "dataset": base.data.name,
            "finetune": config.finetune.to_dict(), "distill": config.distill.to_dict(),

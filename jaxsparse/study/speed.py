@@ -28,10 +28,10 @@ import numpy as np
 import jaxsparse as js
 from jaxsparse.compiler.api import BACKENDS
 from jaxsparse.markdown import table
-from jaxsparse.study.report import speedup_spread
+from jaxsparse.study.report import speedup_median, speedup_spread
 from jaxsparse.study.runner import dense_config, variant_config, variants_of
+from jaxsparse.study.variants import Variant
 from jaxsparse.training import experiment as experiment_lib
-from jaxsparse.training import methods
 from jaxsparse.training.bench import benchmark
 from jaxsparse.training.experiment import Experiment
 from jaxsparse.training.sharding import maybe_initialize_distributed
@@ -65,11 +65,16 @@ def compile_checked(exp: Experiment, masks: Any, x: jax.Array, **sparsify_kwargs
 
 def random_weight_masks(config: ml_collections.ConfigDict, v: ml_collections.ConfigDict,
                         exp: Experiment, x: jax.Array) -> Any:
-    """The masks of variant ``v`` on ``exp``'s initial (random) weights: one-shot magnitude
-    pruning with the variant's pattern, sparsity and grouping (traced on ``x[:1]``)."""
-    block = variant_config(config, v, "").sparsity
-    groups = js.channel_groups(exp.apply_fn, exp.variables, x[:1]) if v.grouped else None
-    return methods.one_shot_masks(block, exp.variables["params"], groups)
+    """The masks of study variant ``v`` on ``exp``'s initial (random) weights: one-shot
+    magnitude pruning with its pattern, sparsity, grouping and distribution
+    (:meth:`~jaxsparse.study.variants.Variant.masks`, traced on ``x``).
+
+    Raises:
+        ValueError: for a variant whose fine-tune config is not valid, or a pattern that does
+            not fit the weights.
+    """
+    variant_config(config, v, "")  # The same checks as the trained study.
+    return Variant.from_config(v).masks(exp.apply_fn, exp.variables, x)
 
 
 def _compile_variant(config: ml_collections.ConfigDict, v: ml_collections.ConfigDict,
@@ -161,7 +166,7 @@ def run_speed(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
                         num_batches=config.bench.num_batches)
     dense = timings[0]
     for row, t in zip(rows, timings[1:], strict=True):
-        row.update(t.as_dict(), speedup=t.images_per_sec / dense.images_per_sec,
+        row.update(t.as_dict(), speedup=speedup_median(dense.latencies_ms, t.latencies_ms),
                    speedup_range=speedup_spread(dense.latencies_ms, t.latencies_ms))
     weights = rows[0]["report"]["bytes_before"] if rows else 0
     rep = {**environment(), "mode": "speed", "title": config.title,

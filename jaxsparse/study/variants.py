@@ -23,14 +23,20 @@ ablation, ``docs/results/study_fmnist_cpu_report.md``):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 
+from jaxsparse.compiler import costs
+from jaxsparse.compiler.combine import nm_on_kept_channels
+from jaxsparse.compiler.groups import channel_groups
 from jaxsparse.pruning.distributions import DISTRIBUTIONS
 from jaxsparse.pruning.masks import check_sparsity
 from jaxsparse.pruning.patterns import NM, parse_pattern
+from jaxsparse.pruning.prune import prune
 
 LR_SCHEDULES = ("cosine", "rewind")
 
@@ -75,6 +81,76 @@ def variant(name: str, method: str, pattern: str, sparsity: float = 0.0, *,
         name=name, method=method, pattern=pattern, sparsity=float(sparsity), grouped=grouped,
         include=include, policy=policy, distribution=distribution, lr_schedule=lr_schedule,
         prune_epochs=prune_epochs, recover_epochs=recover_epochs, distill_alpha=distill_alpha))
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A sparse variant of a model as the benchmarks build it: one-shot magnitude pruning of
+    the model's weights (random weights in the speed benchmarks, the GPU figures and the
+    accelerator compile check).
+
+    Attributes:
+        name: the variant's name in reports and on command lines.
+        pattern: ``"2:4"``, ``"block:32x32"``, ``"channel"``, ``"unstructured"``...
+        sparsity: the fraction removed (None for N:M: fixed by the pattern).
+        grouped: channel pattern: coupled layers (residual streams) and their BatchNorm
+            vectors lose the same channels (every 4-D conv kernel, unless ``include``).
+        nm_after: then 2:4 on the kept channels (channel + 2:4).
+        channel_multiple: keep a multiple of this many channels per layer.
+        include: regex over parameter paths ("" = the pattern's default selection).
+        policy: ``js.sparsify``'s policy for this variant.
+        distribution: how the sparsity is spread over layers (``speed``: by the cost table of
+            the platform the masks are made on).
+    """
+
+    name: str
+    pattern: str
+    sparsity: float | None = None
+    grouped: bool = False
+    nm_after: bool = False
+    channel_multiple: int = 1
+    include: str = ""
+    policy: str = "auto"
+    distribution: str = "uniform"
+
+    @classmethod
+    def from_config(cls, v: ml_collections.ConfigDict) -> Variant:
+        """The :class:`Variant` of a study variant (:func:`variant`), for pruning random
+        weights the way its one-shot fine-tune would start."""
+        return cls(v.name, v.pattern, v.sparsity or None, grouped=v.grouped,
+                   include=v.include, policy=v.policy,
+                   distribution=v.get("distribution", "uniform"))
+
+    def config(self, method: str = "one_shot") -> ml_collections.ConfigDict:
+        """This variant as a study variant (:func:`variant`) pruned by ``method``."""
+        if self.nm_after or self.channel_multiple != 1:
+            raise ValueError(f"variant {self.name!r}: nm_after and channel_multiple have no "
+                             f"study (fine-tune) equivalent yet.")
+        return variant(self.name, method, self.pattern, self.sparsity or 0.0,
+                       grouped=self.grouped, include=self.include, policy=self.policy,
+                       distribution=self.distribution)
+
+    def masks(self, apply_fn: Callable[..., Any], variables: Any, x: Any) -> Any:
+        """The variant's masks for ``apply_fn``'s ``variables`` (traced on ``x``): for
+        ``variables["params"]``, or for all of ``variables`` when grouped (BatchNorm follows
+        its conv).
+
+        Raises:
+            ValueError: for a pattern or sparsity that does not fit the weights.
+        """
+        include = self.include or None
+        if not self.grouped:
+            speed = None if self.distribution != "speed" else costs.speed_model(
+                jax.default_backend(), self.pattern, self.sparsity or 0.0)
+            return prune(variables["params"], self.pattern, self.sparsity, self.distribution,
+                         include, speed_model=speed)
+        groups = channel_groups(apply_fn, variables, x[:1])
+        masks = prune(variables, self.pattern, self.sparsity, groups=groups,
+                      include=include or (lambda path, w: w.ndim == 4),
+                      channel_multiple=self.channel_multiple)
+        if self.nm_after:
+            masks = nm_on_kept_channels(apply_fn, variables, masks, x)
+        return masks
 
 
 def pattern_slug(pattern: str) -> str:

@@ -8,6 +8,10 @@ Methods (:func:`names`; add one with :func:`register`):
         prune one-shot by magnitude, fine-tune with the fixed mask).
     ``gradual``: Zhu & Gupta's cubic schedule from ``begin_step`` to ``end_step``.
     ``sr_ste``: SR-STE for N:M patterns (dense weights, straight-through masked forward).
+
+The ``sparsity`` block's meaning lives here: its fields with pruning off (:data:`SPARSITY_OFF`),
+its checks (:func:`check_block`), how a variant fills it (:func:`variant_block`), and how its
+pattern, target and selection resolve (``_resolve``, :func:`one_shot_masks`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import optax
 
 from jaxsparse.compiler import costs
 from jaxsparse.pruning import schedules
-from jaxsparse.pruning.patterns import NM, Pattern, parse_pattern
+from jaxsparse.pruning.distributions import DISTRIBUTIONS
+from jaxsparse.pruning.masks import check_sparsity
+from jaxsparse.pruning.patterns import NM, Channel, Pattern, parse_pattern
 from jaxsparse.pruning.prune import apply_masks, layer_densities, measured_sparsity, prune
 from jaxsparse.pruning.report import sparsity_report
 from jaxsparse.pruning.srste import sr_ste, ste_params
@@ -149,6 +155,58 @@ def _sr_ste(a: MethodArgs) -> PruningSetup:
                         lambda p, s: prune(p, pattern, include=include), str(pattern), "sr_ste")
 
 
+# The sparsity block's values when pruning is off (experiments/configs/default.py; a test keeps
+# the two equal). Any other value needs a method.
+SPARSITY_OFF = {"pattern": "unstructured", "sparsity": 0.0, "distribution": "uniform",
+                "begin_step": 0, "end_step": -1, "end_fraction": 0.75, "frequency": 100,
+                "include": "", "sr_ste_decay": 2e-4, "grouped": False}
+
+
+def check_block(s: ml_collections.ConfigDict) -> None:
+    """Checks a config's ``sparsity`` block (method, pattern, sparsity, schedule).
+
+    Raises:
+        ValueError: naming the first bad field, its value and what is valid.
+    """
+    valid = names()
+    if s.method not in valid:
+        raise ValueError(f"sparsity.method={s.method!r} is not valid; use one of {valid}.")
+    if s.method == "none":
+        for key, off in SPARSITY_OFF.items():
+            if key in s and s[key] != off:
+                raise ValueError(f"sparsity.{key}={s[key]!r} is set but sparsity.method='none' "
+                                 f"(no pruning); set sparsity.method to one of {valid[1:]} "
+                                 f"or leave sparsity.{key} at {off!r}.")
+        return
+    try:
+        pattern = parse_pattern(s.pattern)
+    except ValueError as e:
+        raise ValueError(f"sparsity.{e}") from None
+    check_sparsity(pattern, target_sparsity(pattern, s.sparsity), "sparsity.sparsity")
+    if s.method == "sr_ste" and not isinstance(pattern, NM):
+        raise ValueError(f"sparsity.method='sr_ste' needs an N:M pattern; got "
+                         f"sparsity.pattern={s.pattern!r}.")
+    if s.grouped and not isinstance(pattern, Channel):
+        raise ValueError(f"sparsity.grouped=True needs the channel pattern; got "
+                         f"sparsity.pattern={s.pattern!r}.")
+    if s.distribution not in DISTRIBUTIONS:
+        raise ValueError(f"sparsity.distribution={s.distribution!r} is not valid; use one of "
+                         f"{DISTRIBUTIONS}.")
+    if s.frequency < 1 or not 0.0 < s.end_fraction <= 1.0 or s.begin_step < 0:
+        raise ValueError(f"sparsity schedule: need frequency >= 1, 0 < end_fraction <= 1 and "
+                         f"begin_step >= 0; got frequency={s.frequency}, "
+                         f"end_fraction={s.end_fraction}, begin_step={s.begin_step}.")
+
+
+def variant_block(pattern: str, sparsity: float, method: str, *, distribution: str,
+                  grouped: bool, include: str, end_fraction: float) -> dict:
+    """The sparsity block's fields for one study variant's fine-tune: prune from step 0 to
+    ``end_fraction`` of the run (gradual), with the variant's pattern and selection."""
+    return {"method": method, "pattern": pattern, "sparsity": sparsity,
+            "distribution": distribution, "grouped": grouped, "include": include,
+            "begin_step": 0, "end_step": -1, "end_fraction": end_fraction}
+
+
 def names() -> tuple[str, ...]:
     """The valid ``sparsity.method`` values: ``"none"`` and every registered method."""
     return ("none", *_BUILDERS)
@@ -172,7 +230,8 @@ def setup(config: ml_collections.ConfigDict, params: Any, tx: optax.GradientTran
         raise ValueError(f"sparsity.method={config.method!r} is not valid; use one of "
                          f"{names()}.")
     pattern, target, include = _resolve(config)
-    one_shot_masks(config, params, groups)  # Validates the pattern against the params.
+    # Validates the pattern against the params' shapes without computing any mask.
+    jax.eval_shape(lambda p: one_shot_masks(config, p, groups), params)
     return _BUILDERS[config.method](MethodArgs(config, pattern, target, include, tx, num_steps,
                                                groups))
 

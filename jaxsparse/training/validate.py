@@ -20,18 +20,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxsparse.pruning.distributions import DISTRIBUTIONS
-from jaxsparse.pruning.masks import check_sparsity
-from jaxsparse.pruning.patterns import NM, Channel, parse_pattern
 from jaxsparse.training import methods, optim
 from jaxsparse.training.sharding import check_batch_size, maybe_initialize_distributed
 
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# The sparsity block's values when pruning is off (experiments/configs/default.py; a test keeps
-# the two equal). Any other value needs a method.
-SPARSITY_OFF = {"pattern": "unstructured", "sparsity": 0.0, "distribution": "uniform",
-                "begin_step": 0, "end_step": -1, "end_fraction": 0.75, "frequency": 100,
-                "include": "", "sr_ste_decay": 2e-4, "grouped": False}
 
 
 def check_workdir(workdir: str) -> None:
@@ -88,42 +80,6 @@ def precision_dtype(precision: str):
     return PRECISIONS[precision]
 
 
-def check_sparsity_block(s: ml_collections.ConfigDict) -> None:
-    """Checks a config's ``sparsity`` block (method, pattern, sparsity, schedule).
-
-    Raises:
-        ValueError: naming the first bad field, its value and what is valid.
-    """
-    valid = methods.names()
-    if s.method not in valid:
-        raise ValueError(f"sparsity.method={s.method!r} is not valid; use one of {valid}.")
-    if s.method == "none":
-        for key, off in SPARSITY_OFF.items():
-            if key in s and s[key] != off:
-                raise ValueError(f"sparsity.{key}={s[key]!r} is set but sparsity.method='none' "
-                                 f"(no pruning); set sparsity.method to one of {valid[1:]} "
-                                 f"or leave sparsity.{key} at {off!r}.")
-        return
-    try:
-        pattern = parse_pattern(s.pattern)
-    except ValueError as e:
-        raise ValueError(f"sparsity.{e}") from None
-    check_sparsity(pattern, methods.target_sparsity(pattern, s.sparsity), "sparsity.sparsity")
-    if s.method == "sr_ste" and not isinstance(pattern, NM):
-        raise ValueError(f"sparsity.method='sr_ste' needs an N:M pattern; got "
-                         f"sparsity.pattern={s.pattern!r}.")
-    if s.grouped and not isinstance(pattern, Channel):
-        raise ValueError(f"sparsity.grouped=True needs the channel pattern; got "
-                         f"sparsity.pattern={s.pattern!r}.")
-    if s.distribution not in DISTRIBUTIONS:
-        raise ValueError(f"sparsity.distribution={s.distribution!r} is not valid; use one of "
-                         f"{DISTRIBUTIONS}.")
-    if s.frequency < 1 or not 0.0 < s.end_fraction <= 1.0 or s.begin_step < 0:
-        raise ValueError(f"sparsity schedule: need frequency >= 1, 0 < end_fraction <= 1 and "
-                         f"begin_step >= 0; got frequency={s.frequency}, "
-                         f"end_fraction={s.end_fraction}, begin_step={s.begin_step}.")
-
-
 def validate_config(config: ml_collections.ConfigDict, workdir: str | None = None, *,
                     check_paths: bool = True, prefix: str = "") -> None:
     """Checks everything in an experiment config that can be checked without data.
@@ -166,7 +122,7 @@ def _validate(config: ml_collections.ConfigDict, workdir: str | None,
                          f"and val/) and data.shape=(H, W, 3); got data.dir={data.dir!r}, "
                          f"data.shape={tuple(data.shape)}.")
     check_devices(config)
-    check_sparsity_block(config.sparsity)
+    methods.check_block(config.sparsity)
     d = config.distill
     if not 0.0 <= d.alpha <= 1.0:
         raise ValueError(f"distill.alpha={d.alpha} must be in [0, 1].")

@@ -6,47 +6,23 @@ Pallas Triton kernel for block layers (cuda), and Mosaic's ``tpu_custom_call`` (
 kernels' numerics are checked in interpret mode in tests/kernels/ and on a GPU in tests/gpu/.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp
 import pytest
-from flax import nnx
 
 import jaxsparse as js
-from jaxsparse.gpu import cusparselt
-from jaxsparse.gpu.aot import cuda_target
-from jaxsparse.gpu.aot import custom_calls as lowered_calls
-from jaxsparse.models import ResNetTinyBottleneck, functional
+from jaxsparse.compiler.aot import cuda_target
+from jaxsparse.compiler.aot import custom_calls as lowered_calls
+from jaxsparse.kernels.gpu import cusparselt
+from tests.helpers import accel_model as model
+from tests.helpers import variant_masks
 
 # Layers a 128x128 block does not tile stay dense (with a warning): expected on this model.
 pytestmark = pytest.mark.filterwarnings("ignore::jaxsparse.SkippedLayerWarning")
 
 needs_cusparselt = pytest.mark.skipif(
     not cusparselt.available(), reason=f"cuSPARSELt FFI library: {cusparselt.status().reason}")
-
-
-@functools.cache
-def model():
-    net = ResNetTinyBottleneck(num_classes=16, stem="imagenet", width=1.0, dtype=jnp.bfloat16,
-                               rngs=nnx.Rngs(0))
-    apply_fn, variables = functional(net)
-    x = jnp.zeros((8, 64, 64, 3), jnp.bfloat16)
-    return apply_fn, variables, x
-
-
-def variant_masks(variant):
-    apply_fn, variables, x = model()
-    if variant.startswith("channel"):
-        groups = js.channel_groups(apply_fn, variables, x)
-        masks = js.prune(variables, "channel", 0.5, groups=groups,
-                         include=lambda p, w: w.ndim == 4, channel_multiple=4)
-        if variant.endswith("2:4"):
-            masks = js.nm_on_kept_channels(apply_fn, variables, masks, x)
-        return masks
-    if variant.startswith("block"):  # The tiny model has few 128x128 blocks: keep half.
-        return js.prune(variables["params"], variant, 0.5 if "128" in variant else 0.9)
-    return js.prune(variables["params"], variant)
 
 
 def custom_calls(sp, platform):

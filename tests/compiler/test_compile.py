@@ -1,7 +1,6 @@
 """js.sparsify against the dense masked reference (rtol 1e-5 in f32)."""
 
 import dataclasses
-import functools
 
 import flax.linen as nn
 import jax
@@ -15,31 +14,8 @@ from hypothesis import strategies as st
 from jax import lax
 
 import jaxsparse as js
-from jaxsparse.models import ResNetTiny, ResNetTinyBottleneck, functional
-
-
-def assert_close(y, ref, rtol=1e-5):
-    y, ref = np.asarray(y, np.float32), np.asarray(ref, np.float32)
-    np.testing.assert_allclose(y, ref, rtol=rtol, atol=rtol * max(1.0, np.abs(ref).max()))
-
-
-def masked_reference(apply_fn, variables, masks):
-    masked = js.apply_masks(variables, masks) if "params" in masks or "batch_stats" in masks \
-        else {**variables, "params": js.apply_masks(variables["params"], masks)}
-    return lambda *a: apply_fn(masked, *a)
-
-
-@functools.cache
-def resnet(bottleneck: bool, stem: str):
-    ctor = ResNetTinyBottleneck if bottleneck else ResNetTiny
-    model = ctor(num_classes=10, stem=stem, width=0.5, rngs=nnx.Rngs(0))
-    apply_fn, variables = functional(model)
-    # Non-trivial BatchNorm statistics, so removed channels carry nonzero constants.
-    variables = jax.tree.map(lambda v: v + 0.1 * jnp.abs(v) if v.ndim == 1 else v, variables)
-    hw = 64 if stem == "imagenet" else 28
-    x = jax.random.normal(jax.random.key(1), (2, hw, hw, 3))
-    return apply_fn, variables, x
-
+from jaxsparse.models import ResNetTiny, functional
+from tests.helpers import assert_close, masked_reference, resnet
 
 CASES = [("2:4", None), ("1:4", None), ("2:8", None), ("block:16x16", 0.5),
          ("block:16x16", 0.9), ("block:32x32", 0.75), ("channel", 0.5)]

@@ -12,8 +12,7 @@ from jax import lax
 
 import jaxsparse as js
 from jaxsparse.compiler import costs
-from tests.compiler.test_compile import assert_close, masked_reference, resnet
-from tests.conftest import run_cli
+from tests.helpers import assert_close, masked_reference, resnet, run_cli
 
 
 def conv_net(seed=0):

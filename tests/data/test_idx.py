@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jaxsparse import data
-from tests.conftest import FMNIST_DIR, needs_fmnist
+from tests.helpers import FMNIST_DIR, needs_fmnist
 
 
 @pytest.mark.parametrize("suffix", [".gz", ""])

@@ -9,8 +9,8 @@ from PIL import Image
 
 from jaxsparse.data import DatasetError, eval_batches, train_batches
 from jaxsparse.data import imagefolder as imf
-from tests.conftest import make_image_folder as make_folder
-from tests.conftest import run_cli
+from tests.helpers import make_image_folder as make_folder
+from tests.helpers import run_cli
 
 
 def test_labels_follow_sorted_folder_names(tmp_path):

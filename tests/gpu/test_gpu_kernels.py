@@ -12,19 +12,20 @@ import numpy as np
 import pytest
 
 import jaxsparse as js
-from jaxsparse.gpu import cusparselt
-from jaxsparse.kernels.block_sparse_gpu import block_sparse_matmul_gpu
+from jaxsparse.kernels.gpu import cusparselt
+from jaxsparse.kernels.gpu.block_sparse import block_sparse_matmul_gpu
 from jaxsparse.primitives.block_sparse_dot import (
     block_sparse_dot,
     block_sparse_dot_reference,
     pack_block_ell,
 )
 from jaxsparse.primitives.nm_dot import nm_dot, nm_dot_reference, pack_nm, unpack_nm
-from tests.compiler.test_accelerator_lowering import model, variant_masks
+from tests.helpers import accel_model as model
+from tests.helpers import variant_masks
 
 ON_GPU = jax.devices()[0].platform == "gpu"
 _MISSING = [what for what, ok in (("an NVIDIA GPU", ON_GPU), (
-    "the cuSPARSELt FFI library (python -m jaxsparse.gpu.build)", cusparselt.available()))
+    "the cuSPARSELt FFI library (python -m jaxsparse.kernels.gpu.build)", cusparselt.available()))
     if not ok]
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason="needs " + " and ".join(_MISSING))
 

@@ -8,12 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxsparse as js
-from jaxsparse.kernels.block_sparse import unsupported as tpu_unsupported
-from jaxsparse.kernels.block_sparse_gpu import (
+from jaxsparse.kernels.gpu.block_sparse import (
     block_sparse_matmul_gpu,
     block_sparse_matmul_reference,
     unsupported,
 )
+from jaxsparse.kernels.tpu.block_sparse import unsupported as tpu_unsupported
 from jaxsparse.primitives import pack_block_ell
 
 

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxsparse as js
-from jaxsparse.kernels.block_sparse import block_sparse_matmul, block_sparse_matmul_reference
+from jaxsparse.kernels.tpu.block_sparse import block_sparse_matmul, block_sparse_matmul_reference
 from jaxsparse.primitives import pack_block_ell
 
 INTERPRET = True  # The Pallas interpreter: these tests check the kernel's logic on any machine

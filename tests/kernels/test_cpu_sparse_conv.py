@@ -18,14 +18,15 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from jaxsparse.kernels import cpu_library, cpu_sparse_conv
+from jaxsparse.kernels.cpu import library as cpu_library
+from jaxsparse.kernels.cpu import sparse_conv as cpu_sparse_conv
 from jaxsparse.kernels.window import ConvWindow
 from jaxsparse.primitives.block_sparse_dot import (
     block_sparse_dot,
     block_sparse_dot_reference,
     pack_block_ell,
 )
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 
 
 def make_case(seed, b, h, w, cin, cout, k, bh, bw, density):

@@ -5,7 +5,7 @@ import optax
 import pytest
 
 import jaxsparse as js
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def _problem(seed=0):

@@ -7,7 +7,7 @@ import pytest
 
 from experiments.configs import study_imagenet_resnet50
 from jaxsparse.study import run_study
-from tests.conftest import make_image_folder as make_folder
+from tests.helpers import make_image_folder as make_folder
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "models", "fixtures",
                        "resnet_basic_tiny.safetensors")

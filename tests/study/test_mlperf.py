@@ -14,7 +14,7 @@ from experiments.configs import mlperf_smoke
 from jaxsparse.study import loadgen, mlperf, mlperf_report
 from jaxsparse.study.speed import random_weight_masks
 from jaxsparse.training import experiment as experiment_lib
-from tests.conftest import needs_fmnist, run_cli
+from tests.helpers import needs_fmnist, run_cli
 
 SHORT = "shortened run (min duration 1 s), not a submission-length run"
 

@@ -15,7 +15,7 @@ from jaxsparse.study import variants as variants_lib
 from jaxsparse.study.runner import dense_config, variant_config
 from jaxsparse.training import optim
 from jaxsparse.training.validate import validate_config
-from tests.conftest import needs_fmnist, scalars
+from tests.helpers import needs_fmnist, scalars
 
 
 def test_sweep_builds_one_ordinary_variant_per_sparsity():

@@ -6,7 +6,7 @@ config's error, not the dataset's, shows the config is checked before any data i
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 SMOKE = "--config=experiments/configs/smoke.py"
 NO_DATA = "--config.data.dir=/nonexistent/fashion-mnist"
@@ -66,7 +66,7 @@ def test_one_line_error(tmp_path, entry, args, expected):
 
 def test_default_sparsity_block_is_pruning_off():
     from experiments.configs import default
-    from jaxsparse.training.validate import SPARSITY_OFF
+    from jaxsparse.training.methods import SPARSITY_OFF
 
     s = default.get_config().sparsity.to_dict()
     assert s == {"method": "none", **SPARSITY_OFF}

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, needs_fmnist
+from tests.helpers import REPO, needs_fmnist
 
 
 def _start(workdir):

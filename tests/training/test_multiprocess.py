@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SCRIPT = """
 import json, sys, jax, numpy as np

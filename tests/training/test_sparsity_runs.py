@@ -6,7 +6,7 @@ import pytest
 
 from experiments.configs import smoke
 from jaxsparse.training.train import train_and_evaluate
-from tests.conftest import needs_fmnist
+from tests.helpers import needs_fmnist
 
 
 def _config(**sparsity):

@@ -11,7 +11,7 @@ import pytest
 
 from experiments.configs import smoke
 from jaxsparse.training.train import train_and_evaluate
-from tests.conftest import REPO, needs_fmnist, run_cli
+from tests.helpers import REPO, needs_fmnist, run_cli
 
 
 @needs_fmnist

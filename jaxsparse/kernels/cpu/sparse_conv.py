@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsparse.kernels import cpu_library
+from jaxsparse.kernels.cpu import library as cpu_library
 from jaxsparse.kernels.window import ConvWindow, im2col
 
 

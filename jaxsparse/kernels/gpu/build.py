@@ -1,13 +1,13 @@
-"""Builds the cuSPARSELt XLA FFI library: ``python -m jaxsparse.gpu.build``.
+"""Builds the cuSPARSELt XLA FFI library: ``python -m jaxsparse.kernels.gpu.build``.
 
-Compiles ``jaxsparse/gpu/csrc/cusparselt_nm.cc`` with g++ (no nvcc needed) against the XLA FFI
-headers of the installed jaxlib (``jax.ffi.include_dir()``), ``cusparseLt.h`` and the CUDA
+Compiles ``jaxsparse/kernels/gpu/csrc/cusparselt_nm.cc`` with g++ (no nvcc needed) against the
+XLA FFI headers of the installed jaxlib (``jax.ffi.include_dir()``), ``cusparseLt.h`` and the CUDA
 runtime headers, linking ``libcusparseLt.so.0`` and ``libcudart``. Headers and libraries are
 found in the NVIDIA wheels that ``pip install 'jaxsparse[gpu]'`` brings
 (``nvidia-cusparselt-cu13``, ``nvidia-cuda-runtime``), else under ``$CUDA_HOME`` /
 ``/usr/local/cuda``; ``--cusparselt DIR`` names a cuSPARSELt folder with ``include/`` and
 ``lib/``. The library lands in the package (or ``--out``) where
-:mod:`jaxsparse.gpu.cusparselt` loads it. A GPU is not needed to build or to lower.
+:mod:`jaxsparse.kernels.gpu.cusparselt` loads it. A GPU is not needed to build or to lower.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from jaxsparse.gpu.cusparselt import LIBRARY, SOURCE, nvidia_dirs
+from jaxsparse.kernels.gpu.cusparselt import LIBRARY, SOURCE, nvidia_dirs
 
 
 def find(name: str, sub: str, extra: list[str], also: str | None = None) -> str | None:
@@ -70,26 +70,27 @@ def build(out: str = LIBRARY, cusparselt: str | None = None, verbose: bool = Tru
            "-l:libcusparseLt.so.0", f"-l:{cudart[0]}", "-o", out]
     t0 = time.perf_counter()
     if verbose:
-        print("jaxsparse.gpu.build:", " ".join(cmd), flush=True)
+        print("jaxsparse.kernels.gpu.build:", " ".join(cmd), flush=True)
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"g++ failed building {SOURCE}:\n{res.stderr[-4000:]}")
     if verbose:
-        print(f"jaxsparse.gpu.build: built {out} in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(f"jaxsparse.kernels.gpu.build: built {out} in {time.perf_counter() - t0:.1f} s",
+              flush=True)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; prints one line and returns 1 when the build is not possible."""
-    p = argparse.ArgumentParser(prog="python -m jaxsparse.gpu.build", description=__doc__.split(
-        "\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m jaxsparse.kernels.gpu.build",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=LIBRARY, help="where to write the library")
     p.add_argument("--cusparselt", default=None, help="a cuSPARSELt folder (include/, lib/)")
     args = p.parse_args(argv)
     try:
         build(args.out, args.cusparselt)
     except RuntimeError as e:
-        print(f"jaxsparse.gpu.build: {e}", file=sys.stderr)
+        print(f"jaxsparse.kernels.gpu.build: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,6 +1,6 @@
 """Loading the jaxsparse CPU kernel library (C++, XLA FFI) and registering its targets.
 
-The library is built from ``jaxsparse/kernels/csrc`` by the package's install (``pip install
+The library is built from ``jaxsparse/kernels/cpu/csrc`` by the package's install (``pip install
 -e .``, which ``scripts/setup.sh`` runs) when a C++ compiler is present. It is optional: where
 it is missing or does not load, :func:`status` says why and every sparse layer keeps its
 portable XLA lowering (``js.sparsify``'s report names the kernel each layer got).

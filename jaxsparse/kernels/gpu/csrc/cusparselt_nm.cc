@@ -12,7 +12,7 @@
 //   JaxsparseCusparseltMatmul:   x (N, K), blob   -> y (N, cout)
 //
 // The blob depends only on (cout, K, dtype), not on the batch, so it is made once (at pack
-// time on a GPU, see jaxsparse/gpu/cusparselt.py) and reused by every call. Plans (descriptors,
+// time on a GPU, see jaxsparse/kernels/gpu/cusparselt.py) and reused by every call. Plans (descriptors,
 // algorithm chosen by cusparseLtMatmulSearch on first use, workspace size) are cached per
 // (device, cout, K, N, dtype) for the life of the process; the workspace comes from XLA's
 // scratch allocator and every call runs on XLA's stream.

@@ -11,12 +11,11 @@ Mosaic tiles VMEM in (8, 128) (f32) / (16, 128) (bf16) units: a block's last two
 multiples of those or span the whole array. The ``x`` slice is ``(block_m, bh)`` and the output
 tile ``(block_m, bw)``, so the kernel takes blocks with ``bh`` and ``bw`` multiples of 128
 (:func:`unsupported` says why others stay dense; NVIDIA GPUs use
-:mod:`jaxsparse.kernels.block_sparse_gpu`, which has no such limit).
+:mod:`jaxsparse.kernels.gpu.block_sparse`, which has no such limit).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -27,11 +26,7 @@ LANES = 128  # Mosaic's lane tile: the last dim of every block.
 SUBLANES = 16  # Rows per tile for 16-bit types (8 for 32-bit): row tiles are multiples of 16.
 
 
-@dataclasses.dataclass(frozen=True)
-class Tiling:
-    """Row-tile size of ``x`` (rows are padded up to a multiple)."""
-
-    block_m: int = 128
+BLOCK_M = 128  # Default row tile of ``x`` (rows are padded up to a multiple).
 
 
 def unsupported(bh: int, bw: int) -> str | None:
@@ -72,7 +67,7 @@ def _kernel(rows_ref, x_ref, v_ref, o_ref, acc_ref):
 
 @functools.partial(jax.jit, static_argnames=("block_m", "interpret"))
 def block_sparse_matmul(x: jax.Array, values: jax.Array, rows: jax.Array, *,
-                        block_m: int = Tiling.block_m, interpret: bool = False) -> jax.Array:
+                        block_m: int = BLOCK_M, interpret: bool = False) -> jax.Array:
     """``x @ W`` for blocked-ELL ``(values, rows)`` with a Pallas kernel.
 
     Args:

@@ -1,7 +1,7 @@
 """Pallas kernel (Triton backend, NVIDIA GPUs) for blocked-ELL ``x @ W``, without scalar prefetch.
 
 Neither Pallas GPU backend supports scalar prefetch, so the TPU kernel
-(:mod:`jaxsparse.kernels.block_sparse`) cannot lower for CUDA. This one is organised around
+(:mod:`jaxsparse.kernels.tpu.block_sparse`) cannot lower for CUDA. This one is organised around
 the output instead: grid ``(row tiles of x, block columns of W)``; program ``(i, j)`` keeps an
 f32 ``(block_m, bw)`` accumulator in registers and loops over the ``maxk`` stored blocks of
 column ``j``, reading each block's row index from ``rows`` (a scalar load), slicing the matching
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from jaxsparse.kernels.block_sparse import block_sparse_matmul_reference
+from jaxsparse.kernels.tpu.block_sparse import block_sparse_matmul_reference
 
 MIN_BLOCK = 16  # Triton's tl.dot needs every operand dimension >= 16.
 

@@ -1,8 +1,9 @@
 """2:4 GEMMs on NVIDIA GPUs through cuSPARSELt: loading the FFI library and calling it.
 
-The library (``jaxsparse/gpu/_cusparselt.so``, built by ``python -m jaxsparse.gpu.build``)
-registers two XLA FFI targets for the CUDA platform; registering needs no GPU, so a model that
-uses them lowers (and, with the CUDA plugin, compiles ahead of time) on a CPU-only machine.
+The library (``jaxsparse/kernels/gpu/_cusparselt.so``, built by
+``python -m jaxsparse.kernels.gpu.build``) registers two XLA FFI targets for the CUDA
+platform; registering needs no GPU, so a model that uses them lowers (and, with the CUDA
+plugin, compiles ahead of time) on a CPU-only machine.
 :func:`nm_matmul` is what ``nm_dot``'s CUDA lowering calls: it densifies the packed weight,
 compresses it into cuSPARSELt's layout and multiplies. Where the library is missing or a shape
 or dtype is not supported, :func:`status` / :func:`unsupported` say why and ``nm_dot`` keeps its
@@ -30,7 +31,8 @@ TARGETS = {
     "jaxsparse_cusparselt_matmul": "JaxsparseCusparseltMatmul",
 }
 DISABLE_ENV = "JAXSPARSE_DISABLE_CUSPARSELT"
-BUILD_HINT = "build it with `python -m jaxsparse.gpu.build` (needs `pip install 'jaxsparse[gpu]'`)"
+BUILD_HINT = ("build it with `python -m jaxsparse.kernels.gpu.build` (needs "
+              "`pip install 'jaxsparse[gpu]'`)")
 # bf16 only: f16 passed lowering but cuSPARSELt 0.8's algorithm search failed with an internal
 # error on an H200 (docs/results/nvidia-h200-2026-11-26.md), so f16 keeps the portable path.
 DTYPES = (jnp.bfloat16,)

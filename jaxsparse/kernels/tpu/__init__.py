@@ -1,0 +1,1 @@
+"""The TPU kernel: block-sparse matmul on Pallas Mosaic."""
