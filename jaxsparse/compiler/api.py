@@ -16,7 +16,7 @@ from jaxsparse.compiler import policy as policy_lib
 from jaxsparse.compiler.interpreter import MISSING_RULE, Context, eval_jaxpr
 from jaxsparse.compiler.packed import is_rewritten, nbytes
 from jaxsparse.compiler.report import CompileReport
-from jaxsparse.compiler.values import WRef, plain
+from jaxsparse.compiler.values import WRef
 from jaxsparse.kernels.cpu import library as cpu_library
 from jaxsparse.kernels.gpu import cusparselt
 from jaxsparse.primitives.block_sparse_dot import IMPLS, check_impl
@@ -130,13 +130,30 @@ class SparseModel:
                              f"but got {got}; call js.sparsify again with example inputs of the "
                              f"new shape (jax.vmap over extra leading axes works).")
         outs = eval_jaxpr(ctx, self._jaxpr.jaxpr, list(self._jaxpr.consts), vals + flat_args)
-        return jax.tree.unflatten(self._out_tree, [plain(o) for o in outs])
+        return jax.tree.unflatten(self._out_tree, [ctx.plain(o) for o in outs])
+
+
+def affine_folds(seen: dict[str, list], notes: dict[str, str],
+                 ) -> tuple[dict[str, tuple], dict[str, str]]:
+    """``({key: (scale, shift, ops)}, {key: why not})``: the layers whose output was needed
+    at exactly one point, after at least one per-channel affine op, are folded; a layer whose
+    output is also read before or beside its affine ops keeps them (and says so)."""
+    out, why = {}, dict(notes)
+    for key, points in seen.items():
+        if len(points) == 1 and points[0][0] > 0:
+            ops, scale, shift = points[0]
+            out[key] = (np.asarray(scale, np.float64), np.asarray(shift, np.float64), ops)
+            why.pop(key, None)
+        elif len(points) > 1 and any(p[0] > 0 for p in points):
+            why[key] = f"its output is read at {len(points)} places, not only through them"
+    return out, why
 
 
 def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_args: Any,
             backend: str = "auto", policy: str = "auto",
             calibrate: bool = False, platform: str | None = None,
-            missing_rule: str = "error", interpret: bool = False) -> SparseModel:
+            missing_rule: str = "error", interpret: bool = False,
+            fold_batchnorm: bool = True) -> SparseModel:
     """Rewrites the masked function ``apply_fn(variables * masks, *args)`` to skip its zeros.
 
     Every ``conv_general_dilated`` and ``dot_general`` whose weight is a leaf of ``variables``
@@ -173,6 +190,11 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
             ``"densify"`` (rebuild the full activation there, exact; the report lists where).
         interpret: run the Pallas kernels in the Pallas interpreter (``backend="pallas"``; any
             platform, for tests), as Pallas ops do.
+        fold_batchnorm: fold the per-channel affine ops that follow a conv or dense layer (an
+            inference-mode BatchNorm: subtract, multiply, add by host constants) into the
+            layer's weights and a per-channel bias, as inference runtimes do; exact to f32
+            rounding. A layer whose raw output is also read elsewhere keeps its ops. The
+            report's rows say which were folded.
 
     Returns:
         A :class:`SparseModel` ``sp``; ``sp(sp.variables, *args)`` equals
@@ -206,19 +228,28 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
                           precompress=on_gpu and cusparselt.available(),
                           missing_rule=missing_rule, interpret=interpret)
     forced: frozenset[str] = frozenset()
+    folds: dict[str, tuple] = {}
+    notes: dict[str, str] = {}
+    analyze = fold_batchnorm  # First pass: find the per-channel affines after each layer.
     while True:
-        ctx = Context(compiling=True, plan={}, options=opts, forced_dense=forced)
+        ctx = Context(compiling=True, plan={}, options=opts, forced_dense=forced,
+                      analyze=analyze, folds=folds, fold_notes=notes)
         vals = [WRef(p, v, mask_of.get(p)) if np.ndim(v) >= 2 else v
                 for p, v in zip(paths, leaves, strict=True)]
 
         def trace(*args, ctx=ctx, vals=vals):
             # Weights stay concrete numpy (closure constants), inputs are traced: the layer
             # rules read weights and channel constants directly.
-            return [plain(o) for o in eval_jaxpr(ctx, closed.jaxpr, list(closed.consts),
-                                                 vals + list(args))]
+            return [ctx.plain(o) for o in eval_jaxpr(ctx, closed.jaxpr, list(closed.consts),
+                                                     vals + list(args))]
 
         jax.make_jaxpr(trace)(*jax.tree.leaves(example_args))
         clash = (ctx.conflicts | (ctx.materialized & set(ctx.rewritten))) - forced
+        if analyze:
+            analyze, (folds, notes) = False, affine_folds(ctx.affine_seen, ctx.fold_notes)
+            if folds or notes:  # Again, with them folded (the rows say what was not).
+                forced = forced | clash
+                continue
         if not clash:
             break
         forced = forced | clash

@@ -50,6 +50,8 @@ class Domain:
         no_rule: rule for a tracked input at a primitive with no rule and no body to inline.
         lift: the domain's value of a literal or a constant (the value itself, or None for an
             analysis that ignores them).
+        prepare: ``(ctx, eqn, invals) -> invals`` run before a rule or ``no_rule`` (not before
+            an inlined call's body): e.g. resolving values only some rules understand.
     """
 
     name: str
@@ -58,6 +60,7 @@ class Domain:
     untracked: Rule
     no_rule: Rule
     lift: Callable[[Any], Any] = lambda v: v
+    prepare: Callable[[Any, Any, list], list] | None = None  # Inputs before a rule runs.
 
 
 def trace(fn: Callable[..., Any], variables: Any, *args: Any) -> tuple[Any, Any, Any]:
@@ -96,11 +99,15 @@ def run(domain: Domain, ctx: Any, jaxpr, consts: list, args: list) -> list:
         if not any(domain.tracks(v) for v in invals):
             outvals = domain.untracked(ctx, eqn, invals)
         elif eqn.primitive in domain.rules:
+            if domain.prepare is not None:
+                invals = domain.prepare(ctx, eqn, invals)
             outvals = domain.rules[eqn.primitive](ctx, eqn, invals)
         elif (body := called(eqn)) is not None:
             inner, inner_consts = body
             outvals = run(domain, ctx, inner, [domain.lift(c) for c in inner_consts], invals)
         else:
+            if domain.prepare is not None:
+                invals = domain.prepare(ctx, eqn, invals)
             outvals = domain.no_rule(ctx, eqn, invals)
         for var, val in zip(eqn.outvars, outvals, strict=True):
             env[var] = val

@@ -26,10 +26,12 @@ from jax import lax
 from jax.extend.core import Primitive
 
 from jaxsparse.compiler import channels, engine
-from jaxsparse.compiler.values import Sliced, WRef, is_special, plain
+from jaxsparse.compiler.values import Pending, Sliced, WRef, is_special, plain
 
 RULES: dict[Primitive, engine.Rule] = {}
 MISSING_RULE = ("error", "densify")
+# Per-channel affine ops a layer's output may pass through and have folded into the layer.
+AFFINE = (lax.mul_p, lax.add_p, lax.sub_p, lax.div_p)
 
 
 class UnsupportedPrimitiveError(ValueError):
@@ -54,6 +56,11 @@ class Context:
         forced_dense: leaves the layer rules must leave whole (from an earlier attempt).
         densified: compile time: ``{primitive name: count}`` of the places a sliced activation
             was rebuilt in full because of ``missing_rule="densify"``.
+        analyze: compile time, first pass: layers return :class:`Pending` outputs so that the
+            per-channel affine ops after them are tracked (``affine_seen``).
+        affine_seen: by layer key, every point its output was needed: ``(ops, scale, shift)``.
+        folds: by layer key, the affine to fold into it: ``(scale, shift, ops)``.
+        fold_notes: by layer key, why the per-channel ops after it cannot be folded.
     """
 
     compiling: bool
@@ -66,14 +73,28 @@ class Context:
     conflicts: set[str] = dataclasses.field(default_factory=set)
     forced_dense: frozenset[str] = frozenset()
     densified: dict[str, int] = dataclasses.field(default_factory=dict)
+    analyze: bool = False
+    affine_seen: dict[str, list] = dataclasses.field(default_factory=dict)
+    folds: dict[str, tuple] = dataclasses.field(default_factory=dict)
+    fold_notes: dict[str, str] = dataclasses.field(default_factory=dict)
     counter: int = 0
 
     def next_key(self, name: str) -> str:
         self.counter += 1
         return f"{name}{self.counter}"
 
+    def resolve(self, v: Any) -> Any:
+        """A :class:`Pending` value as the program has it (recording, while analysing, where
+        its layer's output was needed); any other value unchanged."""
+        if not isinstance(v, Pending):
+            return v
+        if self.compiling and not v.folded:
+            self.affine_seen.setdefault(v.key, []).append((v.step, v.scale, v.shift))
+        return v.value()
+
     def plain(self, v: Any) -> Any:
-        return plain(v, lambda w: self.materialized.add(w.path) if self.compiling else None)
+        return plain(self.resolve(v),
+                     lambda w: self.materialized.add(w.path) if self.compiling else None)
 
 
 def eval_jaxpr(ctx: Context, jaxpr, consts: list, args: list) -> list:
@@ -244,6 +265,69 @@ def _reshape(ctx: Context, eqn, invals: list) -> list:
     return [Sliced(data, new_axis, x.keep, x.full, x.fill)]
 
 
+def _affine_vector(eqn, p: Pending, other: Any) -> np.ndarray | None:
+    """``other`` as a float64 per-channel vector of ``p``'s channels, when the op is a
+    per-channel affine step of it (a host constant, no broadcast or dtype change), else None."""
+    base = p.base
+    data = base.data if isinstance(base, Sliced) else base
+    full = base.full if isinstance(base, Sliced) else data.shape[-1]
+    shape = (*data.shape[:-1], full)
+    out = eqn.outvars[0].aval
+    if not _concrete(other) or tuple(out.shape) != shape or out.dtype != data.dtype:
+        return None
+    if np.ndim(other) == 0:
+        return np.full((full,), float(other))
+    vec = _channel_vector(np.asarray(other), len(shape) - 1, full, len(shape))
+    return None if vec is None else vec.astype(np.float64)
+
+
+def _absorb(eqn, p: Pending, other: Any, position: int) -> Pending | None:
+    """``p`` after one more per-channel affine op, or None when the op is not one."""
+    if p.folded:  # The layer's weights and bias already hold the first ``final`` ops.
+        return dataclasses.replace(p, step=p.step + 1) if p.step < p.final else None
+    c = _affine_vector(eqn, p, other)
+    if c is None:
+        return None
+    s, t, prim = p.scale, p.shift, eqn.primitive
+    if prim is lax.mul_p:
+        s, t = s * c, t * c
+    elif prim is lax.add_p:
+        t = t + c
+    elif prim is lax.sub_p:
+        s, t = (s, t - c) if position == 0 else (-s, c - t)
+    elif position == 0 and np.all(c != 0):  # div: x / c.
+        s, t = s / c, t / c
+    else:
+        return None
+    return dataclasses.replace(p, scale=s, shift=t, step=p.step + 1)
+
+
+def _affine(ctx: Context, eqn, invals: list) -> list:
+    """mul/add/sub/div: one more step of a layer output's pending affine, else elementwise."""
+    pending = [i for i, v in enumerate(invals) if isinstance(v, Pending)]
+    if len(pending) == 1 and len(invals) == 2:
+        i = pending[0]
+        p = invals[i]
+        got = _absorb(eqn, p, invals[1 - i], i)
+        if got is not None:
+            return [got]
+        if ctx.compiling and not p.folded and p.step == 0:
+            ctx.fold_notes.setdefault(
+                p.key, f"{eqn.primitive.name} by a value that is not a per-channel constant "
+                       f"(e.g. batch statistics) or changes the shape or dtype")
+    invals = [ctx.resolve(v) for v in invals]
+    if not any(is_special(v) for v in invals):
+        return _untracked(ctx, eqn, invals)
+    return _elementwise(ctx, eqn, invals)
+
+
+def _prepare(ctx: Context, eqn, invals: list) -> list:
+    """Before any rule but the affine one: :class:`Pending` values resolved."""
+    if eqn.primitive in AFFINE or not any(isinstance(v, Pending) for v in invals):
+        return invals
+    return [ctx.resolve(v) for v in invals]
+
+
 for _p in channels.ELEMENTWISE:
     RULES[_p] = _elementwise
 RULES[lax.convert_element_type_p] = _convert
@@ -251,6 +335,8 @@ RULES[lax.reduce_sum_p] = _reduce
 RULES[lax.reduce_max_p] = _reduce
 RULES[lax.reduce_window_max_p] = _reduce_window_max
 RULES[lax.reshape_p] = _reshape
+for _p in AFFINE:
+    RULES[_p] = _affine
 
 DOMAIN = engine.Domain(name="sparsifying rewrite", rules=RULES, tracks=is_special,
-                       untracked=_untracked, no_rule=_no_rule)
+                       untracked=_untracked, no_rule=_no_rule, prepare=_prepare)

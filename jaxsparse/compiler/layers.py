@@ -29,7 +29,7 @@ from jaxsparse.compiler.packed import (
     nbytes,
 )
 from jaxsparse.compiler.report import CompiledLayer
-from jaxsparse.compiler.values import Sliced, WRef
+from jaxsparse.compiler.values import Pending, Sliced, WRef
 from jaxsparse.kernels.gpu import cusparselt
 from jaxsparse.primitives.block_sparse_dot import pack_block_ell
 from jaxsparse.primitives.nm_dot import cuda_kernel, pack_nm, unpack_nm
@@ -45,6 +45,9 @@ class LayerPlan:
         in_keep: the input channels kept (the input arrives sliced to them), or None.
         out_keep: the output channels computed (the output leaves sliced), or None.
         fold: whether a constant bias map from removed input channels is added.
+        affine_ops: how many per-channel affine ops after the layer (an inference BatchNorm)
+            are folded into its weights and a per-channel bias (0: none).
+        supported: False for a layer the pass cannot rewrite (nothing is folded into it).
     """
 
     lowering: str
@@ -52,9 +55,12 @@ class LayerPlan:
     in_keep: tuple[int, ...] | None = None
     out_keep: tuple[int, ...] | None = None
     fold: bool = False
+    affine_ops: int = 0
+    supported: bool = True
 
 
 UNCHANGED = LayerPlan("unchanged")
+UNSUPPORTED = LayerPlan("unchanged", supported=False)
 
 
 def _layer_shape(eqn, w: WRef) -> tuple[str | None, int]:
@@ -140,6 +146,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
     kind = "conv" if eqn.primitive is lax.conv_general_dilated_p else "dot"
     w_full = np.asarray(w.value, np.float32)  # compile() hands over weights already masked.
     shape = w_full.shape
+    affine = ctx.folds.get(key)  # (scale, shift, ops) of the BatchNorm after it, if folded.
     dense_bytes = nbytes(w.value)
     why, rows = _layer_shape(eqn, w)
     k_full = int(np.prod(shape[:-1]))
@@ -151,12 +158,16 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
     out_keep = removed_outputs(mask) if why is None else None
     if out_keep is not None and len(out_keep) == 0:
         out_keep = np.zeros(1, np.int64)  # Keep one (all-zero) channel: no zero-size arrays.
-    if why is not None or (in_keep is None and out_keep is None and w.mask is None):
+    if why is not None or (in_keep is None and out_keep is None and w.mask is None and
+                           affine is None):
         ctx.rows.append(CompiledLayer(w.path, kind, shape,
                                       "dense" if w.mask is None else "masked", "unchanged",
                                       before, before, why or "no mask", dense_bytes,
-                                      dense_bytes, supported=why is None))
-        return UNCHANGED
+                                      dense_bytes, supported=why is None,
+                                      fold_note=ctx.fold_notes.get(key, "")))
+        return UNCHANGED if why is None else UNSUPPORTED
+    if affine is not None:  # Scaling an output column keeps its zeros: masks keep meaning.
+        w_full = w_full * affine[0].astype(np.float32)
     x_aval = eqn.invars[0].aval
     dtype = np.dtype(w.dtype or x_aval.dtype)
     kernel_hw = tuple(shape[:2]) if kind == "conv" else (1, 1)
@@ -185,6 +196,8 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
         if alt[-1][0] in ("block", "measure"):
             out_keep = None
             kept_w, kept_m, pattern, after, cand, (low, reason, timing) = alt
+    if affine is not None and w.mask is None and in_keep is None:
+        reason = "no mask"
     k, n = int(np.prod(kept_w.shape[:-1])), kept_w.shape[-1]
     layout = Layout(tuple(shape), None if in_keep is None else tuple(int(i) for i in in_keep),
                     None if out_keep is None else tuple(int(i) for i in out_keep))
@@ -212,7 +225,11 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
         in_keep is not None else None
     if fold is not None:
         ctx.folded[key] = fold.astype(np.float32)
-    if w.mask is None:
+    if affine is not None:
+        ctx.folded[shift_key(key)] = affine[1].astype(np.float32)
+    if w.mask is None and affine is not None and in_keep is None:
+        label = "dense"
+    elif w.mask is None:
         label = "dense (input sliced)"
     elif out_keep is not None:
         label = "channel" if pattern is None else f"channel+{pattern}"
@@ -223,14 +240,34 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
         w.path, kind, shape, label, low, before, after, reason, dense_bytes, nbytes(weight),
         timing, kernel=policy.kernel_name(low, pattern, opts, (k, n), dtype),
         in_channels=(kept_w.shape[-2], shape[-2]) if sliced else None,
-        out_channels=(n, shape[-1]) if sliced else None))
-    return LayerPlan(low, kind, layout.in_keep, layout.out_keep, fold is not None)
+        out_channels=(n, shape[-1]) if sliced else None,
+        affine_folded=0 if affine is None else affine[2],
+        fold_note=ctx.fold_notes.get(key, "")))
+    return LayerPlan(low, kind, layout.in_keep, layout.out_keep, fold is not None,
+                     0 if affine is None else affine[2])
+
+
+def shift_key(key: str) -> str:
+    """Where a layer's folded per-channel bias lives in ``variables["folded"]``."""
+    return f"{key}/shift"
 
 
 def apply(ctx: Context, key: str, plan: LayerPlan, eqn, x: Any, w: WRef) -> list:
-    """Runs one layer as planned (the same code at compile time and at run time)."""
+    """Runs one layer as planned (the same code at compile time and at run time); while the
+    pass analyses, its output comes back :class:`Pending`, so the affine ops after it are
+    tracked; with ``plan.affine_ops``, the output already holds them (folded)."""
+    out = _run(ctx, key, plan, eqn, x, w)
+    if plan.affine_ops:
+        return [Pending(out, key, folded=True, final=plan.affine_ops)]
+    if ctx.analyze and plan.supported:
+        full = (out.full if isinstance(out, Sliced) else out.shape[-1])
+        return [Pending(out, key, np.ones(full), np.zeros(full))]
+    return [out]
+
+
+def _run(ctx: Context, key: str, plan: LayerPlan, eqn, x: Any, w: WRef) -> Any:
     if plan.lowering == "unchanged":
-        return default_rule(ctx, eqn, [x, w])
+        return default_rule(ctx, eqn, [x, w])[0]
     weight = ctx.rewritten[w.path] if ctx.compiling else w.value
     in_keep, out_keep = plan.in_keep, plan.out_keep
     if in_keep is not None:
@@ -252,10 +289,16 @@ def apply(ctx: Context, key: str, plan: LayerPlan, eqn, x: Any, w: WRef) -> list
     y = y.astype(out_dtype)
     if plan.fold:
         y = y + ctx.folded[key].astype(out_dtype)
+    full = weight.layout.shape[-1]
+    fill = np.zeros((full,), out_dtype)
+    if plan.affine_ops:  # The folded BatchNorm's bias; a removed channel's value is its bias.
+        shift = ctx.folded[shift_key(key)]
+        fill = shift.astype(out_dtype) if isinstance(shift, np.ndarray) else \
+            jnp.asarray(shift, out_dtype)
+        y = y + (fill if out_keep is None else fill[np.asarray(out_keep)])
     if out_keep is not None:
-        full = weight.layout.shape[-1]
-        return [Sliced(y, y.ndim - 1, np.asarray(out_keep), full, np.zeros((full,), out_dtype))]
-    return [y]
+        return Sliced(y, y.ndim - 1, np.asarray(out_keep), full, fill)
+    return y
 
 
 def layer_rule(ctx: Context, eqn, invals: list) -> list:

@@ -123,7 +123,8 @@ def unpack(variables: Any) -> Any:
     N:M and block weights come back exactly as the masked weights. Channel-sliced weights come
     back with zeros at removed channels; weights that read a removed input channel are zero
     there too (the compiled model folded that channel's constant value into a bias, see
-    ``sp.variables["folded"]``).
+    ``sp.variables["folded"]``). A layer whose BatchNorm was folded comes back with its output
+    columns scaled by it (``js.sparsify(..., fold_batchnorm=False)`` keeps the weights).
     """
     tree = variables.get("model", variables) if isinstance(variables, dict) else variables
     return jax.tree.map(lambda x: x.layout.scatter(x.dense_kept()) if is_rewritten(x) else x,

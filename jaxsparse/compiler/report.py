@@ -42,6 +42,9 @@ class CompiledLayer:
             ``"cpu block"``, ``"cpu ell"``, ``"xla"``, a Pallas kernel); "" for dense ones.
         in_channels, out_channels: ``(kept, total)`` when the layer is channel-sliced.
         supported: False when the pass cannot rewrite this layer (``why`` says why).
+        affine_folded: the per-channel affine ops after the layer (an inference BatchNorm)
+            folded into its weights and bias (0: none).
+        fold_note: why per-channel ops after it were not folded ("" when folded or none).
         why: the reason for the lowering.
     """
 
@@ -60,6 +63,8 @@ class CompiledLayer:
     in_channels: tuple[int, int] | None = None
     out_channels: tuple[int, int] | None = None
     supported: bool = True
+    affine_folded: int = 0  # Per-channel affine ops after it (a BatchNorm) folded into it.
+    fold_note: str = ""  # Why the ops after it were not folded, when there were some.
 
     @property
     def sparse(self) -> bool:
@@ -81,6 +86,10 @@ class CompiledLayer:
         if self.lowering == "unchanged":
             return "dense (unchanged)" if self.supported else "dense (unsupported)"
         op = self.op
+        if self.affine_folded == 1:
+            op += " + bias folded"
+        elif self.affine_folded:
+            op += f" + BatchNorm folded ({self.affine_folded} ops)"
         if not self.sliced:
             return op
         (ki, ti), (ko, to) = self.in_channels or (self.shape[-2],) * 2, \
@@ -154,14 +163,23 @@ class CompileReport:
     def markdown(self) -> str:
         header = ["layer", "op", "shape", "pattern", "action", "MFLOP before", "MFLOP after",
                   "KiB before", "KiB after", "predicted t/t_dense", "measured t/t_dense", "why"]
+        # A fold note goes with the layer's reason.
         cells = []
         for r in self.rows:
             t = r.timing or LayerTiming()
             cells.append([r.name, r.kind, shape(r.shape), r.pattern, r.action,
                           f"{r.flops_before / 1e6:.1f}", f"{r.flops_after / 1e6:.1f}",
                           f"{r.bytes_before / 1024:.0f}", f"{r.bytes_after / 1024:.0f}",
-                          _ratio(t.predicted_ratio), _ratio(t.measured_ratio), r.why])
+                          _ratio(t.predicted_ratio), _ratio(t.measured_ratio),
+                          r.why + (f"; not folded: {r.fold_note}" if r.fold_note else "")])
         lines = [table(header, cells)]
+        folded = [r for r in self.rows if r.affine_folded]
+        kept = [r for r in self.rows if r.fold_note]
+        if folded or kept:
+            note = f"; not folded: {len(kept)} ({kept[0].name}: {kept[0].fold_note})" if kept \
+                else ""
+            lines.append(f"\nper-channel affines (BatchNorm, bias) folded into {len(folded)} of "
+                         f"{len(self.rows)} layers{note}")
         lines.append(f"\nconv/dot FLOPs: {self.flops_before / 1e9:.3f} -> "
                      f"{self.flops_after / 1e9:.3f} GFLOP ({self.flops_ratio:.3f}x); "
                      f"stored: weights {self.bytes_before / 2**20:.2f} -> "

@@ -1,8 +1,10 @@
-"""The two kinds of special value the sparsifying interpreter carries besides plain arrays.
+"""The special values the sparsifying interpreter carries besides plain arrays.
 
 :class:`Sliced` is an activation whose channel axis holds only the kept channels; the removed
 ones are known constants (``fill``), exactly as in the masked model. :class:`WRef` is a weight
 leaf of ``variables`` that has not been read yet, so the layer consuming it can be rewritten.
+:class:`Pending` is a layer's output followed by per-channel affine ops (an inference
+BatchNorm) that the pass either tracks, to fold them into the layer, or has already folded.
 """
 
 from __future__ import annotations
@@ -86,8 +88,44 @@ class WRef:
         return v if self.dtype is None else v.astype(self.dtype)
 
 
+@dataclasses.dataclass
+class Pending:
+    """A layer's output ``base`` (plain or :class:`Sliced` on the last axis) whose true value
+    is ``base * scale + shift`` per channel, after ``step`` per-channel affine ops.
+
+    Compile time, first pass (``folded=False``): the ops are tracked, not run; when the value
+    is needed, :meth:`value` applies them and the pass records ``(step, scale, shift)`` for
+    the layer ``key``. A layer whose output reached exactly one such point is then compiled
+    with the affine folded into its weights and bias (``folded=True``): its ``base`` already
+    is the true value after ``final`` ops, which are skipped.
+    """
+
+    base: Any
+    key: str
+    scale: np.ndarray | None = None  # (channels,); None once folded.
+    shift: np.ndarray | None = None
+    step: int = 0
+    folded: bool = False
+    final: int = 0
+
+    def value(self) -> Any:
+        """The value as the original program has it (plain or :class:`Sliced`)."""
+        if self.folded or self.step == 0:
+            return self.base
+        b = self.base
+        if isinstance(b, Sliced):
+            data = b.data * self.scale[b.keep].astype(b.data.dtype) + \
+                self.shift[b.keep].astype(b.data.dtype)
+            fill = b.fill * self.scale + self.shift if isinstance(b.fill, np.ndarray) else \
+                jnp.asarray(b.fill) * self.scale + self.shift
+            return Sliced(data, b.axis, b.keep, b.full, fill)
+        return b * self.scale.astype(b.dtype) + self.shift.astype(b.dtype)
+
+
 def plain(v: Any, on_materialize=None) -> Any:
     """A plain array for any interpreter value (densifying or reading the weight)."""
+    if isinstance(v, Pending):
+        raise TypeError("a Pending value must be resolved by the interpreter (ctx.plain).")
     if isinstance(v, Sliced):
         return v.densify()
     if isinstance(v, WRef):
@@ -98,4 +136,4 @@ def plain(v: Any, on_materialize=None) -> Any:
 
 
 def is_special(v: Any) -> bool:
-    return isinstance(v, Sliced | WRef)
+    return isinstance(v, Sliced | WRef | Pending)
