@@ -44,7 +44,9 @@ from jaxsparse.training.summary import environment, say, write_json
 from jaxsparse.training.validate import check_workdir
 
 SELECTIONS = ("all", "best")  # config.mlperf.variants besides a comma-separated list.
-OFFLINE_MARGIN = 1.25  # Expected Offline QPS over the measured rate (under 1.1x is INVALID).
+# Expected Offline QPS over the measured rate: a run faster than its expectation can end before
+# the minimum duration (INVALID), so expect more; the cost is a run up to ~1.6x longer.
+OFFLINE_MARGIN = 1.5
 SINGLE_STREAM_MARGIN = 0.9  # Expected SingleStream latency under the measured median.
 
 

@@ -155,6 +155,13 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
                                   None, False)]
     fns, args = [jax.jit(lambda v, x: apply_fn(v, x))], [(dense_vars, example)]
     say(f"[study] dense: test accuracy {dense_res['accuracy']:.4f}.")
+    opt, opt_acc = optimized_dense(exp, dense_vars, example, dense_dir, bs)
+    say(f"[study] dense_optimized (the dense model compiled, BatchNorm folded: the speed "
+        f"baseline): accuracy {opt_acc:.4f}.")
+    rows.append(report_lib.VariantRow(report_lib.DENSE_OPTIMIZED, "dense", "none", 0.0, 1.0,
+                                      opt_acc, None, False))
+    fns.append(jax.jit(opt))
+    args.append((opt.variables, example))
     t_variants = time.perf_counter()
     for i, v in enumerate(all_variants):
         elapsed = time.perf_counter() - t_start
@@ -187,11 +194,13 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     say(f"[study] benchmarking {len(fns)} models back to back, batch {bs}.")
     timings = benchmark(fns, args, bs, warmup=config.bench.warmup,
                         num_batches=config.bench.num_batches)
-    dense_ms = timings[0].latencies_ms
+    base_ms = timings[BASELINE].latencies_ms  # The optimized dense model's.
     rows = [dataclasses.replace(
         r, images_per_sec=t.images_per_sec,
-        speedup_range=None if i == 0 else report_lib.speedup_spread(dense_ms, t.latencies_ms),
-        speedup_median=None if i == 0 else report_lib.speedup_median(dense_ms, t.latencies_ms))
+        speedup_range=None if i == BASELINE else report_lib.speedup_spread(base_ms,
+                                                                           t.latencies_ms),
+        speedup_median=None if i == BASELINE else report_lib.speedup_median(base_ms,
+                                                                            t.latencies_ms))
         for i, (r, t) in enumerate(zip(rows, timings, strict=True))]
     env = {**environment(), "precision": base.precision, "batch_size": bs,
            "title": config.title, "model": base.model.to_dict(), "dataset": base.data.name,
@@ -208,8 +217,27 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         note = f"{config.note}\n\n" if config.note else ""
         f.write(f"# {config.title}\n\n{note}{table}\n")
     image = plot.pareto_plot(rep, os.path.join(workdir, "pareto.png"))
-    write_tensorboard(config, workdir, rep, [None, *all_variants], image)
+    write_tensorboard(config, workdir, rep, [None, None, *all_variants], image)
     return rep
+
+
+BASELINE = 1  # Row index of the speed baseline (dense_optimized) in run_study's rows.
+
+
+def optimized_dense(exp: Experiment, variables: dict, example: jax.Array, dense_dir: str,
+                    batch_size: int) -> tuple[js.SparseModel, float]:
+    """The dense model compiled by ``js.sparsify`` without masks (every BatchNorm folded), and
+    its test accuracy (cached in ``<dense_dir>/study.json``)."""
+    opt = js.sparsify(exp.apply_fn, variables, None, example)
+    cached = os.path.join(dense_dir, "study.json")
+    if os.path.isfile(cached):
+        with open(cached) as f:
+            saved = json.load(f)
+        if "optimized_accuracy" in saved:
+            return opt, saved["optimized_accuracy"]
+    acc = compiled_accuracy(exp, opt, batch_size)
+    write_json(cached, {"optimized_accuracy": acc, "compile_report": opt.report.as_dict()})
+    return opt, acc
 
 
 METRICS = ("compiled_accuracy", "accuracy_delta", "meets_99", "speedup", "images_per_sec",
@@ -236,7 +264,8 @@ def write_tensorboard(config: ml_collections.ConfigDict, workdir: str, rep: dict
                                         for i, e in enumerate(rep["rows"])))
     for i, v in enumerate(values):
         writer.scalars(i, {f"study/{k}": x for k, x in v.items() if x is not None})
-    rows = [study_hparams(config, s) for s in specs]
+    rows = [study_hparams(config, s, optimized=e["variant"] == report_lib.DENSE_OPTIMIZED)
+            for s, e in zip(specs, rep["rows"], strict=True)]
     writer.hparams_experiment(rows[0], [f"hparam/{m}" for m in METRICS])
     writer.close()
     for entry, hp, v in zip(rep["rows"], rows, values, strict=True):
@@ -255,11 +284,12 @@ def target_sparsity(v: ml_collections.ConfigDict) -> float:
 
 
 def study_hparams(config: ml_collections.ConfigDict, v: ml_collections.ConfigDict | None,
-                  ) -> dict[str, Any]:
-    """The HParams of one study row: the variant as run, recipe included (dense: no pruning,
-    no fine-tune, no distillation)."""
+                  optimized: bool = False) -> dict[str, Any]:
+    """The HParams of one study row: the variant as run, recipe included (dense, as written or
+    ``optimized``: no pruning, no fine-tune, no distillation)."""
     if v is None:
-        return {"variant": "dense", "method": "none", "pattern": "dense", "sparsity": 0.0,
+        name = report_lib.DENSE_OPTIMIZED if optimized else "dense"
+        return {"variant": name, "method": "none", "pattern": "dense", "sparsity": 0.0,
                 "division": "closed", "finetune_epochs": 0.0, "prune_epochs": 0.0,
                 "recover_epochs": 0.0, "lr_schedule": "none", "distribution": "none",
                 "finetune_lr": 0.0, "distill_alpha": 0.0, "distill_temperature": 0.0,

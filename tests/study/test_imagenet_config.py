@@ -26,8 +26,8 @@ def test_imagenet_study_at_tiny_size(tmp_path):
     c.variants = [v for v in c.variants if v.name == "channel_30"]
     rep = run_study(c, str(tmp_path / "w"))
     dense = rep["rows"][0]
-    assert [r["variant"] for r in rep["rows"]] == ["dense", "channel_30"]
+    assert [r["variant"] for r in rep["rows"]] == ["dense", "dense_optimized", "channel_30"]
     assert 0.0 <= dense["accuracy"] <= 1.0
     results = (tmp_path / "w" / "dense" / "results.json").read_text()
     assert '"steps": 0' in results  # Evaluated, not trained.
-    assert rep["rows"][1]["achieved_sparsity"] == pytest.approx(0.3, abs=0.05)
+    assert rep["rows"][2]["achieved_sparsity"] == pytest.approx(0.3, abs=0.05)

@@ -22,7 +22,7 @@ SHORT = "shortened run (min duration 1 s), not a submission-length run"
 def _config(**mlperf_fields):
     c = mlperf_smoke.get_config()
     c.study.base.data.test_limit = 192
-    c.mlperf.update(dict(min_duration_s=1.0, batch_size=32, calibration_s=0.2,
+    c.mlperf.update(dict(min_duration_s=1.0, batch_size=32, calibration_s=0.5,
                          **mlperf_fields))
     return c
 

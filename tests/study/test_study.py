@@ -17,10 +17,10 @@ def test_smoke_study_end_to_end_and_resume(tmp_path, capsys):
     config = study_smoke.get_config()
     rep = run_study(config, str(tmp_path))
     names = [r["variant"] for r in rep["rows"]]
-    assert names == ["dense", "channel50", "block75"]
+    assert names == ["dense", "dense_optimized", "channel50", "block75"]
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["rows"] == json.loads(json.dumps(rep["rows"]))
-    for row in on_disk["rows"][1:]:
+    for row in on_disk["rows"][2:]:
         study = json.loads((tmp_path / row["variant"] / "study.json").read_text())
         assert row["accuracy"] == study["compiled_accuracy"]
         results = json.loads((tmp_path / row["variant"] / "results.json").read_text())
@@ -29,7 +29,14 @@ def test_smoke_study_end_to_end_and_resume(tmp_path, capsys):
         assert row["speedup"] == row["speedup_median"] and lo <= row["speedup"] <= hi
     dense = json.loads((tmp_path / "dense" / "results.json").read_text())
     assert on_disk["rows"][0]["accuracy"] == dense["accuracy"]
-    channel = on_disk["rows"][1]
+    # The speed baseline: the dense model with its BatchNorms folded (as the variants are),
+    # exactly as accurate; speedups are stated against it.
+    opt = on_disk["rows"][1]
+    assert on_disk["speed_baseline"] == "dense_optimized" and opt["division"] == "closed"
+    assert opt["speedup"] == 1.0 and opt["accuracy"] == pytest.approx(on_disk["rows"][0][
+        "accuracy"], abs=2e-3)
+    assert "to the optimized dense model" in (tmp_path / "report.md").read_text()
+    channel = on_disk["rows"][2]
     assert channel["flops_ratio"] < 0.5 and not channel["mask_only"]
     # The compiled model is as accurate as the masked one (the pass is exact).
     masked = json.loads((tmp_path / "channel50" / "results.json").read_text())["accuracy"]
@@ -116,8 +123,12 @@ def test_speed_study_on_random_weights(tmp_path, capsys):
         assert lo <= r["speedup"] <= hi, r
     assert rep["variants"][0]["flops_ratio"] < 0.5
     assert rep["variants"][0]["sparsity"] == pytest.approx(0.5, abs=0.05)
+    opt = rep["dense_optimized"]  # The speed baseline: the dense model, BatchNorm folded.
+    assert opt["verified"] and opt["max_rel_error"] < 1e-4
+    assert any(r["affine_folded"] for r in opt["report"]["layers"])
     table = (tmp_path / "w" / "report.md").read_text()
-    assert "| dense |" in table and "| block75 |" in table and "no accuracy" in table
+    assert "| dense (as written) |" in table and "| block75 |" in table and "no accuracy" in table
+    assert "| dense (optimized: BatchNorm folded) |" in table
     assert "### block75: per layer, measured (calibrate=True)" in table
     stamped = list((tmp_path / "results").glob("bench_sparse_*_cpu_*.md"))
     assert len(stamped) == 1 and stamped[0].read_text() == table

@@ -223,7 +223,7 @@ def test_rewound_variant_logs_the_dense_learning_rates(tmp_path):
     config.variants = [variants_lib.variant("rewound", "one_shot", "unstructured", 0.5,
                                             lr_schedule="rewind")]
     rep = run_study(config, str(tmp_path))
-    assert rep["rows"][1]["recipe"]["lr_schedule"] == "rewind"
+    assert rep["rows"][2]["recipe"]["lr_schedule"] == "rewind"
     dense = scalars(tmp_path / "dense", "train/learning_rate")
     ft = scalars(tmp_path / "rewound", "train/learning_rate")
     offset = max(dense) - max(ft)
