@@ -45,7 +45,8 @@ def _speedup(r: dict[str, Any], dense: dict[str, Any]) -> float | None:
 def build(rows: list[dict[str, Any]], env: dict[str, Any]) -> dict[str, Any]:
     """The report: rows with ``speedup`` (vs dense in the same scenario; SingleStream: dense
     p90 latency over the row's), ``meets_99`` and ``run`` (the short label or ``"official"``),
-    ``best`` per scenario (fastest VALID Open row within 99% of dense) and the summary.
+    ``best`` per scenario (the fastest VALID Open row within 99% of dense, if faster than
+    dense) and the summary.
 
     Raises:
         ValueError: if a scenario has no dense row.
@@ -64,7 +65,7 @@ def build(rows: list[dict[str, Any]], env: dict[str, Any]) -> dict[str, Any]:
     best = {}
     for scenario in dict.fromkeys(r["scenario"] for r in out):
         ok = [r for r in out if r["scenario"] == scenario and r["division"] == "open" and
-              r["valid"] and r["meets_99"] and r["speedup"] is not None]
+              r["valid"] and r["meets_99"] and r["speedup"] is not None and r["speedup"] > 1]
         best[scenario] = max(ok, key=lambda r: r["speedup"])["variant"] if ok else None
     rep = {**env, "run": run, "rows": out, "best": best}
     rep["summary"] = summary_lines(rep)

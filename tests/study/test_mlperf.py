@@ -127,14 +127,15 @@ def test_report_labels_divisions_short_runs_and_speedups():
             mlperf_report.row("a", "open", "Offline", test(sps=250.0, acc=0.895)),
             mlperf_report.row("a", "open", "SingleStream", test(p90=1.0, acc=0.895)),
             mlperf_report.row("b", "open", "Offline", test(sps=400.0, acc=0.80)),
-            mlperf_report.row("c", "open", "Offline", test(sps=500.0, acc=0.90, valid=False))]
+            mlperf_report.row("c", "open", "Offline", test(sps=500.0, acc=0.90, valid=False)),
+            mlperf_report.row("d", "open", "SingleStream", test(p90=3.0, acc=0.90))]
     rep = mlperf_report.build(rows, {"min_duration_s": 1.0})
     by = {(r["variant"], r["scenario"]): r for r in rep["rows"]}
     assert by["a", "Offline"]["speedup"] == pytest.approx(2.5)
     assert by["a", "SingleStream"]["speedup"] == pytest.approx(2.0)  # Latency halved.
     assert by["dense", "Offline"]["latency_p90_ms"] is None  # Offline: no query latency.
     assert by["b", "Offline"]["meets_99"] is False and by["a", "Offline"]["meets_99"] is True
-    # b misses the accuracy bar and c is INVALID: neither may be named the best.
+    # b misses the accuracy bar, c is INVALID and d slower than dense: none may be the best.
     assert rep["best"] == {"Offline": "a", "SingleStream": "a"}
     assert all(r["run"] == SHORT for r in rep["rows"])
     assert all(SHORT in mlperf_report.row_text(r) for r in rep["rows"])
