@@ -31,3 +31,18 @@ def test_imagenet_study_at_tiny_size(tmp_path):
     results = (tmp_path / "w" / "dense" / "results.json").read_text()
     assert '"steps": 0' in results  # Evaluated, not trained.
     assert rep["rows"][2]["achieved_sparsity"] == pytest.approx(0.3, abs=0.05)
+    # LoadGen over the image folder's val/ split: the samples LoadGen loads are the decoded,
+    # centre-cropped images the study evaluated, so the accuracy logs give the same top-1.
+    from experiments.configs import mlperf_smoke
+    from jaxsparse.study import mlperf
+
+    m = mlperf_smoke.get_config()
+    m.study, m.run_study = c, False
+    m.mlperf.update(scenarios=("Offline",), min_duration_s=1.0, batch_size=4,
+                    calibration_s=0.3)
+    lg = mlperf.run_mlperf(m, str(tmp_path / "w"))
+    by = {r["variant"]: r for r in lg["rows"]}
+    assert set(by) == {"dense", "channel_30"}
+    for r in rep["rows"]:
+        if r["variant"] in by:
+            assert by[r["variant"]]["accuracy"] == pytest.approx(r["accuracy"], abs=1e-6)
