@@ -12,17 +12,21 @@ def test_e2e_rows_check_then_time_every_variant():
     exp = experiment.build(config, load_data=False)
     rows = figs.e2e_rows(exp, 4, ["nm24", "channel50", "channel50_nm24"], warmup=0, trials=2,
                          reps=2)
-    assert [r["variant"] for r in rows] == ["dense", "nm24", "channel50", "channel50_nm24"]
-    assert rows[0]["speedup"] == 1.0
+    assert [r["variant"] for r in rows] == ["dense", "dense_optimized", "nm24", "channel50",
+                                            "channel50_nm24"]
+    assert rows[1]["speedup"] == 1.0 and rows[0]["vs_written"] == 1.0  # The two baselines.
     for r in rows[1:]:
         assert r["max_rel_error"] < 1e-4, r
         assert r["images_per_sec"] > 0 and r["batch"] == 4
-    assert rows[2]["flops_ratio"] < 0.5
-    assert rows[3]["flops_ratio"] < rows[2]["flops_ratio"]
-    assert any(a.startswith("sliced+nm_dot") for a in rows[3]["layer_actions"])
+        assert r["speedup"] == rows[1]["ms"] / r["ms"] and r["vs_written"] == \
+            rows[0]["ms"] / r["ms"]
+    assert rows[3]["flops_ratio"] < 0.5
+    assert rows[4]["flops_ratio"] < rows[3]["flops_ratio"]
+    assert any(a.startswith("sliced+nm_dot") for a in rows[4]["layer_actions"])
     env = {"device": "cpu", "jax": "x", "driver": "-", "cusparselt": "-",
            "precision": "float32"}
     text = figs.markdown({"environment": env, "date": "d", "e2e_b4": {
         "batch": 4, "command": "c", "rows": rows, "tag": ""}})
     assert "## ResNet50 224x224 float32 inference, batch 4" in text
-    assert "| channel50_nm24 |" in text and "|---|---|---|---|---|---|---|" in text
+    assert "| channel50_nm24 |" in text and "|---|---|---|---|---|---|---|---|" in text
+    assert "speedup vs optimized dense" in text
