@@ -233,7 +233,7 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
     analyze = fold_batchnorm  # First pass: find the per-channel affines after each layer.
     while True:
         ctx = Context(compiling=True, plan={}, options=opts, forced_dense=forced,
-                      analyze=analyze, folds=folds, fold_notes=notes)
+                      analyze=analyze, folds=folds)
         vals = [WRef(p, v, mask_of.get(p)) if np.ndim(v) >= 2 else v
                 for p, v in zip(paths, leaves, strict=True)]
 
@@ -247,12 +247,15 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
         clash = (ctx.conflicts | (ctx.materialized & set(ctx.rewritten))) - forced
         if analyze:
             analyze, (folds, notes) = False, affine_folds(ctx.affine_seen, ctx.fold_notes)
-            if folds or notes:  # Again, with them folded (the rows say what was not).
+            if folds:  # Compile again with them folded (and any clash resolved).
                 forced = forced | clash
                 continue
         if not clash:
             break
         forced = forced | clash
+    # One report row per planned layer, in the same order: each says why its ops stayed.
+    rows = tuple(dataclasses.replace(r, fold_note=notes.get(key, ""))
+                 for key, r in zip(ctx.plan, ctx.rows, strict=True))
     new_leaves = [ctx.rewritten.get(p, v) for p, v in zip(paths, leaves, strict=True)]
     sp_vars = jax.tree.map(jnp.asarray, {"model": jax.tree.unflatten(treedef, new_leaves),
                                          "folded": dict(ctx.folded)})
@@ -261,7 +264,7 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
         kernels += f"; CPU kernels not used: {note}"
     if platform == "cuda":
         kernels += f"; cuSPARSELt 2:4: {cusparselt.status().reason}"
-    report = CompileReport(tuple(ctx.rows), time.perf_counter() - t0, backend, policy, kernels,
+    report = CompileReport(rows, time.perf_counter() - t0, backend, policy, kernels,
                            nbytes(variables), nbytes(sp_vars),
                            tuple(sorted(ctx.densified.items())))
     return SparseModel(sp_vars, report, closed, out_tree, ctx.plan, opts)

@@ -60,7 +60,8 @@ class Context:
             per-channel affine ops after them are tracked (``affine_seen``).
         affine_seen: by layer key, every point its output was needed: ``(ops, scale, shift)``.
         folds: by layer key, the affine to fold into it: ``(scale, shift, ops)``.
-        fold_notes: by layer key, why the per-channel ops after it cannot be folded.
+        fold_notes: analysing: by layer key, why the per-channel ops after it cannot be
+            folded (``js.sparsify`` puts them on the report's rows).
     """
 
     compiling: bool

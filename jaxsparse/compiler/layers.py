@@ -163,8 +163,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
         ctx.rows.append(CompiledLayer(w.path, kind, shape,
                                       "dense" if w.mask is None else "masked", "unchanged",
                                       before, before, why or "no mask", dense_bytes,
-                                      dense_bytes, supported=why is None,
-                                      fold_note=ctx.fold_notes.get(key, "")))
+                                      dense_bytes, supported=why is None))
         return UNCHANGED if why is None else UNSUPPORTED
     if affine is not None:  # Scaling an output column keeps its zeros: masks keep meaning.
         w_full = w_full * affine[0].astype(np.float32)
@@ -241,8 +240,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
         timing, kernel=policy.kernel_name(low, pattern, opts, (k, n), dtype),
         in_channels=(kept_w.shape[-2], shape[-2]) if sliced else None,
         out_channels=(n, shape[-1]) if sliced else None,
-        affine_folded=0 if affine is None else affine[2],
-        fold_note=ctx.fold_notes.get(key, "")))
+        affine_folded=0 if affine is None else affine[2]))
     return LayerPlan(low, kind, layout.in_keep, layout.out_keep, fold is not None,
                      0 if affine is None else affine[2])
 
