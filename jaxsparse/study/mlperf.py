@@ -23,7 +23,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -35,8 +35,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import jaxsparse as js
 from jaxsparse.study import loadgen
 from jaxsparse.study import mlperf_report as report_lib
-from jaxsparse.study.report import best_within_99
-from jaxsparse.study.runner import compile_trained, dense_config, run_study, variants_of
+from jaxsparse.study.report import DENSE_ROWS, best_within_99
+from jaxsparse.study.runner import dense_config, run_study, trained_variant, variants_of
 from jaxsparse.study.speed import random_weight_masks
 from jaxsparse.training import experiment as experiment_lib
 from jaxsparse.training.experiment import Experiment
@@ -58,11 +58,10 @@ class Model:
     variables: Any
     masks: Any = None  # None: the dense model, unchanged.
     policy: str = "auto"
-    vdir: str = ""  # A trained variant's folder (its masks are read from its zeros).
 
     @property
     def division(self) -> str:
-        return "closed" if self.name == "dense" else "open"
+        return "closed" if self.name in DENSE_ROWS else "open"
 
 
 def check_config(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
@@ -120,16 +119,19 @@ def _best(workdir: str) -> list[str]:
 
 
 def _models(config: ml_collections.ConfigDict, workdir: str, names: list[str],
-            exp: Experiment) -> list[Model]:
+            exp: Experiment) -> Iterator[Model]:
+    """The models to measure, one at a time (a trained variant is read when its turn comes)."""
     specs = {v.name: v for v in variants_of(config.study)}
     if config.study.mode == "speed":
         x = exp.example(1)
-        return [Model("dense", exp.variables)] + [
-            Model(n, exp.variables, random_weight_masks(config.study, specs[n], exp, x),
-                  specs[n].policy) for n in names[1:]]
-    dense = Model("dense", exp.load_variables(os.path.join(workdir, "dense")))
-    return [dense] + [Model(n, None, None, specs[n].policy, os.path.join(workdir, n))
-                      for n in names[1:]]
+        yield Model("dense", exp.variables)
+        for n in names[1:]:
+            yield Model(n, exp.variables, random_weight_masks(config.study, specs[n], exp, x),
+                        specs[n].policy)
+        return
+    yield Model("dense", exp.load_variables(os.path.join(workdir, "dense")))
+    for n in names[1:]:
+        yield Model(n, *trained_variant(exp, os.path.join(workdir, n)), specs[n].policy)
 
 
 def predictors(exp: Experiment, model: Model, sizes: list[int],
@@ -160,13 +162,10 @@ def predictors(exp: Experiment, model: Model, sizes: list[int],
 
 def _compiled(exp: Experiment, model: Model, local_batch: int) -> tuple[Callable, Any]:
     """``(fn(variables, x), variables)`` of ``model`` for a per-device batch."""
-    if model.vdir:
-        sp = compile_trained(exp, model.vdir, exp.example(local_batch), model.policy)
-    elif model.masks is not None:
-        sp = js.sparsify(exp.apply_fn, model.variables, model.masks, exp.example(local_batch),
-                         policy=model.policy)
-    else:
+    if model.masks is None:
         return (lambda v, x: exp.apply_fn(v, x, train=False)), model.variables
+    sp = js.sparsify(exp.apply_fn, model.variables, model.masks, exp.example(local_batch),
+                     policy=model.policy)
     return sp, sp.variables
 
 

@@ -104,12 +104,18 @@ def run_or_load(config: ml_collections.ConfigDict, workdir: str,
     return train.train_and_evaluate(config, workdir, experiment=experiment, hparams=False)
 
 
+def trained_variant(exp: Experiment, vdir: str) -> tuple[dict, Any]:
+    """``(variables, masks)`` of the trained variant in ``vdir``: its masks are read back from
+    the pruned weights' zeros."""
+    variables = exp.load_variables(vdir)
+    return variables, js.masks_from_zeros(variables["params"])
+
+
 def compile_trained(exp: Experiment, vdir: str, example: jax.Array,
                     policy: str = "auto") -> js.SparseModel:
-    """The trained variant in ``vdir`` compiled for ``example``'s shape: its masks are read
-    back from the pruned weights' zeros, then ``js.sparsify``."""
-    variables = exp.load_variables(vdir)
-    masks = js.masks_from_zeros(variables["params"])
+    """The trained variant in ``vdir`` compiled for ``example``'s shape (``js.sparsify`` of
+    :func:`trained_variant`)."""
+    variables, masks = trained_variant(exp, vdir)
     return js.sparsify(exp.apply_fn, variables, masks, example, policy=policy)
 
 
