@@ -2,7 +2,7 @@
 
     python scripts/bench_sparse.py --model=resnet50 --image_size=224 --batch_size=16 \
         --variants=block90_32,block90_16,unstructured90,unstructured80,channel50 \
-        --layer_table --out=docs/results
+        --layer_table --out=docs/results [--baselines=onnxruntime,openvino]
 
 A launcher for ``python -m experiments.study --config=experiments/configs/speed_resnet50.py``
 (:func:`jaxsparse.study.run_speed`): it picks variants from that config's catalogue and writes
@@ -23,6 +23,8 @@ flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Compute dtyp
 flags.DEFINE_list("variants", ",".join(speed_resnet50.DEFAULT),
                   f"Variants to compare with dense: {sorted(speed_resnet50.CATALOGUE)}.")
 flags.DEFINE_string("backend", "auto", "js.sparsify backend for block-sparse layers.")
+flags.DEFINE_list("baselines", "onnxruntime,openvino",
+                  "External dense runtimes timed beside (extra 'baselines'); empty for none.")
 flags.DEFINE_bool("layer_table", False, "Also measure every sparse layer (calibrate=True).")
 flags.DEFINE_integer("warmup", 2, "Untimed batches after compilation.")
 flags.DEFINE_integer("num_batches", 10, "Timed batches per variant.")
@@ -43,7 +45,8 @@ def main(argv):
     c.base.precision = FLAGS.precision
     c.bench.update(batch_size=FLAGS.batch_size, warmup=FLAGS.warmup,
                    num_batches=FLAGS.num_batches)
-    c.speed.update(backend=FLAGS.backend, layer_table=FLAGS.layer_table, results_dir=FLAGS.out)
+    c.speed.update(backend=FLAGS.backend, layer_table=FLAGS.layer_table, results_dir=FLAGS.out,
+                   baselines=tuple(FLAGS.baselines))
     try:
         rep = run_speed(c, FLAGS.logdir)
     except ValueError as e:

@@ -3,7 +3,8 @@
 # package and its test extras. Safe to rerun: it skips what is already done.
 # JAXSPARSE_GPU_BUILD=1 (scripts/test.sh sets it) also installs the cuSPARSELt and CUDA runtime
 # headers (extra "gpu-build", no GPU needed) and builds the cuSPARSELt FFI library, so models
-# lower for NVIDIA GPUs with it.
+# lower for NVIDIA GPUs with it, and the external dense runtimes (extra "baselines": ONNX
+# Runtime, OpenVINO) so the ONNX export is tested against them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +28,7 @@ fi
 stamp=.venv/.jaxsparse-installed
 # Reinstall when the metadata or the C++ kernels change (the install builds them).
 extras="test"
-if [ "${JAXSPARSE_GPU_BUILD:-0}" = 1 ]; then extras="test,gpu-build"; fi
+if [ "${JAXSPARSE_GPU_BUILD:-0}" = 1 ]; then extras="test,gpu-build,baselines"; fi
 want="$(cat setup.cfg pyproject.toml setup.py jaxsparse/kernels/cpu/csrc/* jaxsparse/kernels/gpu/csrc/* \
   | sha256sum | cut -d' ' -f1) $extras"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then

@@ -9,6 +9,10 @@ back (compile and warm-up first, interleaved batches, medians). Random weights h
 accuracy: the report says so and gives each variant's largest relative error against the
 masked model instead; accuracy comes from a trained study (``mode="train"``).
 
+With ``speed.baselines`` (extra ``baselines``) the same dense weights, exported to ONNX, run in
+ONNX Runtime and OpenVINO alternating with the JAX models (:mod:`~jaxsparse.study.baselines`);
+every row also gets its speedup over the fastest dense runtime of the run.
+
 Writes ``report.json``, ``report.md`` and TensorBoard scalars to ``workdir``; with
 ``speed.results_dir`` also ``bench_sparse_<model>_<platform>_<date>.{json,md}`` there.
 """
@@ -27,7 +31,9 @@ import numpy as np
 
 import jaxsparse as js
 from jaxsparse.compiler.api import BACKENDS
+from jaxsparse.compiler.onnx_export import export_onnx
 from jaxsparse.markdown import table
+from jaxsparse.study import baselines as baselines_lib
 from jaxsparse.study.report import speedup_median, speedup_spread
 from jaxsparse.study.runner import dense_config, variant_config, variants_of
 from jaxsparse.study.variants import Variant
@@ -103,41 +109,76 @@ def _compile_variant(config: ml_collections.ConfigDict, v: ml_collections.Config
                 "report": sp.report.as_dict(), "layer_table": layers}
 
 
+def _err(row: dict[str, Any]) -> str:
+    return f"{row['max_rel_error']:.1e}" + ("" if row["verified"] else " MISMATCH")
+
+
+def _baseline_cells(b: dict[str, Any]) -> list[str]:
+    name = f"{b['runtime']} dense" + (f" ({b['version']})" if b["version"] else "")
+    if b.get("images_per_sec") is None:
+        return [name, "-", "-", "-", "1.000", "-", b["why"], "-", "-", "-", "-", "-", "-"]
+    return [name, "-", "-", "-", "1.000", "-", f"{b['images_per_sec']:.2f}",
+            f"{b['speedup']:.2f}x", f"{b['speedup_vs_written']:.2f}x",
+            f"{b['vs_fastest_dense']:.2f}x", f"{b['latency_ms_p50']:.1f}", "-", _err(b)]
+
+
 def _markdown(rep: dict[str, Any]) -> str:
     dense, opt = rep["dense"], rep["dense_optimized"]
-    opt_err = f"{opt['max_rel_error']:.1e}" + ("" if opt["verified"] else " MISMATCH")
     cells = [["dense (as written)", "-", "-", "-", "1.000", f"{dense['weights_mib']:.1f}",
-              f"{dense['images_per_sec']:.2f}", "-", "1.00x", f"{dense['latency_ms_p50']:.1f}",
-              "-", "-"],
+              f"{dense['images_per_sec']:.2f}", f"{dense['speedup']:.2f}x", "1.00x",
+              f"{dense['vs_fastest_dense']:.2f}x", f"{dense['latency_ms_p50']:.1f}", "-", "-"],
              ["dense (optimized: BatchNorm folded)", "-", "-", "-", "1.000",
               f"{opt['weights_mib']:.1f}", f"{opt['images_per_sec']:.2f}", "1.00x",
-              f"{opt['speedup_vs_written']:.2f}x", f"{opt['latency_ms_p50']:.1f}",
-              f"{opt['pass_seconds']:.2f}", opt_err]]
+              f"{opt['speedup_vs_written']:.2f}x", f"{opt['vs_fastest_dense']:.2f}x",
+              f"{opt['latency_ms_p50']:.1f}", f"{opt['pass_seconds']:.2f}", _err(opt)]]
+    cells += [_baseline_cells(b) for b in rep["baselines"]]
     for r in rep["variants"]:
         lo, hi = r["speedup_range"]
-        err = f"{r['max_rel_error']:.1e}" + ("" if r["verified"] else " MISMATCH")
         cells.append([r["variant"], r["pattern"], f"{r['sparsity']:.3f}", r["policy"],
                       f"{r['flops_ratio']:.3f}", f"{r['report']['bytes_after'] / 2**20:.1f}",
                       f"{r['images_per_sec']:.2f}", f"{r['speedup']:.2f}x [{lo:.2f}-{hi:.2f}]",
-                      f"{r['speedup_vs_written']:.2f}x", f"{r['latency_ms_p50']:.1f}",
-                      f"{r['pass_seconds']:.2f}", err])
+                      f"{r['speedup_vs_written']:.2f}x", f"{r['vs_fastest_dense']:.2f}x",
+                      f"{r['latency_ms_p50']:.1f}", f"{r['pass_seconds']:.2f}", _err(r)])
     header = ["variant", "pattern", "sparsity", "policy", "FLOPs ratio", "weights MiB",
-              "images/s", "speedup vs optimized dense [IQR]", "vs dense as written", "p50 ms",
-              "pass s", "max rel. error"]
+              "images/s", "speedup vs optimized dense [IQR]", "vs dense as written",
+              "vs fastest dense runtime", "p50 ms", "pass s", "max rel. error"]
+    fastest = rep["fastest_dense"]
+    threads = {b["threads"] for b in rep["baselines"] if b.get("images_per_sec") is not None}
     lines = [f"{rep['model']['name']} {rep['image_shape'][0]}px, batch {rep['batch_size']}, "
              f"{rep['precision']}, {rep['device_kind']} x{rep['device_count']}, jax "
              f"{rep['jax']} ({rep['date']}). Random weights pruned by magnitude: no accuracy "
              f"(see a trained study); every compiled model is checked against the masked dense "
              f"model (max rel. error). Speedups: median of per-repetition ratios to the "
              f"optimized dense model (the same weights compiled by js.sparsify without masks, "
-             f"every BatchNorm folded, as every sparse model is), and to the dense model as "
-             f"written.", "", f"Command: `{rep['command']}`", "",
+             f"every BatchNorm folded, as every sparse model is), to the dense model as "
+             f"written, and to the fastest dense runtime of this run ({fastest}). External "
+             f"runtimes run the same weights exported to ONNX (checked against the JAX model), "
+             f"in the same process, alternating with the JAX models"
+             + (f", {threads.pop()} threads" if len(threads) == 1 else "") + ".",
+             "", f"Command: `{rep['command']}`", "",
              table(header, cells)]
     for r in rep["variants"]:
         if r["layer_table"]:
             lines += ["", f"### {r['variant']}: per layer, measured (calibrate=True)", "",
                       r["layer_table"]]
     return "\n".join(lines)
+
+
+def _baselines(config: ml_collections.ConfigDict, exp: Experiment, x: jax.Array,
+               workdir: str) -> list[baselines_lib.Baseline]:
+    """The configured external runtimes, ready to time (float32 only)."""
+    names = baselines_lib.check_runtimes(config.speed.get("baselines", ()))
+    if not names:
+        return []
+    if exp.dtype != jax.numpy.float32:
+        return [baselines_lib.Baseline(n, baselines_lib.version(n), None,
+                                       "not run: the ONNX export is float32 only")
+                for n in names]
+    say(f"[speed] exporting the dense model to ONNX for {', '.join(names)}.")
+    os.makedirs(workdir, exist_ok=True)
+    return baselines_lib.prepare(names, lambda: export_onnx(
+        lambda v, a: exp.apply_fn(v, a), exp.variables, x),
+        save_to=os.path.join(workdir, "dense.onnx"))
 
 
 def _write(rep: dict[str, Any], text: str, folder: str, stem: str) -> None:
@@ -164,6 +205,7 @@ def run_speed(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     if config.speed.backend not in BACKENDS:
         raise ValueError(f"speed.backend={config.speed.backend!r} is not valid; use one of "
                          f"{BACKENDS}.")
+    baselines_lib.check_runtimes(config.speed.get("baselines", ()))
     exp = experiment_lib.build(base_cfg, load_data=False)
     bs = config.bench.batch_size
     x = jax.random.normal(jax.random.key(base_cfg.seed), (bs, *exp.image_shape), exp.dtype)
@@ -173,6 +215,21 @@ def run_speed(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     opt, opt_s, opt_err = compile_checked(exp, None, x, backend=config.speed.backend)
     fns.append(jax.jit(opt))
     args.append((opt.variables, x))
+    x_np, ref = np.asarray(x), np.asarray(jax.jit(fns[0])(*args[0]), np.float32)
+    externals, ext_rows = _baselines(config, exp, x, workdir), []
+    for b in externals:
+        row = {"runtime": b.runtime, "version": b.version, "why": b.why, "threads": b.threads}
+        if b.run is not None:
+            err = baselines_lib.max_rel_error(b.run, x_np, ref)
+            row.update(max_rel_error=err, verified=err <= TOLERANCE[base_cfg.precision])
+            say(f"[speed] {b.runtime} {b.version}: max rel. error {err:.2e} against the JAX "
+                f"model" + ("." if row["verified"] else " (MISMATCH)."))
+            fns.append(b.run)
+            args.append((x_np,))
+        else:
+            say(f"[speed] {b.runtime}: {b.why}.")
+        ext_rows.append(row)
+    n_ext = sum(b.run is not None for b in externals)
     for i, v in enumerate(variants):
         say(f"[speed] variant {i + 1}/{len(variants)}: {v.name} ({v.pattern}, policy "
             f"{v.policy}): pruning random weights and compiling.")
@@ -184,23 +241,35 @@ def run_speed(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     timings = benchmark(fns, args, bs, warmup=config.bench.warmup,
                         num_batches=config.bench.num_batches)
     dense, opt_t = timings[0], timings[1]
-    for row, t in zip(rows, timings[2:], strict=True):
-        row.update(t.as_dict(), speedup=speedup_median(opt_t.latencies_ms, t.latencies_ms),
-                   speedup_range=speedup_spread(opt_t.latencies_ms, t.latencies_ms),
-                   speedup_vs_written=speedup_median(dense.latencies_ms, t.latencies_ms))
+    ext_t, var_t = timings[2:2 + n_ext], timings[2 + n_ext:]
+    timed_ext = [r for r in ext_rows if "max_rel_error" in r]
+    dense_runs = [("dense (as written)", dense), ("dense (optimized)", opt_t)] + [
+        (f"{r['runtime']} dense", t) for r, t in zip(timed_ext, ext_t, strict=True)
+        if r["verified"]]
+    fastest_name, fastest = max(dense_runs, key=lambda nt: nt[1].images_per_sec)
+
+    def ratios(t):
+        return {"speedup": speedup_median(opt_t.latencies_ms, t.latencies_ms),
+                "speedup_vs_written": speedup_median(dense.latencies_ms, t.latencies_ms),
+                "vs_fastest_dense": speedup_median(fastest.latencies_ms, t.latencies_ms)}
+    for row, t in zip(timed_ext, ext_t, strict=True):
+        row.update(t.as_dict(), **ratios(t))
+    for row, t in zip(rows, var_t, strict=True):
+        row.update(t.as_dict(), **ratios(t),
+                   speedup_range=speedup_spread(opt_t.latencies_ms, t.latencies_ms))
     weights = opt.report.bytes_before
     rep = {**environment(), "mode": "speed", "title": config.title,
            "model": base_cfg.model.to_dict(), "image_shape": list(exp.image_shape),
            "precision": base_cfg.precision, "batch_size": bs,
            "date": datetime.date.today().isoformat(), "command": " ".join(["python",
                                                                             *sys.argv]),
-           "dense": {**dense.as_dict(), "weights_mib": weights / 2**20},
-           "dense_optimized": {**opt_t.as_dict(), "weights_mib": weights / 2**20,
+           "dense": {**dense.as_dict(), **ratios(dense), "weights_mib": weights / 2**20},
+           "dense_optimized": {**opt_t.as_dict(), **ratios(opt_t),
+                               "weights_mib": weights / 2**20,
                                "pass_seconds": opt_s, "max_rel_error": opt_err,
                                "verified": opt_err <= TOLERANCE[base_cfg.precision],
-                               "speedup_vs_written": speedup_median(dense.latencies_ms,
-                                                                    opt_t.latencies_ms),
                                "report": opt.report.as_dict()},
+           "baselines": ext_rows, "fastest_dense": fastest_name,
            "variants": rows}
     text = _markdown(rep)
     if jax.process_index() == 0:
@@ -211,6 +280,8 @@ def run_speed(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     writer = Writer(workdir)
     writer.scalars(0, {"speed/dense/images_per_sec": dense.images_per_sec,
                        "speed/dense_optimized/images_per_sec": opt_t.images_per_sec})
+    for r in timed_ext:
+        writer.scalars(0, {f"speed/{r['runtime']}/images_per_sec": r["images_per_sec"]})
     for r in rows:
         writer.scalars(0, {f"speed/{r['variant']}/{k}": r[k] for k in
                            ("images_per_sec", "speedup", "flops_ratio", "pass_seconds")})
