@@ -6,8 +6,8 @@ import os
 import pytest
 
 from experiments.configs import study_smoke
+from jaxsparse.study import baselines, run_speed, run_study, variants_of
 from jaxsparse.study import report as report_lib
-from jaxsparse.study import run_speed, run_study, variants_of
 from tests.helpers import hparams_plugin_data, needs_fmnist
 from tests.helpers import scalars as _scalars
 
@@ -130,6 +130,18 @@ def test_speed_study_on_random_weights(tmp_path, capsys):
     assert "| dense (as written) |" in table and "| block75 |" in table and "no accuracy" in table
     assert "| dense (optimized: BatchNorm folded) |" in table
     assert "### block75: per layer, measured (calibrate=True)" in table
+    # The external dense runtimes: timed and checked where installed, else said so.
+    assert [b["runtime"] for b in rep["baselines"]] == ["onnxruntime", "openvino"]
+    for b in rep["baselines"]:
+        if baselines.version(b["runtime"]) is None:
+            assert b["why"].startswith("not installed") and b["why"] in table
+        else:
+            assert b["verified"] and b["max_rel_error"] < 1e-4, b
+            assert f"| {b['runtime']} dense ({b['version']}) |" in table
+    fastest = {"dense (as written)": rep["dense"], "dense (optimized)": opt,
+               **{f"{b['runtime']} dense": b for b in rep["baselines"]}}[rep["fastest_dense"]]
+    assert fastest["vs_fastest_dense"] == pytest.approx(1.0)
+    assert "vs fastest dense runtime" in table
     stamped = list((tmp_path / "results").glob("bench_sparse_*_cpu_*.md"))
     assert len(stamped) == 1 and stamped[0].read_text() == table
     assert _scalars(tmp_path / "w", "speed/block75/speedup")[0] == pytest.approx(
