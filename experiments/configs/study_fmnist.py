@@ -36,11 +36,13 @@ def get_config():
     # Knowledge distillation from the dense model in every fine-tune (alpha 0: off).
     c.distill = ml_collections.ConfigDict(dict(alpha=0.5, temperature=4.0))
     c.bench = ml_collections.ConfigDict(dict(batch_size=256, warmup=3, num_batches=20))
-    # mode="speed" only: js.sparsify's backend, a per-layer timing table (calibrate=True), a
-    # folder for the date-stamped results files ("": only the workdir's report), and the
-    # external dense runtimes timed beside the JAX models (extra "baselines"; a runtime that
-    # is not installed gets a row saying so; () for none).
-    c.speed = ml_collections.ConfigDict(dict(backend="auto", layer_table=False,
+    # mode="speed" only: js.sparsify's backend; calibrate: every model compiled with
+    # calibrate=True (each layer timed at its shape and run on the kernel measured fastest,
+    # dense layers of the optimized dense model included); a per-layer timing table; a folder
+    # for the date-stamped results files ("": only the workdir's report); the external dense
+    # runtimes timed beside the JAX models (extra "baselines"; a runtime that is not
+    # installed gets a row saying so; () for none).
+    c.speed = ml_collections.ConfigDict(dict(backend="auto", calibrate=True, layer_table=False,
                                              results_dir="",
                                              baselines=("onnxruntime", "openvino")))
     c.variants = [

@@ -179,6 +179,10 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
             (every eligible layer uses its sparse kernel) or ``"dense"`` (channel slicing only).
         calibrate: with ``policy="auto"`` and the CPU kernels, time every candidate layer at
             its shape (dense vs sparse) and decide from that; the report shows both times.
+            Dense layers (no mask, or no zeros left after channel slicing) are candidates too:
+            the C++ block kernel with every block stored runs a layer where it measured faster
+            than XLA's conv (XLA's CPU 1x1 convs are slow), so ``js.sparsify(fn, v, None, x,
+            calibrate=True)`` is the dense model on the fastest measured dense kernels.
         platform: the platform the model will run on: ``"cpu"``, ``"cuda"``, ``"tpu"`` or
             ``"rocm"`` (portable lowerings); None: the local default device's. Kernels and the
             cost model follow it, so a model compiled on a CPU machine for ``"cuda"`` lowers
@@ -231,9 +235,10 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
     folds: dict[str, tuple] = {}
     notes: dict[str, str] = {}
     analyze = fold_batchnorm  # First pass: find the per-channel affines after each layer.
+    measured: dict = {}  # calibrate=True: each layer timed once, whatever the pass.
     while True:
         ctx = Context(compiling=True, plan={}, options=opts, forced_dense=forced,
-                      analyze=analyze, folds=folds)
+                      analyze=analyze, folds=folds, measured=measured)
         vals = [WRef(p, v, mask_of.get(p)) if np.ndim(v) >= 2 else v
                 for p, v in zip(paths, leaves, strict=True)]
 

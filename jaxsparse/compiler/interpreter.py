@@ -62,6 +62,8 @@ class Context:
         folds: by layer key, the affine to fold into it: ``(scale, shift, ops)``.
         fold_notes: analysing: by layer key, why the per-channel ops after it cannot be
             folded (``js.sparsify`` puts them on the report's rows).
+        measured: ``calibrate=True``: ``(dense ms, kernel ms)`` by ``(layer key, candidate)``,
+            shared by the passes of one compile so each layer is timed once.
     """
 
     compiling: bool
@@ -78,6 +80,7 @@ class Context:
     affine_seen: dict[str, list] = dataclasses.field(default_factory=dict)
     folds: dict[str, tuple] = dataclasses.field(default_factory=dict)
     fold_notes: dict[str, str] = dataclasses.field(default_factory=dict)
+    measured: dict = dataclasses.field(default_factory=dict)
     counter: int = 0
 
     def next_key(self, name: str) -> str:

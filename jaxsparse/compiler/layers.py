@@ -158,8 +158,10 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
     out_keep = removed_outputs(mask) if why is None else None
     if out_keep is not None and len(out_keep) == 0:
         out_keep = np.zeros(1, np.int64)  # Keep one (all-zero) channel: no zero-size arrays.
+    # A plain dense layer is left as it is, unless calibrating may move it to the C++ kernel.
+    may_measure = opts.calibrate and opts.impl == "cpu" and opts.policy == "auto"
     if why is not None or (in_keep is None and out_keep is None and w.mask is None and
-                           affine is None):
+                           affine is None and not may_measure):
         ctx.rows.append(CompiledLayer(w.path, kind, shape,
                                       "dense" if w.mask is None else "masked", "unchanged",
                                       before, before, why or "no mask", dense_bytes,
@@ -179,15 +181,19 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
         if out_keep is not None:
             kw, km = kw[..., out_keep], km[..., out_keep]
         pat = policy.kernel_block(sub_pattern(km), opts)
-        flops = lowering.gemm_flops(rows, int(np.prod(kw.shape[:-1])), kw.shape[-1])
-        c = None if pat is None else policy.Candidate(
-            pat, float(km.mean()) if km.size else 1.0, flops, kernel_hw,
-            (*x_aval.shape[:-1], kw.shape[-2]), dtype,
-            (int(np.prod(kw.shape[:-1])), kw.shape[-1]))
+        gemm_kn = (int(np.prod(kw.shape[:-1])), kw.shape[-1])
+        flops = lowering.gemm_flops(rows, *gemm_kn)
+        # No zeros left: the C++ kernel may still run it, every block stored (measured).
+        run = pat if pat is not None or opts.impl != "cpu" else \
+            policy.full_density_block(*gemm_kn)
+        c = None if run is None else policy.Candidate(
+            run, float(km.mean()) if km.size else 1.0, flops, kernel_hw,
+            (*x_aval.shape[:-1], kw.shape[-2]), dtype, gemm_kn)
         return kw, km, pat, flops, c, policy.choose(c, opts)
 
     kept_w, kept_m, pattern, after, cand, (low, reason, timing) = kept(out_keep)
-    if low in ("block", "measure") and out_keep is not None:
+    full_density = cand is not None and pattern is None  # Runs a dense layer on a kernel.
+    if low in ("block", "measure") and out_keep is not None and not full_density:
         # A block/unstructured kernel skips removed filters by itself (columns with no stored
         # weights); slicing its output would only add gathers where a residual stream is
         # widened again. Keep the full output when the kernel still wins on it.
@@ -195,7 +201,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
         if alt[-1][0] in ("block", "measure"):
             out_keep = None
             kept_w, kept_m, pattern, after, cand, (low, reason, timing) = alt
-    if affine is not None and w.mask is None and in_keep is None:
+    if w.mask is None and in_keep is None and low == "dense":
         reason = "no mask"
     k, n = int(np.prod(kept_w.shape[:-1])), kept_w.shape[-1]
     layout = Layout(tuple(shape), None if in_keep is None else tuple(int(i) for i in in_keep),
@@ -204,16 +210,21 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
     dense = DenseWeight(kept_w.astype(np.asarray(w.value).dtype), layout)
     weight, frac = dense, 1.0
     if low in ("nm", "block", "measure"):
-        weight, frac = _pack("nm" if low == "nm" else "block", pattern, gemm_w, gemm_m, layout)
+        weight, frac = _pack("nm" if low == "nm" else "block", cand.pattern, gemm_w, gemm_m,
+                             layout)
     if low == "nm" and opts.precompress and \
             cuda_kernel(k, pattern.n, pattern.m, n, dtype)[0] == "cusparselt":
         weight = _with_blob(weight, dtype, (k, n))
     if low == "measure":
-        td, ts = _measure(eqn, cand, weight, dense.kernel, opts)
+        if (key, cand) not in ctx.measured:  # Both passes of one compile time it once.
+            ctx.measured[key, cand] = _measure(eqn, cand, weight, dense.kernel, opts)
+        td, ts = ctx.measured[key, cand]
         timing = dataclasses.replace(timing, measured_dense_ms=td, measured_sparse_ms=ts,
                                      sparse_flops=after * frac)
         low = "block" if ts < costs.MAX_RATIO * td else "dense"
-        reason = f"measured {td:.2f} ms dense vs {ts:.2f} ms sparse (calibrate=True)"
+        what = f"the C++ kernel at full density ({cand.pattern} blocks)" if full_density \
+            else "sparse"
+        reason = f"measured {td:.2f} ms XLA dense vs {ts:.2f} ms {what} (calibrate=True)"
         if low == "dense":
             weight, frac = dense, 1.0
     after *= frac
@@ -226,7 +237,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
         ctx.folded[key] = fold.astype(np.float32)
     if affine is not None:
         ctx.folded[shift_key(key)] = affine[1].astype(np.float32)
-    if w.mask is None and affine is not None and in_keep is None:
+    if w.mask is None and in_keep is None:
         label = "dense"
     elif w.mask is None:
         label = "dense (input sliced)"
@@ -237,7 +248,9 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
     sliced = in_keep is not None or out_keep is not None
     ctx.rows.append(CompiledLayer(
         w.path, kind, shape, label, low, before, after, reason, dense_bytes, nbytes(weight),
-        timing, kernel=policy.kernel_name(low, pattern, opts, (k, n), dtype),
+        timing, kernel=policy.kernel_name(low, cand.pattern if cand else None, opts, (k, n),
+                                          dtype) + (", full density" if full_density and
+                                                    low == "block" else ""),
         in_channels=(kept_w.shape[-2], shape[-2]) if sliced else None,
         out_channels=(n, shape[-1]) if sliced else None,
         affine_folded=0 if affine is None else affine[2]))

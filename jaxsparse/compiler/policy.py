@@ -102,6 +102,33 @@ def _cpu_kernel_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTimi
     return "dense", f"predicted sparse/dense time {ratio:.2f} >= {costs.MAX_RATIO}{src}", timing
 
 
+# The block views a dense (no zeros) layer may run on the C++ block kernel, largest first.
+FULL_DENSITY_BLOCKS = (Block(32, 32), Block(16, 16), Block(8, 8))
+
+
+def full_density_block(k: int, n: int) -> Block | None:
+    """The block shape that runs a dense ``(k, n)`` GEMM on the C++ kernel (None: none tiles
+    it)."""
+    return next((b for b in FULL_DENSITY_BLOCKS if k % b.bh == 0 and n % b.bw == 0), None)
+
+
+def _full_density_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTiming | None]:
+    """``(lowering, why, timing)`` for a layer with no zeros left: XLA's dense conv, or the
+    C++ block kernel with every block stored where it was measured faster at this layer's
+    shape (``calibrate=True``; XLA's CPU 1x1 convs are slow, docs/results)."""
+    dense_why = "no zeros left after channel slicing"
+    if opts.impl != "cpu" or opts.policy != "auto":
+        return "dense", dense_why, None
+    why = cpu_sparse_conv.unsupported(c.x_shape, c.x_dtype, (1, 1, *block_shape(c.pattern)),
+                                      None)
+    if why is not None:
+        return "dense", f"{dense_why}; no CPU kernel: {why}", None
+    if opts.calibrate:
+        return "measure", "", LayerTiming()
+    return "dense", (f"{dense_why}: XLA's conv (the C++ kernel runs a dense layer only where "
+                     f"measured faster at its shape: calibrate=True)"), None
+
+
 def _nm_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTiming | None]:
     """``(lowering, why, timing)`` for an N:M layer. ``policy="sparse"`` runs ``nm_dot``
     (cuSPARSELt on ``cuda`` where it runs, else the portable lowering); ``"auto"`` keeps it
@@ -132,6 +159,8 @@ def choose(c: Candidate | None, opts: Options) -> tuple[str, str, LayerTiming | 
     pattern = c.pattern
     if opts.policy == "dense":
         return "dense", "policy='dense'", None
+    if c.density >= 1.0:
+        return _full_density_choice(c, opts)
     if isinstance(pattern, NM):
         return _nm_choice(c, opts)
     if opts.impl == "cpu":

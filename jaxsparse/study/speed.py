@@ -2,9 +2,11 @@
 
 A study config with ``mode="speed"`` runs this instead of :func:`~jaxsparse.study.run_study`.
 For each variant: prune the randomly initialised model by magnitude (its pattern, sparsity and
-grouping, as one-shot pruning would), ``js.sparsify`` it (timing the pass), check the compiled
-model against the masked dense model on a random batch, and with ``speed.layer_table`` time
-every sparse layer at its shape (``calibrate=True``); then time dense and every variant back to
+grouping, as one-shot pruning would), ``js.sparsify`` it (timing the pass; with
+``speed.calibrate`` every layer is timed at its shape and runs on the kernel measured fastest,
+the dense layers of the optimized dense model included), check the compiled model against the
+masked dense model on a random batch, and with ``speed.layer_table`` report every measured
+layer (``calibrate=True``); then time dense and every variant back to
 back (compile and warm-up first, interleaved batches, medians). Random weights have no
 accuracy: the report says so and gives each variant's largest relative error against the
 masked model instead; accuracy comes from a trained study (``mode="train"``).
@@ -91,12 +93,14 @@ def _compile_variant(config: ml_collections.ConfigDict, v: ml_collections.Config
                      exp: Experiment, x: jax.Array) -> tuple[Any, dict]:
     """Prunes and compiles one variant: ``(SparseModel, its report row)``."""
     masks = random_weight_masks(config, v, exp, x)
+    calibrate = bool(config.speed.get("calibrate", False))
     sp, pass_s, err = compile_checked(exp, masks, x, backend=config.speed.backend,
-                                      policy=v.policy)
+                                      policy=v.policy, calibrate=calibrate)
     layers = ""
     if config.speed.layer_table and v.pattern != "channel":
-        report = js.sparsify(exp.apply_fn, exp.variables, masks, x,
-                             backend=config.speed.backend, policy="auto", calibrate=True).report
+        report = sp.report if calibrate and v.policy == "auto" else js.sparsify(
+            exp.apply_fn, exp.variables, masks, x, backend=config.speed.backend,
+            policy="auto", calibrate=True).report
         if any(r.timing and r.timing.measured_ratio is not None for r in report.rows):
             layers = report.timing_markdown()  # Only kernels with a calibration (CPU, block).
     ok = err <= TOLERANCE[config.base.precision]
@@ -150,13 +154,19 @@ def _markdown(rep: dict[str, Any]) -> str:
              f"(see a trained study); every compiled model is checked against the masked dense "
              f"model (max rel. error). Speedups: median of per-repetition ratios to the "
              f"optimized dense model (the same weights compiled by js.sparsify without masks, "
-             f"every BatchNorm folded, as every sparse model is), to the dense model as "
+             f"every BatchNorm folded, as every sparse model is"
+             + ("; every model compiled with calibrate=True: each layer on the kernel measured "
+                "fastest at its shape, XLA's conv or the C++ kernel, at full density for a dense "
+                "layer" if rep.get("calibrate") else "") + "), to the dense model as "
              f"written, and to the fastest dense runtime of this run ({fastest}). External "
              f"runtimes run the same weights exported to ONNX (checked against the JAX model), "
              f"in the same process, alternating with the JAX models"
              + (f", {threads.pop()} threads" if len(threads) == 1 else "") + ".",
              "", f"Command: `{rep['command']}`", "",
              table(header, cells)]
+    if opt.get("layer_table"):
+        lines += ["", "### dense (optimized): per layer, measured (calibrate=True)", "",
+                  opt["layer_table"]]
     for r in rep["variants"]:
         if r["layer_table"]:
             lines += ["", f"### {r['variant']}: per layer, measured (calibrate=True)", "",
@@ -210,9 +220,12 @@ def run_speed(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     bs = config.bench.batch_size
     x = jax.random.normal(jax.random.key(base_cfg.seed), (bs, *exp.image_shape), exp.dtype)
     fns, args, rows = [jax.jit(lambda v, x: exp.apply_fn(v, x))], [(exp.variables, x)], []
-    say("[speed] dense_optimized: the dense model compiled without masks (BatchNorm folded), "
-        "the speed baseline.")
-    opt, opt_s, opt_err = compile_checked(exp, None, x, backend=config.speed.backend)
+    calibrate = bool(config.speed.get("calibrate", False))
+    say("[speed] dense_optimized: the dense model compiled without masks (BatchNorm folded"
+        + ("; each layer on the dense kernel measured fastest at its shape" if calibrate
+           else "") + "), the speed baseline.")
+    opt, opt_s, opt_err = compile_checked(exp, None, x, backend=config.speed.backend,
+                                          calibrate=calibrate)
     fns.append(jax.jit(opt))
     args.append((opt.variables, x))
     x_np, ref = np.asarray(x), np.asarray(jax.jit(fns[0])(*args[0]), np.float32)
@@ -268,7 +281,10 @@ def run_speed(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
                                "weights_mib": weights / 2**20,
                                "pass_seconds": opt_s, "max_rel_error": opt_err,
                                "verified": opt_err <= TOLERANCE[base_cfg.precision],
-                               "report": opt.report.as_dict()},
+                               "report": opt.report.as_dict(),
+                               "layer_table": opt.report.timing_markdown()
+                               if calibrate and config.speed.layer_table else ""},
+           "calibrate": calibrate,
            "baselines": ext_rows, "fastest_dense": fastest_name,
            "variants": rows}
     text = _markdown(rep)

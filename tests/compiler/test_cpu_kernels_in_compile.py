@@ -137,3 +137,31 @@ def test_without_the_library_layers_fall_back_and_say_why():
     assert "disabled by JAXSPARSE_DISABLE_CPU_KERNELS" in out["kernels"]
     assert out["err"] < 1e-4
     assert "backend='cpu' needs the jaxsparse CPU kernel library" in out["msg"]
+
+
+@pytest.mark.parametrize("faster", ["kernel", "xla"])
+def test_dense_layers_run_on_the_kernel_measured_faster(monkeypatch, faster):
+    """No masks, calibrate=True: each dense layer whose GEMM the C++ kernel tiles is timed
+    against XLA's conv at full density and runs on the faster one; the model stays equal."""
+    fn, p = conv_net()
+    x = jax.random.normal(jax.random.key(0), (4, 15, 15, 16))
+    calls = []
+
+    def fake(dense, sparse, a, reps=5):
+        calls.append(a.shape)
+        return (2.0, 1.0) if faster == "kernel" else (1.0, 2.0)
+    monkeypatch.setattr(costs, "measure_pair", fake)
+    sp = js.sparsify(fn, p, None, x, calibrate=True)
+    rows = {r.name.split("/")[-1]: r for r in sp.report.rows}
+    # c1..c3 and fc: K = 144, 288, 32 and 48 rows, all tiled by 16x16 blocks (or larger).
+    assert len(calls) == 4
+    for r in rows.values():
+        if faster == "kernel":
+            assert r.lowering == "block" and r.kernel == "cpu block kernel, full density", r
+            assert r.flops_after == r.flops_before  # Every block stored: no FLOPs skipped.
+        else:
+            assert r.lowering in ("dense", "unchanged"), r
+        assert "C++ kernel at full density" in r.why and "calibrate=True" in r.why
+    assert_close(jax.jit(sp)(sp.variables, x), fn(p, x))
+    plain = js.sparsify(fn, p, None, x)
+    assert all(r.lowering == "unchanged" for r in plain.report.rows)
