@@ -114,6 +114,11 @@ def test_failing_sut_completes_its_samples_keeps_the_logs_and_says_so(tiny, tmp_
     assert len(calls) == 3  # Nothing ran after the failure; the rest were completed empty.
 
 
+ENV = {"loadgen": "6", "benchmark": "resnet50", "device_kind": "cpu", "device_count": 1,
+       "platform": "cpu", "precision": "float32", "batch_size": 8, "server_batch_size": 4,
+       "jax": "0", "weights": "random", "dataset": "synthetic"}
+
+
 def test_report_labels_divisions_short_runs_and_speedups():
     def test(sps=None, p90=None, acc=None, valid=True):
         lat = {} if p90 is None else {"90": p90 * 1e6, "99": 2 * p90 * 1e6}
@@ -147,6 +152,17 @@ def test_report_labels_divisions_short_runs_and_speedups():
         "mlperf"
     with pytest.raises(ValueError, match="needs the dense model in Offline"):
         mlperf_report.build(rows[2:], {})
+    # With the optimized dense model measured, it is the speed baseline (the accuracy bar
+    # stays the dense model as written): a beats dense (2.5x) but not optimized dense.
+    opt = mlperf_report.row("dense_optimized", "closed", "Offline", test(sps=300.0, acc=0.90))
+    strict = mlperf_report.build([*rows, opt], {"min_duration_s": 1.0})
+    by = {(r["variant"], r["scenario"]): r for r in strict["rows"]}
+    assert by["a", "Offline"]["speedup"] == pytest.approx(250 / 300)
+    assert by["a", "Offline"]["baseline"] == "dense_optimized"
+    assert by["a", "SingleStream"]["baseline"] == "dense"  # Not measured there.
+    assert strict["best"]["Offline"] is None and by["b", "Offline"]["meets_99"] is False
+    assert "0.83x optimized dense" in mlperf_report.row_text(by["a", "Offline"])
+    assert "| vs optimized dense |" in mlperf_report.markdown({**strict, **ENV})
 
 
 def test_bad_configs_fail_before_anything_is_compiled(tmp_path, monkeypatch):
@@ -162,7 +178,7 @@ def test_bad_configs_fail_before_anything_is_compiled(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"unknown variant\(s\) \['nope'\]"):
         mlperf.check_config(c, str(tmp_path))
     c.mlperf.variants = "block75"
-    assert mlperf.check_config(c, str(tmp_path)) == ["dense", "block75"]
+    assert mlperf.check_config(c, str(tmp_path)) == ["dense", "dense_optimized", "block75"]
     monkeypatch.setitem(sys.modules, "mlperf_loadgen", None)  # As if not installed.
     with pytest.raises(ValueError, match="LoadGen is not installed: pip install "
                                          "mlcommons-loadgen"):
@@ -198,7 +214,7 @@ def test_study_workdir_end_to_end(tmp_path):
     rep = mlperf.run_mlperf(c, str(tmp_path))
     study = json.loads((tmp_path / "report.json").read_text())
     want = {r["variant"]: r["accuracy"] for r in study["rows"]}
-    assert [r["variant"] for r in rep["rows"]] == ["dense", "channel50"]
+    assert [r["variant"] for r in rep["rows"]] == ["dense", "dense_optimized", "channel50"]
     for r in rep["rows"]:
         # Equal counts of correct samples (the study sums them in float32).
         assert r["accuracy"] == pytest.approx(want[r["variant"]], abs=1e-6)
@@ -206,7 +222,8 @@ def test_study_workdir_end_to_end(tmp_path):
         for mode in ("performance", "accuracy"):
             logdir = tmp_path / "mlperf" / r["variant"] / f"Offline-{mode}"
             assert (logdir / "mlperf_log_detail.txt").is_file()
-    assert [r["division"] for r in rep["rows"]] == ["closed", "open"]
+    assert [r["division"] for r in rep["rows"]] == ["closed", "closed", "open"]
+    assert all(r["baseline"] == "dense_optimized" for r in rep["rows"])
     text = (tmp_path / "mlperf" / "report.md").read_text()
     assert "| channel50 | open | Offline |" in text and SHORT in text
     assert json.loads((tmp_path / "mlperf" / "report.json").read_text())["loadgen"] == \
