@@ -89,6 +89,14 @@ def random_weight_masks(config: ml_collections.ConfigDict, v: ml_collections.Con
     return Variant.from_config(v).masks(exp.apply_fn, exp.variables, x)
 
 
+def _measured_layers(report: js.CompileReport) -> str:
+    """The per-layer timing table of a calibrated compile ("" when no layer was measured:
+    only kernels with a calibration, the CPU ones)."""
+    if any(r.timing and r.timing.measured_ratio is not None for r in report.rows):
+        return report.timing_markdown()
+    return ""
+
+
 def _compile_variant(config: ml_collections.ConfigDict, v: ml_collections.ConfigDict,
                      exp: Experiment, x: jax.Array) -> tuple[Any, dict]:
     """Prunes and compiles one variant: ``(SparseModel, its report row)``."""
@@ -101,8 +109,7 @@ def _compile_variant(config: ml_collections.ConfigDict, v: ml_collections.Config
         report = sp.report if calibrate and v.policy == "auto" else js.sparsify(
             exp.apply_fn, exp.variables, masks, x, backend=config.speed.backend,
             policy="auto", calibrate=True).report
-        if any(r.timing and r.timing.measured_ratio is not None for r in report.rows):
-            layers = report.timing_markdown()  # Only kernels with a calibration (CPU, block).
+        layers = _measured_layers(report)
     ok = err <= TOLERANCE[config.base.precision]
     say(f"[speed] {v.name}: pass {pass_s:.2f} s, FLOPs ratio {sp.report.flops_ratio:.3f}, "
         f"max rel. error {err:.2e}{'' if ok else ' (MISMATCH with the masked model)'}.")
@@ -282,8 +289,8 @@ def run_speed(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
                                "pass_seconds": opt_s, "max_rel_error": opt_err,
                                "verified": opt_err <= TOLERANCE[base_cfg.precision],
                                "report": opt.report.as_dict(),
-                               "layer_table": opt.report.timing_markdown()
-                               if calibrate and config.speed.layer_table else ""},
+                               "layer_table": _measured_layers(opt.report)
+                               if config.speed.layer_table else ""},
            "calibrate": calibrate,
            "baselines": ext_rows, "fastest_dense": fastest_name,
            "variants": rows}

@@ -130,6 +130,10 @@ def test_speed_study_on_random_weights(tmp_path, capsys):
     assert "| dense (as written) |" in table and "| block75 |" in table and "no accuracy" in table
     assert "| dense (optimized: BatchNorm folded) |" in table
     assert "### block75: per layer, measured (calibrate=True)" in table
+    # speed.calibrate (the default): the optimized dense model's layers were measured too.
+    assert rep["calibrate"] and "### dense (optimized): per layer, measured" in table
+    assert all(r["timing"]["measured_dense_ms"] for r in opt["report"]["layers"]
+               if r["lowering"] == "block")
     # The external dense runtimes: timed and checked where installed, else said so.
     assert [b["runtime"] for b in rep["baselines"]] == ["onnxruntime", "openvino"]
     for b in rep["baselines"]:
