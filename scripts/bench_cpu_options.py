@@ -84,14 +84,22 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--image_size", type=int, default=224)
     p.add_argument("--batches", type=int, default=3, help="timed batches per child")
+    p.add_argument("--sets", default=",".join(OPTION_SETS),
+                   help=f"comma-separated option sets, 'default' always included: "
+                        f"{list(OPTION_SETS)}")
     p.add_argument("--out", default="docs/results")
     a = p.parse_args()
     if a.rounds < 1 or a.batch < 1 or a.batches < 1:
         p.error("--rounds, --batch and --batches must be >= 1")
-    times = {name: [] for name in OPTION_SETS}
+    chosen = ["default", *[n for n in a.sets.split(",") if n and n != "default"]]
+    unknown = [n for n in chosen if n not in OPTION_SETS]
+    if unknown:
+        p.error(f"unknown option sets {unknown}; valid: {list(OPTION_SETS)}")
+    sets = {n: OPTION_SETS[n] for n in chosen}
+    times = {name: [] for name in sets}
     errors, sums = {}, {}
     for r in range(a.rounds):
-        for name, options in OPTION_SETS.items():
+        for name, options in sets.items():
             if name in errors:
                 continue
             res = run_child(options, a.batch, a.image_size, a.batches)
@@ -105,7 +113,7 @@ def main() -> None:
                   flush=True)
     base = np.median(times["default"])
     rows = []
-    for name, options in OPTION_SETS.items():
+    for name, options in sets.items():
         if name in errors:
             rows.append({"options": name, "environment": options, "error": errors[name]})
             continue

@@ -169,8 +169,9 @@ def _markdown(rep: dict[str, Any]) -> str:
              f"runtimes run the same weights exported to ONNX (checked against the JAX model), "
              f"in the same process, alternating with the JAX models"
              + (f", {threads.pop()} threads" if len(threads) == 1 else "") + ".",
-             "", f"Command: `{rep['command']}`", "",
-             table(header, cells)]
+             "", f"Command: `{rep['command']}`"
+             + "".join(f" with `{k}={v}`" for k, v in rep.get("process_env", {}).items()),
+             "", table(header, cells)]
     if opt.get("layer_table"):
         lines += ["", "### dense (optimized): per layer, measured (calibrate=True)", "",
                   opt["layer_table"]]

@@ -27,6 +27,10 @@ def say(message: str, bar: Any = None) -> None:
         print(message, flush=True)
 
 
+# Process settings that change a measurement (XLA's CPU options, the allocator, threads).
+PROCESS_ENV = ("XLA_FLAGS", "GLIBC_TUNABLES", "LD_PRELOAD", "OMP_NUM_THREADS")
+
+
 def environment() -> dict[str, Any]:
     """Device kind and count plus the versions that decide a measurement."""
     dev = jax.devices()[0]
@@ -41,6 +45,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "host_cpu_count": os.cpu_count(),
         **_host_cpu(),
+        "process_env": {k: os.environ[k] for k in PROCESS_ENV if os.environ.get(k)},
     }
 
 
