@@ -127,7 +127,13 @@ def prepare(names: Any, model_fn: Callable[[], Any], threads: int | None = None,
             out.append(Baseline(n, None, None, "not installed (pip install "
                                                 "'jaxsparse[baselines]')"))
             continue
-        out.append(Baseline(n, v, _SESSIONS[n](model_bytes, threads), threads=threads))
+        try:
+            run = _SESSIONS[n](model_bytes, threads)
+        except Exception as e:  # A runtime that cannot load the model gets a row saying why.
+            out.append(Baseline(n, v, None, f"could not load the model: {type(e).__name__}: "
+                                            f"{str(e).splitlines()[0] if str(e) else ''}"))
+            continue
+        out.append(Baseline(n, v, run, threads=threads))
     return out
 
 

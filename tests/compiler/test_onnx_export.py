@@ -108,3 +108,13 @@ def test_runtimes_are_checked_and_missing_ones_say_so(monkeypatch):
     rows = baselines.prepare(["onnxruntime", "openvino"], lambda: called.append(1))
     assert [b.run for b in rows] == [None, None] and not called  # Nothing exported.
     assert all(b.why.startswith("not installed") for b in rows)
+
+
+def test_a_runtime_that_cannot_load_the_model_gets_a_row_saying_why(monkeypatch):
+    def broken(model_bytes, threads):
+        raise RuntimeError("unsupported opset\nmore detail")
+    monkeypatch.setattr(baselines, "version", lambda name: "1.0")
+    monkeypatch.setitem(baselines._SESSIONS, "onnxruntime", broken)
+    (row,) = baselines.prepare(["onnxruntime"], lambda: onnx.ModelProto())
+    assert row.run is None
+    assert row.why == "could not load the model: RuntimeError: unsupported opset"
