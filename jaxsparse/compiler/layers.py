@@ -249,8 +249,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
     ctx.rows.append(CompiledLayer(
         w.path, kind, shape, label, low, before, after, reason, dense_bytes, nbytes(weight),
         timing, kernel=policy.kernel_name(low, cand.pattern if cand else None, opts, (k, n),
-                                          dtype) + (", full density" if full_density and
-                                                    low == "block" else ""),
+                                          dtype, full_density),
         in_channels=(kept_w.shape[-2], shape[-2]) if sliced else None,
         out_channels=(n, shape[-1]) if sliced else None,
         affine_folded=0 if affine is None else affine[2]))

@@ -215,8 +215,10 @@ def kernel_block(pattern, opts: Options):
     return next((v for v in views if v.bh <= 32 and v.bw <= 32), pattern)
 
 
-def kernel_name(low: str, pattern, opts: Options, gemm_kn: tuple[int, int], dtype) -> str:
-    """The kernel lowering ``low`` runs on the target ("" for dense lowerings)."""
+def kernel_name(low: str, pattern, opts: Options, gemm_kn: tuple[int, int], dtype,
+                full_density: bool = False) -> str:
+    """The kernel lowering ``low`` runs on the target ("" for dense lowerings);
+    ``full_density``: a dense layer on the C++ block kernel, every block stored."""
     if low == "nm":
         kernel = None
         if opts.platform == "cuda":
@@ -225,7 +227,8 @@ def kernel_name(low: str, pattern, opts: Options, gemm_kn: tuple[int, int], dtyp
     if low != "block":
         return ""
     if opts.impl == "cpu":
-        return f"cpu {'ell' if isinstance(pattern, Unstructured) else 'block'} kernel"
+        kind = "ell" if isinstance(pattern, Unstructured) else "block"
+        return f"cpu {kind} kernel" + (", full density" if full_density else "")
     if opts.impl == "pallas":
         return pallas(opts, *block_shape(pattern))[0] or "portable"
     return opts.impl

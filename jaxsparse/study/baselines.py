@@ -2,10 +2,10 @@
 with the same weights, exported by :func:`~jaxsparse.compiler.onnx_export.export_onnx`.
 
 Each runtime is optional (extra ``baselines``); one that is not installed gives a row that says
-so instead of a time. An installed one is checked against the JAX model on the benchmark batch
-(largest relative error) and returns a callable that :func:`~jaxsparse.training.bench.benchmark`
-times alternating with the JAX models, in the same process: every runtime gets the cores XLA
-uses, and its worker threads sleep (ONNX Runtime's spinning is off) while the others run.
+so instead of a time. An installed one returns a callable, which the speed study checks
+against the JAX model and :func:`~jaxsparse.training.bench.benchmark` times alternating with
+the JAX models, in the same process: every runtime gets the cores XLA uses, and its worker
+threads sleep (ONNX Runtime's spinning is off) while the others run.
 """
 
 from __future__ import annotations
@@ -112,17 +112,16 @@ def prepare(names: Any, model_fn: Callable[[], Any], threads: int | None = None,
     """
     names = check_runtimes(names)
     threads = threads or default_threads()
-    installed = [n for n in names if version(n) is not None]
+    versions = {n: version(n) for n in names}
     model_bytes = None
-    if installed:
+    if any(v is not None for v in versions.values()):
         model = model_fn()
         model_bytes = model.SerializeToString()
         if save_to:
             with open(save_to, "wb") as f:
                 f.write(model_bytes)
     out = []
-    for n in names:
-        v = version(n)
+    for n, v in versions.items():
         if v is None:
             out.append(Baseline(n, None, None, "not installed (pip install "
                                                 "'jaxsparse[baselines]')"))
@@ -136,12 +135,3 @@ def prepare(names: Any, model_fn: Callable[[], Any], threads: int | None = None,
         out.append(Baseline(n, v, run, threads=threads))
     return out
 
-
-def max_rel_error(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
-                  ref: np.ndarray) -> float:
-    """Largest ``|run(x) - ref|`` over ``ref``'s largest magnitude."""
-    got = np.asarray(run(x), np.float32)
-    if got.shape != ref.shape:
-        raise ValueError(f"the runtime's output has shape {got.shape}, the JAX model's "
-                         f"{ref.shape}.")
-    return float(np.abs(got - ref).max() / max(1e-12, np.abs(ref).max()))

@@ -61,7 +61,11 @@ class Model:
     variables: Any
     masks: Any = None  # None: a dense model (unchanged, unless ``optimized``).
     policy: str = "auto"
-    optimized: bool = False  # Compiled by js.sparsify without masks (BatchNorm folded).
+
+    @property
+    def optimized(self) -> bool:
+        """The optimized dense model: compiled by js.sparsify without masks."""
+        return self.name == DENSE_OPTIMIZED
 
     @property
     def division(self) -> str:
@@ -127,20 +131,16 @@ def _models(config: ml_collections.ConfigDict, workdir: str, names: list[str],
             exp: Experiment) -> Iterator[Model]:
     """The models to measure, one at a time (a trained variant is read when its turn comes)."""
     specs = {v.name: v for v in variants_of(config.study)}
-    if config.study.mode == "speed":
-        x = exp.example(1)
-        yield Model("dense", exp.variables)
-        yield Model(DENSE_OPTIMIZED, exp.variables, optimized=True)
-        for n in names[2:]:
-            yield Model(n, exp.variables, random_weight_masks(config.study, specs[n], exp, x),
-                        specs[n].policy)
-        return
-    dense = exp.load_variables(os.path.join(workdir, "dense"))
+    speed = config.study.mode == "speed"
+    dense = exp.variables if speed else exp.load_variables(os.path.join(workdir, "dense"))
     yield Model("dense", dense)
-    yield Model(DENSE_OPTIMIZED, dense, optimized=True)
+    yield Model(DENSE_OPTIMIZED, dense)
     del dense
     for n in names[2:]:
-        yield Model(n, *trained_variant(exp, os.path.join(workdir, n)), specs[n].policy)
+        weights = (exp.variables, random_weight_masks(config.study, specs[n], exp,
+                                                      exp.example(1))) if speed else \
+            trained_variant(exp, os.path.join(workdir, n))
+        yield Model(n, *weights, specs[n].policy)
 
 
 def predictors(exp: Experiment, model: Model, sizes: list[int],

@@ -51,6 +51,19 @@ from jaxsparse.training.validate import check_workdir, validate_config
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}
 
 
+def relative_error(got: Any, ref: Any) -> float:
+    """Largest ``|got - ref|`` over ``ref``'s largest magnitude.
+
+    Raises:
+        ValueError: if the shapes differ (e.g. an external runtime's output).
+    """
+    got, ref = np.asarray(got, np.float32), np.asarray(ref, np.float32)
+    if got.shape != ref.shape:
+        raise ValueError(f"an output of shape {got.shape} is compared with the reference's "
+                         f"{ref.shape}.")
+    return float(np.abs(got - ref).max() / max(1e-12, np.abs(ref).max()))
+
+
 def max_rel_error(exp: Experiment, masks: Any, sp: js.SparseModel, x: jax.Array) -> float:
     """Largest ``|compiled - masked dense|`` over the masked output's largest magnitude
     (``masks`` for ``exp.variables`` or for its params; None: the dense model)."""
@@ -60,9 +73,7 @@ def max_rel_error(exp: Experiment, masks: Any, sp: js.SparseModel, x: jax.Array)
         masked = js.apply_masks(exp.variables, masks)
     else:
         masked = {**exp.variables, "params": js.apply_masks(exp.variables["params"], masks)}
-    ref = np.asarray(jax.jit(exp.apply_fn)(masked, x), np.float32)
-    got = np.asarray(jax.jit(sp)(sp.variables, x), np.float32)
-    return float(np.abs(got - ref).max() / max(1e-12, np.abs(ref).max()))
+    return relative_error(jax.jit(sp)(sp.variables, x), jax.jit(exp.apply_fn)(masked, x))
 
 
 def compile_checked(exp: Experiment, masks: Any, x: jax.Array, **sparsify_kwargs: Any,
@@ -98,10 +109,10 @@ def _measured_layers(report: js.CompileReport) -> str:
 
 
 def _compile_variant(config: ml_collections.ConfigDict, v: ml_collections.ConfigDict,
-                     exp: Experiment, x: jax.Array) -> tuple[Any, dict]:
-    """Prunes and compiles one variant: ``(SparseModel, its report row)``."""
+                     exp: Experiment, x: jax.Array, calibrate: bool) -> tuple[Any, dict]:
+    """Prunes and compiles one variant (``calibrate``: ``js.sparsify(calibrate=True)``):
+    ``(SparseModel, its report row)``."""
     masks = random_weight_masks(config, v, exp, x)
-    calibrate = bool(config.speed.get("calibrate", False))
     sp, pass_s, err = compile_checked(exp, masks, x, backend=config.speed.backend,
                                       policy=v.policy, calibrate=calibrate)
     layers = ""
@@ -182,10 +193,9 @@ def _markdown(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _baselines(config: ml_collections.ConfigDict, exp: Experiment, x: jax.Array,
+def _baselines(names: tuple[str, ...], exp: Experiment, x: jax.Array,
                workdir: str) -> list[baselines_lib.Baseline]:
-    """The configured external runtimes, ready to time (float32 only)."""
-    names = baselines_lib.check_runtimes(config.speed.get("baselines", ()))
+    """The external runtimes ``names``, ready to time (float32 only)."""
     if not names:
         return []
     if exp.dtype != jax.numpy.float32:
@@ -223,12 +233,12 @@ def run_speed(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     if config.speed.backend not in BACKENDS:
         raise ValueError(f"speed.backend={config.speed.backend!r} is not valid; use one of "
                          f"{BACKENDS}.")
-    baselines_lib.check_runtimes(config.speed.get("baselines", ()))
+    runtimes = baselines_lib.check_runtimes(config.speed.get("baselines", ()))
+    calibrate = bool(config.speed.get("calibrate", False))
     exp = experiment_lib.build(base_cfg, load_data=False)
     bs = config.bench.batch_size
     x = jax.random.normal(jax.random.key(base_cfg.seed), (bs, *exp.image_shape), exp.dtype)
     fns, args, rows = [jax.jit(lambda v, x: exp.apply_fn(v, x))], [(exp.variables, x)], []
-    calibrate = bool(config.speed.get("calibrate", False))
     say("[speed] dense_optimized: the dense model compiled without masks (BatchNorm folded"
         + ("; each layer on the dense kernel measured fastest at its shape" if calibrate
            else "") + "), the speed baseline.")
@@ -236,12 +246,12 @@ def run_speed(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
                                           calibrate=calibrate)
     fns.append(jax.jit(opt))
     args.append((opt.variables, x))
-    x_np, ref = np.asarray(x), np.asarray(jax.jit(fns[0])(*args[0]), np.float32)
-    externals, ext_rows = _baselines(config, exp, x, workdir), []
+    x_np, ref = np.asarray(x), fns[0](*args[0])
+    externals, ext_rows = _baselines(runtimes, exp, x, workdir), []
     for b in externals:
         row = {"runtime": b.runtime, "version": b.version, "why": b.why, "threads": b.threads}
         if b.run is not None:
-            err = baselines_lib.max_rel_error(b.run, x_np, ref)
+            err = relative_error(b.run(x_np), ref)
             row.update(max_rel_error=err, verified=err <= TOLERANCE[base_cfg.precision])
             say(f"[speed] {b.runtime} {b.version}: max rel. error {err:.2e} against the JAX "
                 f"model" + ("." if row["verified"] else " (MISMATCH)."))
@@ -254,7 +264,7 @@ def run_speed(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     for i, v in enumerate(variants):
         say(f"[speed] variant {i + 1}/{len(variants)}: {v.name} ({v.pattern}, policy "
             f"{v.policy}): pruning random weights and compiling.")
-        sp, row = _compile_variant(config, v, exp, x)
+        sp, row = _compile_variant(config, v, exp, x, calibrate)
         fns.append(jax.jit(sp))
         args.append((sp.variables, x))
         rows.append(row)

@@ -13,6 +13,7 @@ from jax import lax
 
 from jaxsparse.compiler.onnx_export import export_onnx
 from jaxsparse.study import baselines
+from jaxsparse.study.speed import relative_error
 from tests.helpers import resnet
 
 onnx = pytest.importorskip("onnx", reason="extra 'baselines' (onnx) not installed")
@@ -25,11 +26,6 @@ def _ort(model):
     return lambda x: sess.run(None, {"x": np.asarray(x)})[0]
 
 
-def _rel_err(got, ref):
-    ref = np.asarray(ref, np.float32)
-    return float(np.abs(np.asarray(got) - ref).max() / np.abs(ref).max())
-
-
 @pytest.mark.parametrize("bottleneck,stem", [(False, "small"), (True, "imagenet")])
 def test_resnet_export_equals_the_jax_model(bottleneck, stem):
     apply_fn, variables, x = resnet(bottleneck, stem)
@@ -39,7 +35,7 @@ def test_resnet_export_equals_the_jax_model(bottleneck, stem):
     # NHWC in, NCHW inside: one transpose at the start, none between the convs.
     assert ops.count("Transpose") == 1 and ops.count("Conv") >= 5
     assert ("MaxPool" in ops) == (stem == "imagenet")
-    assert _rel_err(_ort(model)(x), jax.jit(fn)(variables, x)) < 1e-4
+    assert relative_error(_ort(model)(x), jax.jit(fn)(variables, x)) < 1e-4
 
 
 def test_openvino_runs_the_export_like_the_jax_model():
@@ -48,7 +44,7 @@ def test_openvino_runs_the_export_like_the_jax_model():
     fn = lambda v, a: apply_fn(v, a)  # noqa: E731
     (ov,) = baselines.prepare(["openvino"], lambda: export_onnx(fn, variables, x), threads=1)
     assert ov.run is not None and ov.version
-    assert baselines.max_rel_error(ov.run, np.asarray(x), np.asarray(fn(variables, x))) < 1e-4
+    assert relative_error(ov.run(np.asarray(x)), fn(variables, x)) < 1e-4
 
 
 class _LinenNet(nn.Module):
@@ -69,7 +65,7 @@ def test_linen_net_export():
     variables = net.init(jax.random.key(1), x)
     variables = jax.tree.map(lambda v: v + 0.2, variables)  # Non-trivial statistics.
     model = export_onnx(net.apply, variables, x)
-    assert _rel_err(_ort(model)(x), net.apply(variables, x)) < 1e-4
+    assert relative_error(_ort(model)(x), net.apply(variables, x)) < 1e-4
 
 
 def test_plain_jax_nchw_function_with_transposes():
@@ -89,7 +85,7 @@ def test_plain_jax_nchw_function_with_transposes():
 
     x = jax.random.normal(jax.random.key(3), (2, 3, 10, 9))
     model = export_onnx(fn, w, x)
-    assert _rel_err(_ort(model)(x), fn(w, x)) < 1e-4
+    assert relative_error(_ort(model)(x), fn(w, x)) < 1e-4
 
 
 def test_unsupported_primitive_and_dtype_are_named():
