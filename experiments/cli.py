@@ -8,6 +8,7 @@ from typing import Any
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxsparse import host_memory
 from jaxsparse.data import DatasetError
 from jaxsparse.training.train import Interrupted
 
@@ -20,8 +21,25 @@ def define_flags(what: str, workdir_help: str) -> None:
     """The required ``--config`` (a ``what`` config file; ``--config.a.b=v`` overrides) and
     ``--workdir`` flags."""
     flags.DEFINE_string("workdir", None, workdir_help)
+    define_host_memory_flag()
     config_flags.DEFINE_config_file("config", None, f"{what} config file.", lock_config=True)
     flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_host_memory_flag() -> None:
+    """``--keep_freed_memory`` (default on): :func:`jaxsparse.host_memory.keep_freed_memory`
+    before anything runs, applied by :func:`apply_host_memory`."""
+    flags.DEFINE_bool("keep_freed_memory", True,
+                      "Reuse freed host memory (glibc mallopt) so XLA's CPU buffers do not fault "
+                      "in afresh on every call; recorded in every results file.")
+
+
+def apply_host_memory() -> None:
+    """Applies ``--keep_freed_memory``. It runs before JAX's first computation (and before
+    ``jax.distributed`` starts), so it prints nothing: every report and results file says
+    what was in effect."""
+    if FLAGS.keep_freed_memory:
+        host_memory.keep_freed_memory()
 
 
 def fail(message: str) -> None:
@@ -69,6 +87,7 @@ def run_mode(argv: list[str], modes: dict[str, Callable[[Any, str], Any]],
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax and absl are chatty at INFO.
+    apply_host_memory()
     config, workdir = FLAGS.config, FLAGS.workdir
     mode = config.get("mode", "train")
     if mode not in modes:

@@ -32,6 +32,7 @@ def _lowers(fn, args, platform: str) -> str:
 
 def checks() -> list[tuple[str, str]]:
     """``[(what, finding), ...]`` in print order."""
+    from jaxsparse import host_memory
     from jaxsparse.kernels.cpu import library as cpu_library
     from jaxsparse.kernels.gpu import cusparselt
     from jaxsparse.primitives.block_sparse_dot import block_sparse_dot
@@ -46,6 +47,7 @@ def checks() -> list[tuple[str, str]]:
     out.append(("CPU kernel library", "loaded: " + st.path if st.available else st.reason))
     cs = cusparselt.status()
     out.append(("cuSPARSELt FFI library", "loaded: " + cs.path if cs.available else cs.reason))
+    out.append(("host memory", host_memory.sentence(host_memory.state().as_dict())))
     if devs[0].platform == "gpu":
         out.append(("cuSPARSELt version", cusparselt.version()))
     x = jnp.zeros((64, 256), jnp.bfloat16)

@@ -40,6 +40,10 @@ OPTION_SETS = {
     "YNNPACK fusions": {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="
                         "individual_convolution,individual_dot"},
     "glibc malloc huge pages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+    # jaxsparse.host_memory.keep_freed_memory's settings, as tunables.
+    "glibc malloc keeps freed memory": {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1:"
+                                        "glibc.malloc.mmap_max=0:"
+                                        "glibc.malloc.trim_threshold=2147483647"},
     "jemalloc": {"LD_PRELOAD": JEMALLOC},
 }
 

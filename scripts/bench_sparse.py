@@ -12,7 +12,7 @@ A launcher for ``python -m experiments.study --config=experiments/configs/speed_
 import jax
 from absl import app, flags
 
-from experiments.cli import fail
+from experiments.cli import apply_host_memory, define_host_memory_flag, fail
 from experiments.configs import speed_resnet50
 from jaxsparse.study import run_speed
 
@@ -32,11 +32,13 @@ flags.DEFINE_integer("warmup", 2, "Untimed batches after compilation.")
 flags.DEFINE_integer("num_batches", 10, "Timed batches per variant.")
 flags.DEFINE_string("out", "docs/results", "Folder for the JSON and markdown results.")
 flags.DEFINE_string("logdir", "runs/bench_sparse", "Workdir: report and TensorBoard.")
+define_host_memory_flag()
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
+    apply_host_memory()
     unknown = sorted(set(FLAGS.variants) - set(speed_resnet50.CATALOGUE))
     if unknown:
         fail(f"unknown variants {unknown}; valid: {sorted(speed_resnet50.CATALOGUE)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from jaxsparse import host_memory
 from jaxsparse.markdown import table
 from jaxsparse.study.loadgen import short_label
 from jaxsparse.study.report import ACCURACY_BAR, DENSE_OPTIMIZED, DENSE_ROWS
@@ -154,7 +155,8 @@ def markdown(rep: dict[str, Any]) -> str:
             f"folding is an equivalent rewrite); pruned models are open (MLPerf's Closed "
             f"division does not allow pruning). Speedups against {DENSE_OPTIMIZED} (the "
             f"dense model compiled by js.sparsify, BatchNorm folded) where it was measured; "
-            f"the accuracy bar against the dense model as written.")
+            f"the accuracy bar against the dense model as written; "
+            f"{host_memory.sentence(rep.get('host_memory'))}.")
     return "\n".join([head, "", table(header, cells), "", *rep["summary"]])
 
 

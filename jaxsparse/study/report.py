@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxsparse import host_memory
 from jaxsparse.compiler.report import CompiledLayer
 from jaxsparse.markdown import table
 from jaxsparse.study.variants import recipe_label
@@ -274,7 +275,8 @@ def markdown(report: dict[str, Any]) -> str:
     header[header.index("speedup vs dense")] = f"speedup vs {base}"
     lines = [f"{report['device_kind']}, {report['precision']}, batch {report['batch_size']}, "
              f"jax {report['jax']}. Speedup: median of per-repetition ratios to {against} "
-             f"(timed back to back), [interquartile range].", "", table(header, cells)]
+             f"(timed back to back), [interquartile range]; "
+             f"{host_memory.sentence(report.get('host_memory'))}.", "", table(header, cells)]
     if report.get("summary"):
         lines += ["", report["summary"]]
     if report.get("reference_accuracy"):

@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 import jaxsparse as js
+from jaxsparse import host_memory
 from jaxsparse.compiler.api import BACKENDS
 from jaxsparse.compiler.onnx_export import export_onnx
 from jaxsparse.markdown import table
@@ -179,7 +180,8 @@ def _markdown(rep: dict[str, Any]) -> str:
              f"written, and to the fastest dense runtime of this run ({fastest}). External "
              f"runtimes run the same weights exported to ONNX (checked against the JAX model), "
              f"in the same process, alternating with the JAX models"
-             + (f", {threads.pop()} threads" if len(threads) == 1 else "") + ".",
+             + (f", {threads.pop()} threads" if len(threads) == 1 else "")
+             + f"; {host_memory.sentence(rep.get('host_memory'))}.",
              "", f"Command: `{rep['command']}`"
              + "".join(f" with `{k}={v}`" for k, v in rep.get("process_env", {}).items()),
              "", table(header, cells)]

@@ -15,6 +15,8 @@ import numpy as np
 import tensorboardX
 from tensorboardX.summary import hparams as hparams_summary
 
+from jaxsparse import host_memory
+
 
 def say(message: str, bar: Any = None) -> None:
     """Prints a progress line once per run (process 0), above ``bar`` (a ``tqdm`` progress bar)
@@ -46,6 +48,7 @@ def environment() -> dict[str, Any]:
         "host_cpu_count": os.cpu_count(),
         **_host_cpu(),
         "process_env": {k: os.environ[k] for k in PROCESS_ENV if os.environ.get(k)},
+        "host_memory": host_memory.state().as_dict(),
     }
 
 
