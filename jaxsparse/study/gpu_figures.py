@@ -33,6 +33,7 @@ from jaxsparse.kernels.gpu import cusparselt
 from jaxsparse.markdown import table
 from jaxsparse.primitives.block_sparse_dot import pack_block_ell
 from jaxsparse.primitives.nm_dot import nm_dot, pack_nm
+from jaxsparse.study.report import speedup_median
 from jaxsparse.study.speed import compile_checked
 from jaxsparse.study.variants import Variant
 from jaxsparse.training.bench import benchmark
@@ -118,7 +119,7 @@ def e2e_rows(exp: Experiment, batch: int, variants: list[str], *, warmup: int, t
     """Dense (as written), the optimized dense model (``js.sparsify`` without masks: every
     BatchNorm folded, the speed baseline) and every variant of ``exp``'s model at ``batch``,
     checked then timed; ``speedup`` is against the optimized dense, ``vs_written`` against
-    the dense model as written."""
+    the dense model as written (medians of the per-repetition ratios, as the studies state)."""
     x = jax.random.normal(jax.random.key(0), (batch, *exp.image_shape), exp.dtype)
     opt, opt_s, opt_err = compile_checked(exp, None, x)
     fns = [jax.jit(lambda v, x: exp.apply_fn(v, x)), jax.jit(opt)]
@@ -140,8 +141,9 @@ def e2e_rows(exp: Experiment, batch: int, variants: list[str], *, warmup: int, t
     timed = benchmark(fns, args, batch, warmup=warmup, num_batches=trials, reps=reps)
     for row, t in zip(rows, timed, strict=True):
         row.update({"batch": batch, "ms": t.latency_ms_p50, "images_per_sec": t.images_per_sec,
-                    "speedup": timed[1].latency_ms_p50 / t.latency_ms_p50,
-                    "vs_written": timed[0].latency_ms_p50 / t.latency_ms_p50})
+                    "latencies_ms": list(t.latencies_ms),
+                    "speedup": speedup_median(timed[1].latencies_ms, t.latencies_ms),
+                    "vs_written": speedup_median(timed[0].latencies_ms, t.latencies_ms)})
     log(f"e2e batch {batch}: " + ", ".join(
         f"{r['variant']} {r['images_per_sec']:.0f} img/s ({r['speedup']:.2f}x)" for r in rows))
     return rows
