@@ -24,20 +24,47 @@ namespace {
 
 constexpr int64_t kTilesPerItem = 8;
 
-struct BlockWeight {
-  const float* values;  // (cb, maxk, bh, bw)
-  const int32_t* rows;  // (cb, maxk)
-  int64_t cb, maxk, bh, bw;
-  int64_t kblocks;  // Row blocks of the GEMM view: valid rows are [0, kblocks).
+// Where a stored block reads its input: the window offset of its tap (i * dh, j * dw) and its
+// first channel c0. Computed once per call, so the micro-kernel does no division per block.
+struct BlockTap {
+  int64_t di, dj, c0;
+  bool valid;  // False for padding (-1) or an out-of-range row: the block is skipped.
 };
 
-// Input row pointers of MR pixels for the kept block `r` (bh channels of one tap).
+struct BlockWeight {
+  const float* values;  // (cb, maxk, bh, bw)
+  const BlockTap* taps;  // (cb, maxk)
+  int64_t cb, maxk, bh, bw;
+};
+
+// The taps of the stored blocks `rows` (cb * maxk row-block indices) of a weight with
+// kblocks row blocks of bh rows.
+std::vector<BlockTap> BlockTaps(const Conv& g, const int32_t* rows, int64_t n, int64_t bh,
+                                int64_t kblocks) {
+  std::vector<BlockTap> taps(n);
+  for (int64_t b = 0; b < n; ++b) {
+    const int64_t r = rows[b];
+    if (r < 0 || r >= kblocks) {
+      taps[b] = BlockTap{0, 0, 0, false};
+      continue;
+    }
+    const int64_t k0 = r * bh, tap = k0 / g.C, i = tap / g.kw;
+    taps[b] = BlockTap{i * g.dh, (tap - i * g.kw) * g.dw, k0 - tap * g.C, true};
+  }
+  return taps;
+}
+
+// Input row pointers of MR pixels for a stored block (bh channels of one tap), or `zeros`
+// where its window falls in the padding.
 template <int MR>
-inline void BlockRows(const Conv& g, const Pixel* px, int64_t r, int64_t bh,
-                      const float* zeros, const float** out) {
-  const int64_t k0 = r * bh, tap = k0 / g.C, c0 = k0 - tap * g.C;
-  const int64_t i = tap / g.kw, j = tap - i * g.kw;
-  for (int p = 0; p < MR; ++p) out[p] = TapRow(g, px[p], i, j, c0, zeros);
+inline void BlockRows(const Conv& g, const Pixel* px, const BlockTap& t, const float* zeros,
+                      const float** out) {
+  for (int p = 0; p < MR; ++p) {
+    const int64_t ih = px[p].ih0 + t.di, iw = px[p].iw0 + t.dj;
+    out[p] = ih < 0 || ih >= g.H || iw < 0 || iw >= g.W
+                 ? zeros
+                 : px[p].image + (ih * g.W + iw) * g.C + t.c0;
+  }
 }
 
 // The micro-kernel (block_tile.inc) for each instruction set.
@@ -153,13 +180,15 @@ ffi::Error BlockSparseConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const std::string bad_weight = CheckWeight(vd, rows.dimensions());
   if (!bad_weight.empty())
     return ffi::Error::InvalidArgument("jaxsparse_block_sparse_conv: " + bad_weight);
-  const BlockWeight w{values.typed_data(), rows.typed_data(), vd[0], vd[1], vd[2], vd[3],
-                      vd[2] > 0 ? g.K() / vd[2] : 0};
-  if (w.bh < 1 || w.bw < 8 || w.bw % 8 || g.C % w.bh || w.cb * w.bw != g.N)
+  const int64_t cb = vd[0], maxk = vd[1], bh = vd[2], bw = vd[3];
+  if (bh < 1 || bw < 8 || bw % 8 || g.C % bh || cb * bw != g.N)
     return ffi::Error::InvalidArgument(
         "jaxsparse_block_sparse_conv: needs bw % 8 == 0, C % bh == 0 and cb * bw == N; got "
-        "bh=" + std::to_string(w.bh) + " bw=" + std::to_string(w.bw) + " C=" +
+        "bh=" + std::to_string(bh) + " bw=" + std::to_string(bw) + " C=" +
         std::to_string(g.C) + " N=" + std::to_string(g.N));
+  const std::vector<BlockTap> taps =
+      BlockTaps(g, rows.typed_data(), cb * maxk, bh, g.K() / bh);
+  const BlockWeight w{values.typed_data(), taps.data(), cb, maxk, bh, bw};
   Run(pool, g, w, x.typed_data(), y->typed_data());
   return ffi::Error::Success();
 }
