@@ -16,7 +16,7 @@ does. It changes the whole process, so it must run before JAX creates its CPU cl
 first computation): threads started earlier keep arenas of their own. :func:`state` says
 what is in effect; results files record it (:func:`jaxsparse.training.summary.environment`).
 
-The same settings, for a process started from a shell:
+The same settings, for a process started from a shell, are :data:`TUNABLES`:
 ``GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647``.
 """
 
@@ -26,11 +26,13 @@ import ctypes
 import dataclasses
 from typing import Any
 
-# mallopt parameters (glibc's malloc.h) and the values keep_freed_memory sets, in order.
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-SETTINGS = (("M_ARENA_MAX", M_ARENA_MAX, 1),  # One arena: worker threads too use brk memory.
-            ("M_MMAP_MAX", M_MMAP_MAX, 0),  # No mmap for large allocations...
-            ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD, 2**31 - 1))  # ...nor trimming the heap.
+# What keep_freed_memory sets, in order: (mallopt name, its number in glibc's malloc.h, the
+# value, the same setting's GLIBC_TUNABLES name).
+SETTINGS = (("M_ARENA_MAX", -8, 1, "glibc.malloc.arena_max"),  # Worker threads use brk memory.
+            ("M_MMAP_MAX", -4, 0, "glibc.malloc.mmap_max"),  # No mmap for large allocations...
+            ("M_TRIM_THRESHOLD", -1, 2**31 - 1, "glibc.malloc.trim_threshold"))  # ...no trim.
+# The same settings for a process started from a shell (``GLIBC_TUNABLES=...``).
+TUNABLES = ":".join(f"{tunable}={value}" for _, _, value, tunable in SETTINGS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,11 +107,11 @@ def keep_freed_memory() -> HostMemory:
             "keep_freed_memory() must run before JAX's first computation: JAX's CPU client "
             "and its threads already exist and would keep their own malloc arenas. Call it at "
             "the start of the program (the experiment CLIs do, unless --nokeep_freed_memory).")
-    for what, param, value in SETTINGS:
+    for what, param, value, _ in SETTINGS:
         if libc.mallopt(param, value) != 1:
             raise RuntimeError(f"{name} refused mallopt({what}, {value}).")
     _state = HostMemory(True, f"{name} mallopt " +
-                        ", ".join(f"{what}={value}" for what, _, value in SETTINGS))
+                        ", ".join(f"{what}={value}" for what, _, value, _ in SETTINGS))
     return _state
 
 

@@ -21,6 +21,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from jaxsparse import host_memory  # noqa: E402
 from jaxsparse.markdown import table  # noqa: E402
 from jaxsparse.training.summary import environment, write_json  # noqa: E402
 
@@ -41,9 +42,7 @@ OPTION_SETS = {
                         "individual_convolution,individual_dot"},
     "glibc malloc huge pages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
     # jaxsparse.host_memory.keep_freed_memory's settings, as tunables.
-    "glibc malloc keeps freed memory": {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1:"
-                                        "glibc.malloc.mmap_max=0:"
-                                        "glibc.malloc.trim_threshold=2147483647"},
+    "glibc malloc keeps freed memory": {"GLIBC_TUNABLES": host_memory.TUNABLES},
     "jemalloc": {"LD_PRELOAD": JEMALLOC},
 }
 
