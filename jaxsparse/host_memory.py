@@ -10,9 +10,14 @@ convolution of layer1 spends 60% of its time there. ONNX Runtime and OpenVINO ke
 of their own and pay none of it.
 
 :func:`keep_freed_memory` sets glibc's ``malloc`` (``mallopt``) to serve everything from one
-arena grown with ``brk`` and never give freed memory back to the system, so after the first
-call every buffer is reused in place: the process keeps its peak memory, as a serving process
-does. It changes the whole process, so it must run before JAX creates its CPU client (the
+arena grown with ``brk`` and never give freed memory back to the system, so after a few calls
+buffers are reused in place: the process keeps its peak memory, as a serving process does. The
+heap can take several calls to settle, more on a busy machine: a call's buffers are sometimes
+allocated before the last call's are freed, the free space fragments and the heap grows again
+(on ResNet-50 batch 16 a few of the first 10-20 calls still fault, and the process keeps about
+a third more resident memory than with glibc's defaults). Benchmarks warm up past it.
+
+It changes the whole process, so it must run before JAX creates its CPU client (the
 first computation): threads started earlier keep arenas of their own. :func:`state` says
 what is in effect; results files record it (:func:`jaxsparse.training.summary.environment`).
 

@@ -14,9 +14,12 @@ from jaxsparse.training.summary import environment
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # One 1x1 conv whose 16x56x56x256 f32 output (51 MB, 12,544 pages) is far above glibc's mmap
-# threshold: page faults per call after warm-up, with and without keep_freed_memory.
+# threshold: the median of the page faults per call over 30 calls after warm-up, with and
+# without keep_freed_memory. The median, because the kept heap may still grow on a few calls
+# (freed buffers fragment while the next call's are allocated, more often on a busy machine)
+# before it settles; with glibc's defaults every call faults.
 CHILD = """
-import json, resource, sys
+import json, resource, statistics, sys
 from jaxsparse import host_memory
 state = host_memory.keep_freed_memory() if sys.argv[1] == "keep" else host_memory.state()
 import jax
@@ -24,13 +27,14 @@ x = jax.numpy.ones((16, 56, 56, 64))
 w = jax.numpy.ones((1, 1, 64, 256))
 f = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
     x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
-for _ in range(3):
-    f(x, w).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
     f(x, w).block_until_ready()
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
-print(json.dumps({"faults": faults, "state": state.as_dict()}))
+faults = []
+for _ in range(30):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    f(x, w).block_until_ready()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"faults": statistics.median(faults), "state": state.as_dict()}))
 """
 PAGES = 16 * 56 * 56 * 256 * 4 // 4096
 
@@ -46,10 +50,10 @@ def _child(mode: str) -> dict:
 def test_keep_freed_memory_stops_the_page_faults_of_every_call():
     default, kept = _child("default"), _child("keep")
     assert default["state"]["keep_freed_memory"] is False
-    assert default["faults"] > 0.5 * PAGES  # The output's pages fault in on every call...
+    assert default["faults"] > 0.5 * PAGES  # The output's pages fault in on a call...
     assert kept["state"]["keep_freed_memory"] is True
     assert "M_ARENA_MAX=1" in kept["state"]["detail"]
-    assert kept["faults"] < 0.01 * PAGES  # ...and not once the freed memory is reused.
+    assert kept["faults"] < 0.01 * PAGES  # ...but not on most once freed memory is reused.
 
 
 def test_keep_freed_memory_after_jax_started_is_one_clear_error():
