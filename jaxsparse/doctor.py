@@ -49,7 +49,9 @@ def checks() -> list[tuple[str, str]]:
     out.append(("cuSPARSELt FFI library", "loaded: " + cs.path if cs.available else cs.reason))
     out.append(("host memory", host_memory.sentence(host_memory.state().as_dict())))
     if devs[0].platform == "gpu":
-        out.append(("cuSPARSELt version", cusparselt.version()))
+        version = cusparselt.version()
+        note = cusparselt.version_note(version)
+        out.append(("cuSPARSELt version", version + (f" (WARNING: {note})" if note else "")))
     x = jnp.zeros((64, 256), jnp.bfloat16)
     values = jnp.zeros((128, 128), jnp.bfloat16)
     idx = jnp.asarray(np.tile(np.array([[0], [1]], np.int8), (64, 128)))
@@ -57,9 +59,12 @@ def checks() -> list[tuple[str, str]]:
                                                (x, values, idx), "cuda")))
     bv = jnp.zeros((1, 1, 128, 128), jnp.bfloat16)
     br = jnp.zeros((1, 1), jnp.int32)
-    for platform, label in (("cuda", "Pallas Triton"), ("tpu", "Pallas Mosaic TPU")):
+    for platform, label, kernel in (("cuda", "Pallas Triton", "triton"),
+                                    ("cuda", "Pallas Mosaic GPU", "mosaic"),
+                                    ("tpu", "Pallas Mosaic TPU", "triton")):
         out.append((f"block_sparse_dot 128x128 -> {platform} ({label})", _lowers(
-            lambda x, v, r: block_sparse_dot(x, v, r, impl="pallas"), (x, bv, br), platform)))
+            lambda x, v, r, g=kernel: block_sparse_dot(x, v, r, impl="pallas", gpu_kernel=g),
+            (x, bv, br), platform)))
     return out
 
 

@@ -10,6 +10,11 @@ runs a layer sparse when the predicted ratio is below :data:`MAX_RATIO`.
 
 ``js.sparsify(..., calibrate=True)`` measures every candidate layer at its real shape with
 :func:`measure_pair` instead and decides from that; the report shows both.
+
+A ``cuda`` table (written by ``scripts/bench_gpu.py --cost_table=...`` from its GEMM sweep,
+:func:`jaxsparse.study.gpu_figures.cost_table`) holds ``gemms`` instead: per measured GEMM shape
+``(K, N)``, the 2:4 kernel's best ratio over dense, the cuSPARSELt plan that reached it and the
+algorithm the search chose. :meth:`CostTable.gemm` finds a layer's entry by its shape.
 """
 
 from __future__ import annotations
@@ -38,6 +43,24 @@ class CostTable:
     platform: str
     machine: str
     entries: dict[str, dict[str, list[list[float]]]]  # kernel -> class -> [[density, ratio]]
+    gemms: tuple[dict, ...] = ()  # {"kernel", "k", "n", "ratio", "layout", ...} per GEMM shape.
+    # cuda: "BHxBW" -> {"kernel": "mosaic" | "triton", "mosaic_over_triton": median time ratio}.
+    block_kernels: dict = dataclasses.field(default_factory=dict)
+
+    def gemm(self, kernel: str, k: int, n: int) -> tuple[dict, bool] | None:
+        """``(entry, exact)`` of :attr:`gemms` for ``kernel`` at GEMM shape ``(k, n)``: the
+        entry of that shape (``exact``), else the measured shape nearest in ``log K`` and
+        ``log N`` within a factor of 2 in each; None when none is that near.
+        """
+        same = [g for g in self.gemms if g["kernel"] == kernel]
+        for g in same:
+            if (g["k"], g["n"]) == (k, n):
+                return g, True
+        near = [g for g in same if max(abs(np.log2(g["k"] / k)), abs(np.log2(g["n"] / n))) <= 1]
+        if not near:
+            return None
+        best = min(near, key=lambda g: abs(np.log2(g["k"] / k)) + abs(np.log2(g["n"] / n)))
+        return best, False
 
     def ratio(self, kernel: str, shape_class: str, density: float) -> tuple[float, str] | None:
         """``(predicted ratio, table key used)``, interpolated in density; None if unknown.
@@ -135,7 +158,8 @@ def load_table(platform: str) -> CostTable | None:
         return None
     with open(path) as f:
         data = json.load(f)
-    return CostTable(data["platform"], data["machine"], data["entries"])
+    return CostTable(data["platform"], data["machine"], data.get("entries", {}),
+                     tuple(data.get("gemms", ())), data.get("block_kernels", {}))
 
 
 def _once(fn: Callable, x: jax.Array) -> float:

@@ -136,7 +136,8 @@ def _with_blob(weight: NMWeight, dtype, gemm_kn: tuple[int, int]) -> NMWeight:
     with jax.ensure_compile_time_eval():
         dense = unpack_nm(jnp.asarray(weight.values, dtype), jnp.asarray(weight.indices), k,
                           weight.m)
-        blob = np.asarray(jax.jit(cusparselt.compress)(dense))
+        blob = np.asarray(jax.jit(cusparselt.compress, static_argnums=1)(
+            dense, weight.cusparselt_layout))
     return dataclasses.replace(weight, blob=blob)
 
 
@@ -212,6 +213,11 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
     if low in ("nm", "block", "measure"):
         weight, frac = _pack("nm" if low == "nm" else "block", cand.pattern, gemm_w, gemm_m,
                              layout)
+    if low == "block" and opts.platform == "cuda" and opts.impl == "pallas":
+        weight = dataclasses.replace(weight, gpu_kernel=policy.cuda_block_kernel(
+            *block_shape(cand.pattern))[0])
+    if low == "nm" and opts.platform == "cuda":  # The plan measured fastest at this shape.
+        weight = dataclasses.replace(weight, cusparselt_layout=policy.cuda_nm_plan(k, n)[0])
     if low == "nm" and opts.precompress and \
             cuda_kernel(k, pattern.n, pattern.m, n, dtype)[0] == "cusparselt":
         weight = _with_blob(weight, dtype, (k, n))

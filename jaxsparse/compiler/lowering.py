@@ -40,10 +40,10 @@ def gemm(x2d: jax.Array, weight: Rewritten, impl: str, interpret: bool = False) 
     ``interpret`` go to :func:`~jaxsparse.primitives.block_sparse_dot`."""
     if isinstance(weight, NMWeight):
         return nm_dot(x2d, weight.values.astype(x2d.dtype), weight.indices, m=weight.m,
-                      blob=weight.blob)
+                      blob=weight.blob, layout=weight.cusparselt_layout)
     if isinstance(weight, BlockWeight):
         return block_sparse_dot(x2d, weight.values.astype(x2d.dtype), weight.rows, impl=impl,
-                                interpret=interpret)
+                                interpret=interpret, gpu_kernel=weight.gpu_kernel)
     k = weight.kernel
     return jnp.matmul(x2d, k.reshape(-1, k.shape[-1]).astype(x2d.dtype))
 
@@ -61,7 +61,7 @@ def conv(x: jax.Array, weight: Rewritten, params: dict, impl: str,
     window = ConvWindow.from_conv_params(weight.layout.shape[:2], params)
     if isinstance(weight, BlockWeight):
         return block_sparse_dot(x, weight.values.astype(x.dtype), weight.rows, window=window,
-                                impl=impl, interpret=interpret)
+                                impl=impl, interpret=interpret, gpu_kernel=weight.gpu_kernel)
     patches = im2col(x, window)
     b, oh, ow, k = patches.shape
     y = gemm(patches.reshape(b * oh * ow, k), weight, impl, interpret)

@@ -70,6 +70,9 @@ class NMWeight:
     dtype, made once by ``js.sparsify`` on an NVIDIA GPU so that inference does not compress on
     every call. It is an inference copy: ``values`` stays the weight of record (gradients,
     ``unpack``, other platforms); after changing ``values``, compile again.
+    ``cusparselt_layout`` is the cuSPARSELt plan (``cusparselt.LAYOUTS``) the CUDA lowering
+    runs, and ``blob`` was compressed for: the one the cuda cost table measured fastest at this
+    layer's GEMM shape.
     """
 
     values: jax.Array
@@ -77,6 +80,7 @@ class NMWeight:
     m: int = dataclasses.field(metadata=dict(static=True))
     layout: Layout = dataclasses.field(metadata=dict(static=True))
     blob: jax.Array | None = None
+    cusparselt_layout: str = dataclasses.field(default="a_col", metadata=dict(static=True))
 
     def dense_kept(self) -> jax.Array:
         ks = self.layout.kept_shape
@@ -87,11 +91,16 @@ class NMWeight:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class BlockWeight:
-    """A blocked-ELL weight (see :mod:`jaxsparse.primitives.block_sparse_dot`)."""
+    """A blocked-ELL weight (see :mod:`jaxsparse.primitives.block_sparse_dot`).
+
+    ``gpu_kernel`` is the Pallas kernel it runs on ``cuda`` (``"triton"`` or ``"mosaic"``): the
+    one the cuda cost table measured faster for its block size.
+    """
 
     values: jax.Array
     rows: jax.Array
     layout: Layout = dataclasses.field(metadata=dict(static=True))
+    gpu_kernel: str = dataclasses.field(default="triton", metadata=dict(static=True))
 
     def dense_kept(self) -> jax.Array:
         ks = self.layout.kept_shape

@@ -30,10 +30,11 @@ POLICIES = ("auto", "sparse", "dense")
 BLOCK_MAX_DENSITY = 0.5
 MIN_SPARSE_FLOPS = 2e7
 BLOCK_SLOWER_PLATFORMS = ("cpu",)
-# policy="auto" on cuda, from docs/results/nvidia-h200-2026-11-26.md (bf16, batch 256): the
-# cuSPARSELt 2:4 kernel alone ran at 0.22-0.89x the speed of cuBLAS on every ResNet50 GEMM shape
-# (they are memory-bound at this size), so "auto" keeps 2:4 layers dense there (until a measured
-# cuda cost table says otherwise); the Pallas block kernel at 90% beat dense on most shapes with
+# policy="auto" on cuda: 2:4 layers go to cuSPARSELt only where the cuda cost table
+# (cost_tables/cuda.json, the GPU figures' GEMM sweep) measured it faster than dense at their
+# shape (_nm_choice); without one they stay dense, since the first H200 figures
+# (docs/results/nvidia-h200-2026-11-26.md, bf16, batch 256) had it at 0.22-0.89x of cuBLAS on
+# every ResNet50 GEMM shape. The Pallas block kernel at 90% beat dense on most shapes with
 # 128x128 blocks (up to 2.3x) but rarely with 32x32 ones, so "auto" takes blocks of at least
 # this size.
 CUDA_MIN_BLOCK = 64
@@ -129,23 +130,54 @@ def _full_density_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTi
                      f"measured faster at its shape: calibrate=True)"), None
 
 
+NO_CUDA_TABLE = ("the last H200 figures (docs/results/nvidia-h200-2026-11-26.md) had cuSPARSELt "
+                 "2:4 at 0.22-0.89x of dense on ResNet50's GEMMs")
+
+
+def cuda_nm_plan(k: int, n: int) -> tuple[str, dict | None, bool]:
+    """``(cuSPARSELt layout, cuda cost-table entry or None, exact)`` for a 2:4 ``(k, n)``
+    GEMM: the plan measured fastest at that shape (or the nearest measured one), else
+    ``cusparselt.DEFAULT_LAYOUT``."""
+    from jaxsparse.kernels.gpu.cusparselt import DEFAULT_LAYOUT
+
+    table = costs.load_table("cuda")
+    found = table.gemm("2:4", k, n) if table is not None else None
+    if found is None:
+        return DEFAULT_LAYOUT, None, False
+    entry, exact = found
+    return entry["layout"], entry, exact
+
+
 def _nm_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTiming | None]:
     """``(lowering, why, timing)`` for an N:M layer. ``policy="sparse"`` runs ``nm_dot``
-    (cuSPARSELt on ``cuda`` where it runs, else the portable lowering); ``"auto"`` keeps it
-    dense, since no platform has a 2:4 kernel measured faster than dense yet
-    (the H200 measurements above)."""
+    (cuSPARSELt on ``cuda`` where it runs, else the portable lowering); ``"auto"`` runs it on
+    cuSPARSELt only where the ``cuda`` cost table (the GPU figures' GEMM sweep) measured it
+    faster than dense at the layer's GEMM shape, and keeps it dense elsewhere."""
     pattern = c.pattern
     kernel, why = (None, f"no {pattern} sparse tensor cores on {opts.platform}")
     if opts.platform == "cuda":
         kernel, why = cuda_kernel(c.gemm_kn[0], pattern.n, pattern.m, c.gemm_kn[1], c.x_dtype)
-        why = why if kernel else f"no cuSPARSELt kernel: {why}"
+        why = f"{why}, plan {cuda_nm_plan(*c.gemm_kn)[0]}" if kernel else \
+            f"no cuSPARSELt kernel: {why}"
     if opts.policy == "sparse":
         detail = why if kernel else f"portable nm_dot densifies; {why}"
         return "nm", f"policy='sparse' ({detail})", None
     if kernel is None:
         return "dense", f"{why}; the portable nm_dot densifies (policy='sparse' forces it)", None
-    return "dense", ("cuSPARSELt 2:4 measured slower than dense on ResNet50's GEMMs (H200, "
-                     "bf16); policy='sparse' forces it"), None
+    k, n = c.gemm_kn
+    layout, entry, exact = cuda_nm_plan(k, n)
+    if entry is None:
+        return "dense", (f"no measured 2:4 entry near K={k}, N={n} in the cuda cost table "
+                         f"(compiler/cost_tables/cuda.json, written by scripts/gpu_check.sh on "
+                         f"a GPU); {NO_CUDA_TABLE}; policy='sparse' forces it"), None
+    ratio = float(entry["ratio"])
+    src = "" if exact else f" (nearest measured shape K={entry['k']}, N={entry['n']})"
+    timing = LayerTiming(predicted_ratio=ratio)
+    if ratio < costs.MAX_RATIO:
+        return "nm", (f"measured {1 / ratio:.2f}x faster than dense with cuSPARSELt plan "
+                      f"{layout}{src}"), timing
+    return "dense", (f"measured sparse/dense time {ratio:.2f} >= {costs.MAX_RATIO} with the "
+                     f"fastest cuSPARSELt plan ({layout}){src}; policy='sparse' forces it"), timing
 
 
 def choose(c: Candidate | None, opts: Options) -> tuple[str, str, LayerTiming | None]:
@@ -200,7 +232,20 @@ def pallas(opts: Options, bh: int, bw: int) -> tuple[str | None, str]:
     with ``interpret=True``)."""
     if opts.interpret:
         return "pallas-interpret", "Pallas interpreter (interpret=True)"
-    return pallas_kernel(opts.platform, bh, bw)
+    gpu_kernel = cuda_block_kernel(bh, bw)[0] if opts.platform == "cuda" else "triton"
+    return pallas_kernel(opts.platform, bh, bw, gpu_kernel)
+
+
+def cuda_block_kernel(bh: int, bw: int) -> tuple[str, str]:
+    """``(gpu_kernel, why)``: the Pallas kernel for ``bh x bw`` blocks on ``cuda``: the Mosaic
+    GPU kernel where the cuda cost table measured it faster than the Triton one for that block
+    size (``block_kernels``), else Triton, the kernel the first H200 figures measured."""
+    table = costs.load_table("cuda")
+    entry = (table.block_kernels if table is not None else {}).get(f"{bh}x{bw}")
+    if entry is None:
+        return "triton", f"no Mosaic GPU measurement for {bh}x{bw} blocks in the cuda table"
+    return entry["kernel"], (f"Mosaic GPU / Triton time {entry['mosaic_over_triton']:.2f} "
+                             f"(cuda cost table)")
 
 
 def kernel_block(pattern, opts: Options):

@@ -126,9 +126,12 @@ def check_impl(impl: str, interpret: bool, stacklevel: int = 4, name: str = "imp
     return impl, bool(interpret)
 
 
+GPU_KERNELS = ("triton", "mosaic")  # The Pallas kernels on cuda (see pallas_kernel).
+
+
 def block_sparse_dot(x: jax.Array, values: jax.Array, rows: jax.Array, *,
                      window: ConvWindow | None = None, impl: str = "xla",
-                     interpret: bool = False) -> jax.Array:
+                     interpret: bool = False, gpu_kernel: str = "triton") -> jax.Array:
     """``x @ W`` for a blocked-ELL weight ``W`` of shape ``(K, cout)``, or a convolution.
 
     Args:
@@ -142,30 +145,35 @@ def block_sparse_dot(x: jax.Array, values: jax.Array, rows: jax.Array, *,
             ``DeprecationWarning``: it is ``impl="pallas", interpret=True``.
         interpret: with ``impl="pallas"``, run the Pallas kernel in the Pallas interpreter
             (any platform; tests).
+        gpu_kernel: with ``impl="pallas"`` lowered for ``cuda``: ``"triton"`` (the Pallas
+            Triton kernel) or ``"mosaic"`` (the Mosaic GPU kernel, Hopper; blocks of 64 or
+            128, bf16/f16, else Triton).
 
     Returns:
         ``(..., cout)``, or with ``window`` ``(B, OH, OW, cout)``.
 
     Raises:
-        ValueError: for an unknown ``impl``, ``interpret`` without ``impl="pallas"``, or
-            ``impl="cpu"`` when the CPU kernels are not built or do not support the call
-            (dtype, block shape).
+        ValueError: for an unknown ``impl`` or ``gpu_kernel``, ``interpret`` without
+            ``impl="pallas"``, or ``impl="cpu"`` when the CPU kernels are not built or do not
+            support the call (dtype, block shape).
     """
     impl, interpret = check_impl(impl, interpret)
+    if gpu_kernel not in GPU_KERNELS:
+        raise ValueError(f"gpu_kernel={gpu_kernel!r} is not valid; use one of {GPU_KERNELS}.")
     if impl == "cpu":
         why = cpu_sparse_conv.cannot_run(x.shape, x.dtype, values.shape, window)
         if why is not None:
             raise ValueError(f"block_sparse_dot(impl='cpu'): {why}.")
     if window is not None:
         return block_sparse_dot_p.bind(x, values, rows, impl=impl, interpret=interpret,
-                                       window=window)
+                                       window=window, gpu_kernel=gpu_kernel)
     lead = x.shape[:-1]
     y = block_sparse_dot_p.bind(x.reshape(-1, x.shape[-1]), values, rows, impl=impl,
-                                interpret=interpret, window=None)
+                                interpret=interpret, window=None, gpu_kernel=gpu_kernel)
     return y.reshape(*lead, values.shape[0] * values.shape[-1])
 
 
-def _abstract_eval(x, values, rows, *, impl, interpret, window):
+def _abstract_eval(x, values, rows, *, impl, interpret, window, gpu_kernel):
     if values.ndim != 4 or rows.shape != values.shape[:2] or \
             x.ndim != (2 if window is None else 4):
         raise ValueError(f"block_sparse_dot: need x (B, K) (or NHWC with a window), values "
@@ -180,12 +188,20 @@ def _abstract_eval(x, values, rows, *, impl, interpret, window):
     return jax.core.ShapedArray((x.shape[0], *window.out_hw(*x.shape[1:3]), n), x.dtype)
 
 
-def pallas_kernel(platform: str, bh: int, bw: int) -> tuple[str | None, str]:
+def pallas_kernel(platform: str, bh: int, bw: int, gpu_kernel: str = "triton", dtype=None,
+                  ) -> tuple[str | None, str]:
     """``(kernel name or None, why)``: the Pallas kernel ``impl="pallas"`` runs for
-    ``bh x bw`` blocks when lowered for ``platform``, or why it lowers the portable way."""
+    ``bh x bw`` blocks (in ``dtype``, when known) when lowered for ``platform``, or why it
+    lowers the portable way. On ``cuda``, ``gpu_kernel="mosaic"`` takes the Mosaic GPU kernel
+    where it runs the blocks and dtype, else the Triton one."""
     if platform == "cuda":
         from jaxsparse.kernels.gpu import block_sparse as gpu_block
+        from jaxsparse.kernels.gpu import block_sparse_mosaic as mosaic_block
 
+        if gpu_kernel == "mosaic":
+            why = mosaic_block.unsupported(bh, bw, jnp.bfloat16 if dtype is None else dtype)
+            if why is None:
+                return "pallas-mosaic-gpu", "Pallas Mosaic GPU kernel"
         why = gpu_block.unsupported(bh, bw)
         return (None, why) if why else ("pallas-triton", "Pallas Triton kernel")
     if platform == "tpu":
@@ -201,6 +217,10 @@ def _gemm(x2d, values, rows, kernel):
         from jaxsparse.kernels.gpu.block_sparse import block_sparse_matmul_gpu
 
         return block_sparse_matmul_gpu(x2d, values, rows)
+    if kernel == "pallas-mosaic-gpu":
+        from jaxsparse.kernels.gpu.block_sparse_mosaic import block_sparse_matmul_mosaic
+
+        return block_sparse_matmul_mosaic(x2d, values, rows)
     if kernel in ("pallas-mosaic", "pallas-interpret"):
         from jaxsparse.kernels.tpu.block_sparse import block_sparse_matmul
 
@@ -217,7 +237,7 @@ def _run(x, values, rows, window, kernel):
     return y.reshape(*patches.shape[:-1], y.shape[-1])
 
 
-def _impl(x, values, rows, *, impl, interpret, window):
+def _impl(x, values, rows, *, impl, interpret, window, gpu_kernel="triton"):
     """The portable path (every platform without a kernel of its own), or the Pallas kernel in
     the interpreter."""
     return _run(x, values, rows, window, "pallas-interpret" if interpret else "xla")
@@ -227,10 +247,11 @@ def _accelerator_lowering(platform: str):
     """The ``platform`` lowering: its Pallas kernel for ``impl="pallas"`` where the block shape
     allows, else the portable path."""
 
-    def lower(ctx, x, values, rows, *, impl, interpret, window):
+    def lower(ctx, x, values, rows, *, impl, interpret, window, gpu_kernel):
         kernel = None
         if impl == "pallas" and not interpret:
-            kernel = pallas_kernel(platform, *ctx.avals_in[1].shape[2:])[0]
+            kernel = pallas_kernel(platform, *ctx.avals_in[1].shape[2:], gpu_kernel,
+                                   ctx.avals_in[0].dtype)[0]
         if kernel is None:
             return mlir.lower_fun(_impl, multiple_results=False)(
                 ctx, x, values, rows, impl=impl, interpret=interpret, window=window)
@@ -240,7 +261,7 @@ def _accelerator_lowering(platform: str):
     return lower
 
 
-def _cpu_lowering(ctx, x, values, rows, *, impl, interpret, window):
+def _cpu_lowering(ctx, x, values, rows, *, impl, interpret, window, gpu_kernel):
     """The cpu platform's lowering: the C++ kernel for ``impl="cpu"``, else the portable one."""
     fn = _impl
     if impl == "cpu":
@@ -275,7 +296,7 @@ def _ct_values_gemm(x2d, ct, values_aval, rows):
     return dv.astype(values_aval.dtype)
 
 
-def _transpose(ct, x, values, rows, *, impl, interpret, window):
+def _transpose(ct, x, values, rows, *, impl, interpret, window, gpu_kernel):
     if type(ct) is ad.Zero:
         return [None, None, None]
     ct2 = ct.reshape(-1, ct.shape[-1])

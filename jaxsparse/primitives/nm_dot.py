@@ -12,7 +12,8 @@ lowerings:
 * every platform: densify the packed weight and run one XLA GEMM (correct, not faster);
 * ``cuda``, for 2:4 in bf16/f16 when the cuSPARSELt FFI library is built
   (:mod:`jaxsparse.kernels.gpu.cusparselt`): densify, compress into cuSPARSELt's layout, and run its
-  sparse tensor-core GEMM. :func:`cuda_kernel` says which one a call gets, and why.
+  sparse tensor-core GEMM (in the plan ``layout`` names, one of ``cusparselt.LAYOUTS``).
+  :func:`cuda_kernel` says which one a call gets, and why.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def unpack_nm(values: jax.Array, indices: jax.Array, k: int, m: int) -> jax.Arra
 
 
 def nm_dot_reference(x: jax.Array, values: jax.Array, indices: jax.Array, blob=None, *,
-                     m: int) -> jax.Array:
-    """Pure-jnp oracle: densify, then ``x @ W`` (``blob``, a compressed copy, is ignored)."""
+                     m: int, layout: str = "a_col") -> jax.Array:
+    """Pure-jnp oracle: densify, then ``x @ W`` (``blob``, a compressed copy, and ``layout``,
+    its cuSPARSELt plan, are ignored)."""
     w = unpack_nm(values, indices, x.shape[-1], m)
     return jnp.matmul(x, w.astype(x.dtype), precision=jax.lax.Precision.HIGHEST)
 
@@ -75,7 +77,7 @@ NO_BLOB = np.zeros((0,), np.uint8)
 
 
 def nm_dot(x: jax.Array, values: jax.Array, indices: jax.Array, *, m: int,
-           blob: jax.Array | None = None) -> jax.Array:
+           blob: jax.Array | None = None, layout: str = "a_col") -> jax.Array:
     """``x @ W`` for a packed N:M weight ``W`` of shape ``(x.shape[-1], cout)``.
 
     Args:
@@ -89,17 +91,23 @@ def nm_dot(x: jax.Array, values: jax.Array, indices: jax.Array, *, m: int,
             the CUDA lowering then runs the sparse GEMM alone instead of compressing on every
             call. It must hold the same weight as ``values`` (other lowerings, and gradients,
             read ``values``).
+        layout: the cuSPARSELt plan (one of ``cusparselt.LAYOUTS``) the CUDA lowering runs,
+            and ``blob`` was compressed for.
 
     Returns:
         ``(..., cout)``.
     """
+    from jaxsparse.kernels.gpu.cusparselt import LAYOUTS
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"nm_dot: layout={layout!r} is not valid; valid: {list(LAYOUTS)}.")
     lead = x.shape[:-1]
     blob = NO_BLOB if blob is None else blob
-    y = nm_dot_p.bind(x.reshape(-1, x.shape[-1]), values, indices, blob, m=m)
+    y = nm_dot_p.bind(x.reshape(-1, x.shape[-1]), values, indices, blob, m=m, layout=layout)
     return y.reshape(*lead, values.shape[-1])
 
 
-def _abstract_eval(x, values, indices, blob, *, m):
+def _abstract_eval(x, values, indices, blob, *, m, layout):
     k = x.shape[-1]
     if x.ndim != 2 or values.ndim != 2 or indices.shape != values.shape:
         raise ValueError(f"nm_dot: need x (B, K) and values/indices (R, cout) of one shape; got "
@@ -109,7 +117,7 @@ def _abstract_eval(x, values, indices, blob, *, m):
     return jax.core.ShapedArray((x.shape[0], values.shape[1]), x.dtype)
 
 
-def _impl(x, values, indices, blob, *, m):
+def _impl(x, values, indices, blob, *, m, layout):
     return nm_dot_reference(x, values, indices, m=m)
 
 
@@ -127,25 +135,26 @@ def cuda_kernel(k: int, n: int, m: int, cout: int, dtype) -> tuple[str | None, s
     return (None, why) if why else ("cusparselt", "cuSPARSELt 2:4 sparse tensor cores")
 
 
-def _cuda_lowering(ctx, x, values, indices, blob, *, m):
+def _cuda_lowering(ctx, x, values, indices, blob, *, m, layout):
     """cuSPARSELt where :func:`cuda_kernel` allows it (the given compressed ``blob``, else
     compressing in the program), else the portable lowering."""
     k = ctx.avals_in[0].shape[-1]
     r, cout = ctx.avals_in[1].shape
     kernel, _ = cuda_kernel(k, r * m // k, m, cout, ctx.avals_in[0].dtype)
     if kernel is None:
-        return mlir.lower_fun(_impl, multiple_results=False)(ctx, x, values, indices, blob, m=m)
+        return mlir.lower_fun(_impl, multiple_results=False)(ctx, x, values, indices, blob, m=m,
+                                                             layout=layout)
     from jaxsparse.kernels.gpu import cusparselt
 
     def run(x, values, indices, blob):
         if blob.shape[0]:
-            return cusparselt.matmul(x, blob, cout)
-        return cusparselt.nm_matmul(x, unpack_nm(values, indices, k, m))
+            return cusparselt.matmul(x, blob, cout, layout)
+        return cusparselt.nm_matmul(x, unpack_nm(values, indices, k, m), layout)
 
     return mlir.lower_fun(run, multiple_results=False)(ctx, x, values, indices, blob)
 
 
-def _transpose(ct, x, values, indices, blob, *, m):
+def _transpose(ct, x, values, indices, blob, *, m, layout):
     if type(ct) is ad.Zero:
         return [None, None, None, None]
     if ad.is_undefined_primal(x):

@@ -1,6 +1,8 @@
 """Compiles (not only lowers) the sparse ResNet-50 for an H100 and TPU v5e/v6e, no accelerator.
 
-For each variant (ResNet-50 224x224 bf16, random weights pruned 2:4 or block 90%) and target:
+For each variant (ResNet-50 224x224 bf16, random weights pruned 2:4, block 90%, and for the
+H100 also the rest of the GPU figures' end-to-end variants: block 90% 128x128, channel 50%,
+channel 50% + 2:4) and target:
 ``js.sparsify(..., platform=<cuda|tpu>)`` on this CPU machine, then ``jax.jit(sp).trace(...)
 .lower().compile()`` against a compile-only device of that target
 (``jax.experimental.topologies``: an H100 from its target config, TPUs from their topology
@@ -32,13 +34,22 @@ TARGETS = {  # name -> (platform, topology, TPU_ACCELERATOR_TYPE)
     "v5e": ("tpu", "v5e:2x2", "v5litepod-4"),
     "v6e": ("tpu", "v6e:2x2", "v6e-4"),
 }
-VARIANTS = {v.name: v for v in [Variant("nm24", "2:4", policy="sparse"),
-                                Variant("block90", "block:64x64", 0.9, policy="sparse")]}
-# The largest block each platform's Pallas kernel runs (the variant's own block elsewhere).
+VARIANTS = {v.name: v for v in [
+    Variant("nm24", "2:4", policy="sparse"),
+    Variant("block90", "block:64x64", 0.9, policy="sparse"),
+    # The rest of the GPU figures' end-to-end variants (scripts/gpu_check.sh), for cuda only.
+    Variant("block90_128", "block:128x128", 0.9, policy="sparse"),
+    Variant("channel50", "channel", 0.5, grouped=True, policy="sparse"),
+    Variant("channel50_nm24", "channel", 0.5, grouped=True, nm_after=True, policy="sparse"),
+]}
+ONLY_ON = {"block90_128": "cuda", "channel50": "cuda", "channel50_nm24": "cuda"}
+# The largest block each platform's Pallas kernel runs, for the variant "block90".
 BLOCK_ON = {"tpu": "block:128x128", "cuda": "block:64x64"}
 # The custom call each (variant, platform) must contain: the target's sparse kernel.
 EXPECTED = {("nm24", "cuda"): "jaxsparse_cusparselt_matmul",
             ("block90", "cuda"): "__gpu$xla.gpu.triton",
+            ("block90_128", "cuda"): "__gpu$xla.gpu.triton",
+            ("channel50_nm24", "cuda"): "jaxsparse_cusparselt_matmul",
             ("block90", "tpu"): "tpu_custom_call"}
 H100_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "scripts", "targets", "h100_sxm_target_config.txtpb")
@@ -64,8 +75,8 @@ def _abstract(a: Any, sharding: Any) -> jax.ShapeDtypeStruct:
 
 
 def for_platform(v: Variant, platform: str) -> Variant:
-    """``v`` with the block size ``platform``'s Pallas kernel runs."""
-    if v.pattern.startswith("block:") and platform in BLOCK_ON:
+    """``v`` with the block size ``platform``'s Pallas kernel runs (variant "block90")."""
+    if v.name == "block90" and platform in BLOCK_ON:
         return dataclasses.replace(v, pattern=BLOCK_ON[platform])
     return v
 
@@ -91,6 +102,10 @@ def check(config: ml_collections.ConfigDict, targets: list[str], variants: list[
         spec = functools.partial(_abstract, sharding=jax.sharding.NamedSharding(
             mesh, jax.sharding.PartitionSpec()))
         for name in variants:
+            if ONLY_ON.get(name, platform) != platform:
+                log(f"skip {target} {name}: a GPU figures variant, compiled for "
+                    f"{ONLY_ON[name]} only")
+                continue
             v = for_platform(VARIANTS[name], platform)
             masks = v.masks(exp.apply_fn, exp.variables, example)
             t0 = time.perf_counter()

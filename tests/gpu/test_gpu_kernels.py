@@ -67,6 +67,20 @@ def test_nm_dot_precompressed_blob_equals_reference():
                                                          values.astype(jnp.float32), idx, m=4))
 
 
+@pytest.mark.parametrize("layout", cusparselt.LAYOUTS)
+@pytest.mark.parametrize("k,n", [(576, 128), (2048, 512)])
+def test_every_cusparselt_plan_equals_reference_and_reports_its_algorithm(layout, k, n):
+    values, idx = packed_24(k, n, jnp.bfloat16, seed=k)
+    blob = jax.jit(cusparselt.compress, static_argnums=1)(unpack_nm(values, idx, k, 4), layout)
+    x = jax.random.normal(jax.random.key(5), (1003, k), jnp.bfloat16)
+    fn = lambda x, v, b: nm_dot(x, v, idx, m=4, blob=b, layout=layout)  # noqa: E731
+    close(jax.jit(fn)(x, values, blob), nm_dot_reference(x.astype(jnp.float32),
+                                                         values.astype(jnp.float32), idx, m=4))
+    plan = [p for p in cusparselt.plans() if (p["layout"], p["k"], p["cout"], p["n"]) ==
+            (layout, k, n, 1008)]
+    assert len(plan) == 1 and 0 <= plan[0]["alg_id"] <= plan[0]["max_alg_id"], plan
+
+
 def test_f16_keeps_the_portable_path():
     values, idx = packed_24(64, 64, jnp.float16)
     x = jnp.ones((8, 64), jnp.float16)
@@ -105,6 +119,25 @@ def test_block_sparse_triton_kernel_equals_reference(b, rows):
                                      jnp.asarray(brows)))
     fn = lambda x, v, r: block_sparse_dot(x, v, r, impl="pallas")  # noqa: E731
     assert "triton" in lowered_text(fn, x, v, jnp.asarray(brows))
+
+
+@pytest.mark.parametrize("b", [64, 128])
+@pytest.mark.parametrize("rows", [5, 300])
+def test_block_sparse_mosaic_gpu_kernel_equals_reference(b, rows):
+    from jaxsparse.kernels.gpu.block_sparse_mosaic import block_sparse_matmul_mosaic
+
+    rng = np.random.default_rng(3)
+    k, n = 512, 256
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    mask = np.kron(rng.random((k // b, n // b)) < 0.3, np.ones((b, b), bool))
+    values, brows = pack_block_ell(w, mask, b, b)
+    x = jax.random.normal(jax.random.key(6), (rows, k), jnp.bfloat16)
+    v = jnp.asarray(values, jnp.bfloat16)
+    close(block_sparse_matmul_mosaic(x, v, jnp.asarray(brows)),
+          block_sparse_dot_reference(x.astype(jnp.float32), v.astype(jnp.float32),
+                                     jnp.asarray(brows)))
+    fn = lambda x, v, r: block_sparse_dot(x, v, r, impl="pallas", gpu_kernel="mosaic")  # noqa
+    assert "mosaic_gpu" in lowered_text(fn, x, v, jnp.asarray(brows))
 
 
 @pytest.mark.parametrize("variant", ["2:4", "block:32x32", "channel", "channel+2:4"])

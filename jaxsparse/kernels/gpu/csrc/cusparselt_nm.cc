@@ -1,29 +1,38 @@
 // 2:4-sparse GEMM on NVIDIA GPUs through cuSPARSELt, as two XLA FFI handlers (CUDA platform).
 //
 // The layer is y (N, cout) = x (N, K) @ W (K, cout) with W 2:4-sparse along K (every group of
-// 4 consecutive rows of a column keeps at most 2). All buffers are row-major; in cuSPARSELt's
-// column-major terms this is D = A @ B with
-//   A = W^T  (cout x K, column-major, ld = cout)  -- the structured (sparse) operand,
-//   B = x^T  (K x N,    column-major, ld = K),
-//   D = y^T  (cout x N, column-major, ld = cout),
-// so no operand is transposed or copied. 2:4 along K of A is exactly the pattern of W.
+// 4 consecutive rows of a column keeps at most 2); x and y are row-major. The weight is
+// compressed once, so which operand cuSPARSELt sees as structured, and in which order, is
+// free: the `layout` attribute picks one of four plans (the same in both handlers):
+//   "a_col": D = A @ B column-major, A = W^T (cout x K, col-major: W's own memory) structured,
+//            B = x^T (K x N, col-major), D = y^T (cout x N, col-major);
+//   "a_row": as a_col with A = W^T row-major (the memory of the (cout, K) array W^T);
+//   "b_row": D = A @ B row-major, A = x (N x K), B = W (K x cout, row-major) structured,
+//            D = y (N x cout);
+//   "b_col": as b_row with B = W column-major (the memory of W^T).
+// No activation is transposed or copied in any of them; for a_row and b_col the caller hands
+// compress W^T (cout, K) instead of W. 2:4 runs along K, the reduction, in every plan.
 //
-//   JaxsparseCusparseltCompress: W dense (K, cout) -> opaque compressed blob (u8, padded size)
-//   JaxsparseCusparseltMatmul:   x (N, K), blob   -> y (N, cout)
+//   JaxsparseCusparseltCompress: W (K, cout), or W^T (cout, K) -> opaque compressed blob (u8)
+//   JaxsparseCusparseltMatmul:   x (N, K), blob                -> y (N, cout)
 //
-// The blob depends only on (cout, K, dtype), not on the batch, so it is made once (at pack
-// time on a GPU, see jaxsparse/kernels/gpu/cusparselt.py) and reused by every call. Plans (descriptors,
-// algorithm chosen by cusparseLtMatmulSearch on first use, workspace size) are cached per
-// (device, cout, K, N, dtype) for the life of the process; the workspace comes from XLA's
-// scratch allocator and every call runs on XLA's stream.
+// The blob depends only on (cout, K, dtype, layout), not on the batch, so it is made once (at
+// pack time on a GPU, see jaxsparse/kernels/gpu/cusparselt.py) and reused by every call. Plans
+// (descriptors, the algorithm -- `alg_id`, or chosen by cusparseLtMatmulSearch on first use
+// when alg_id is -1 -- and the workspace size) are cached per (device, layout, alg_id, cout, K,
+// N, dtype) for the life of the process; JaxsparseCusparseltPlans lists them with the
+// algorithm id and split-K each one runs. The workspace comes from XLA's scratch allocator and
+// every call runs on XLA's stream.
 #include <cuda_runtime_api.h>
 #include <cusparseLt.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <tuple>
 
 #include "xla/ffi/api/ffi.h"
@@ -110,6 +119,14 @@ class Cache {
     return ffi::Error::Success();
   }
 
+  // Calls `fn(key, value)` for every object built so far, under the lock.
+  template <typename Fn>
+  void ForEach(Fn fn) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [key, value] : items_)
+      if (value) fn(key, *value);
+  }
+
  private:
   std::mutex mu_;
   std::map<K, std::unique_ptr<V>> items_;
@@ -131,44 +148,95 @@ ffi::Error CurrentDevice(int* device) {
   return ffi::Error::Success();
 }
 
-// The structured descriptor of A = W^T (cout x K, column-major).
-ffi::Error SparseDescriptor(cusparseLtHandle_t* h, int64_t cout, int64_t k, cudaDataType t,
-                            cusparseLtMatDescriptor_t* d) {
-  JS_CHECK(cusparseLtStructuredDescriptorInit(h, d, cout, k, cout, kAlignment, t,
-                                              CUSPARSE_ORDER_COL,
+// Which operand is structured and in which order (see the top of this file).
+enum class Layout : int { kACol = 0, kARow = 1, kBRow = 2, kBCol = 3 };
+constexpr const char* kLayoutNames[] = {"a_col", "a_row", "b_row", "b_col"};
+
+ffi::Error ParseLayout(std::string_view name, Layout* out) {
+  for (int i = 0; i < 4; ++i) {
+    if (name == kLayoutNames[i]) {
+      *out = static_cast<Layout>(i);
+      return ffi::Error::Success();
+    }
+  }
+  return ffi::Error::InvalidArgument("cuSPARSELt 2:4: layout \"" + std::string(name) +
+                                     "\" is not one of a_col, a_row, b_row, b_col");
+}
+
+bool SparseIsA(Layout l) { return l == Layout::kACol || l == Layout::kARow; }
+
+// The structured descriptor of W in `layout`.
+ffi::Error SparseDescriptor(cusparseLtHandle_t* h, Layout layout, int64_t cout, int64_t k,
+                            cudaDataType t, cusparseLtMatDescriptor_t* d) {
+  int64_t rows = cout, cols = k, ld = cout;
+  cusparseOrder_t order = CUSPARSE_ORDER_COL;
+  switch (layout) {
+    case Layout::kACol: break;
+    case Layout::kARow: ld = k; order = CUSPARSE_ORDER_ROW; break;
+    case Layout::kBRow: rows = k; cols = cout; ld = cout; order = CUSPARSE_ORDER_ROW; break;
+    case Layout::kBCol: rows = k; cols = cout; ld = k; break;
+  }
+  JS_CHECK(cusparseLtStructuredDescriptorInit(h, d, rows, cols, ld, kAlignment, t, order,
                                               CUSPARSELT_SPARSITY_50_PERCENT));
   return ffi::Error::Success();
 }
 
 // A matmul plan for one shape, with its descriptors (which the plan refers to).
 struct Plan {
-  cusparseLtMatDescriptor_t a, b, d;
+  cusparseLtMatDescriptor_t sparse, dense, d;
   cusparseLtMatmulDescriptor_t matmul;
   cusparseLtMatmulAlgSelection_t alg;
   cusparseLtMatmulPlan_t plan;
   size_t workspace = 0;
-  bool searched = false;
+  bool searched = false;  // True once the algorithm is final (searched, or given).
   std::mutex mu;  // Serialises the first-call algorithm search.
 };
 
-using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int>;
+// (device, layout, alg_id, cout, K, N, dtype).
+using PlanKey = std::tuple<int, int, int, int64_t, int64_t, int64_t, int>;
+
+Cache<PlanKey, Plan>& Plans() {
+  static Cache<PlanKey, Plan> plans;
+  return plans;
+}
 
 ffi::Error PlanFor(cusparseLtHandle_t* h, const PlanKey& key, cudaDataType t, Plan** out) {
-  static Cache<PlanKey, Plan> plans;
-  return plans.Get(key, [&](Plan* p) -> ffi::Error {
-    const auto [device, cout, k, n, dtype] = key;
+  return Plans().Get(key, [&](Plan* p) -> ffi::Error {
+    const auto [device, layout_id, alg_id, cout, k, n, dtype] = key;
     (void)device;
     (void)dtype;
-    if (auto e = SparseDescriptor(h, cout, k, t, &p->a); e.failure()) return e;
-    JS_CHECK(cusparseLtDenseDescriptorInit(h, &p->b, k, n, k, kAlignment, t,
-                                           CUSPARSE_ORDER_COL));
-    JS_CHECK(cusparseLtDenseDescriptorInit(h, &p->d, cout, n, cout, kAlignment, t,
-                                           CUSPARSE_ORDER_COL));
-    JS_CHECK(cusparseLtMatmulDescriptorInit(h, &p->matmul, CUSPARSE_OPERATION_NON_TRANSPOSE,
-                                            CUSPARSE_OPERATION_NON_TRANSPOSE, &p->a, &p->b,
-                                            &p->d, &p->d, CUSPARSE_COMPUTE_32F));
+    const Layout layout = static_cast<Layout>(layout_id);
+    if (auto e = SparseDescriptor(h, layout, cout, k, t, &p->sparse); e.failure()) return e;
+    const bool sparse_a = SparseIsA(layout);
+    if (sparse_a) {  // Column-major: B = x^T (K x N), D = y^T (cout x N).
+      JS_CHECK(cusparseLtDenseDescriptorInit(h, &p->dense, k, n, k, kAlignment, t,
+                                             CUSPARSE_ORDER_COL));
+      JS_CHECK(cusparseLtDenseDescriptorInit(h, &p->d, cout, n, cout, kAlignment, t,
+                                             CUSPARSE_ORDER_COL));
+    } else {  // Row-major: A = x (N x K), D = y (N x cout).
+      JS_CHECK(cusparseLtDenseDescriptorInit(h, &p->dense, n, k, k, kAlignment, t,
+                                             CUSPARSE_ORDER_ROW));
+      JS_CHECK(cusparseLtDenseDescriptorInit(h, &p->d, n, cout, cout, kAlignment, t,
+                                             CUSPARSE_ORDER_ROW));
+    }
+    JS_CHECK(cusparseLtMatmulDescriptorInit(
+        h, &p->matmul, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_NON_TRANSPOSE,
+        sparse_a ? &p->sparse : &p->dense, sparse_a ? &p->dense : &p->sparse, &p->d, &p->d,
+        CUSPARSE_COMPUTE_32F));
     JS_CHECK(cusparseLtMatmulAlgSelectionInit(h, &p->alg, &p->matmul,
                                               CUSPARSELT_MATMUL_ALG_DEFAULT));
+    if (alg_id >= 0) {
+      int max_id = 0;
+      JS_CHECK(cusparseLtMatmulAlgGetAttribute(h, &p->alg, CUSPARSELT_MATMUL_ALG_CONFIG_MAX_ID,
+                                               &max_id, sizeof(max_id)));
+      if (alg_id > max_id)
+        return ffi::Error::InvalidArgument(
+            "cuSPARSELt 2:4: alg_id " + std::to_string(alg_id) + " is above this shape's " +
+            "largest algorithm id " + std::to_string(max_id));
+      JS_CHECK(cusparseLtMatmulAlgSetAttribute(h, &p->alg, CUSPARSELT_MATMUL_ALG_CONFIG_ID,
+                                               &alg_id, sizeof(alg_id)));
+      p->searched = true;
+    }
     JS_CHECK(cusparseLtMatmulPlanInit(h, &p->plan, &p->matmul, &p->alg));
     JS_CHECK(cusparseLtMatmulGetWorkspace(h, &p->plan, &p->workspace));
     return ffi::Error::Success();
@@ -176,19 +244,23 @@ ffi::Error PlanFor(cusparseLtHandle_t* h, const PlanKey& key, cudaDataType t, Pl
 }
 
 ffi::Error Compress(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer w,
-                    ffi::Result<ffi::AnyBuffer> blob) {
+                    ffi::Result<ffi::AnyBuffer> blob, std::string_view layout_name) {
   cudaDataType t;
   if (!CudaType(w.element_type(), &t))
     return ffi::Error::InvalidArgument("cuSPARSELt 2:4: weight dtype must be bf16 or f16");
+  Layout layout;
+  if (auto e = ParseLayout(layout_name, &layout); e.failure()) return e;
   auto dims = w.dimensions();
   if (dims.size() != 2) return ffi::Error::InvalidArgument("cuSPARSELt 2:4: W must be 2-D");
-  const int64_t k = dims[0], cout = dims[1];
+  // a_row and b_col take W^T (cout, K): the structured operand's memory in that order.
+  const bool transposed = layout == Layout::kARow || layout == Layout::kBCol;
+  const int64_t k = transposed ? dims[1] : dims[0], cout = transposed ? dims[0] : dims[1];
   int device;
   if (auto e = CurrentDevice(&device); e.failure()) return e;
   cusparseLtHandle_t* h;
   if (auto e = HandleFor(device, &h); e.failure()) return e;
   cusparseLtMatDescriptor_t a;
-  if (auto e = SparseDescriptor(h, cout, k, t, &a); e.failure()) return e;
+  if (auto e = SparseDescriptor(h, layout, cout, k, t, &a); e.failure()) return e;
   size_t size = 0, buffer_size = 0;
   JS_CHECK(cusparseLtSpMMACompressedSize2(h, &a, &size, &buffer_size));
   if (size > blob->size_bytes()) {
@@ -196,7 +268,8 @@ ffi::Error Compress(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::Any
     return ffi::Error::Internal("cuSPARSELt 2:4: compressed size " + std::to_string(size) +
                                 " B exceeds the " + std::to_string(blob->size_bytes()) +
                                 " B blob jaxsparse reserved for (K=" + std::to_string(k) +
-                                ", cout=" + std::to_string(cout) + ")");
+                                ", cout=" + std::to_string(cout) + ", layout " +
+                                std::string(layout_name) + ")");
   }
   TempBuffer temp(scratch, stream);
   void* buffer = temp.Get(buffer_size);
@@ -204,7 +277,7 @@ ffi::Error Compress(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::Any
     cusparseLtMatDescriptorDestroy(&a);
     return ffi::Error::Internal("cuSPARSELt 2:4: no device memory for the compress buffer");
   }
-  cusparseStatus_t s = cusparseLtSpMMACompress2(h, &a, /*isSparseA=*/1,
+  cusparseStatus_t s = cusparseLtSpMMACompress2(h, &a, /*isSparseA=*/SparseIsA(layout) ? 1 : 0,
                                                 CUSPARSE_OPERATION_NON_TRANSPOSE,
                                                 w.untyped_data(), blob->untyped_data(), buffer,
                                                 stream);
@@ -215,10 +288,13 @@ ffi::Error Compress(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::Any
 }
 
 ffi::Error Matmul(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
-                  ffi::AnyBuffer blob, ffi::Result<ffi::AnyBuffer> y) {
+                  ffi::AnyBuffer blob, ffi::Result<ffi::AnyBuffer> y,
+                  std::string_view layout_name, int32_t alg_id) {
   cudaDataType t;
   if (!CudaType(x.element_type(), &t) || y->element_type() != x.element_type())
     return ffi::Error::InvalidArgument("cuSPARSELt 2:4: x and y must both be bf16 or f16");
+  Layout layout;
+  if (auto e = ParseLayout(layout_name, &layout); e.failure()) return e;
   auto xd = x.dimensions();
   auto yd = y->dimensions();
   if (xd.size() != 2 || yd.size() != 2 || xd[0] != yd[0])
@@ -229,8 +305,12 @@ ffi::Error Matmul(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBu
   cusparseLtHandle_t* h;
   if (auto e = HandleFor(device, &h); e.failure()) return e;
   Plan* p;
-  PlanKey key{device, cout, k, n, static_cast<int>(t)};
+  PlanKey key{device, static_cast<int>(layout), alg_id < 0 ? -1 : alg_id, cout, k, n,
+              static_cast<int>(t)};
   if (auto e = PlanFor(h, key, t, &p); e.failure()) return e;
+  // The structured operand is A in the a_* plans, B in the b_* plans.
+  const void* a = SparseIsA(layout) ? blob.untyped_data() : x.untyped_data();
+  const void* b = SparseIsA(layout) ? x.untyped_data() : blob.untyped_data();
   const float alpha = 1.0f, beta = 0.0f;
   std::lock_guard<std::mutex> lock(p->mu);
   void* workspace = nullptr;
@@ -244,15 +324,14 @@ ffi::Error Matmul(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBu
   if (!p->searched) {
     // First call of this shape: time the candidate algorithms on the real operands and keep
     // the fastest in the plan (it writes y, which the call below writes again).
-    JS_CHECK(cusparseLtMatmulSearch(h, &p->plan, &alpha, blob.untyped_data(), x.untyped_data(),
-                                    &beta, y->untyped_data(), y->untyped_data(), workspace,
-                                    &stream, 1));
+    JS_CHECK(cusparseLtMatmulSearch(h, &p->plan, &alpha, a, b, &beta, y->untyped_data(),
+                                    y->untyped_data(), workspace, &stream, 1));
     JS_CHECK(cusparseLtMatmulGetWorkspace(h, &p->plan, &p->workspace));
     p->searched = true;
     if (auto e = alloc(p->workspace); e.failure()) return e;
   }
-  JS_CHECK(cusparseLtMatmul(h, &p->plan, &alpha, blob.untyped_data(), x.untyped_data(), &beta,
-                            y->untyped_data(), y->untyped_data(), workspace, &stream, 1));
+  JS_CHECK(cusparseLtMatmul(h, &p->plan, &alpha, a, b, &beta, y->untyped_data(),
+                            y->untyped_data(), workspace, &stream, 1));
   return ffi::Error::Success();
 }
 
@@ -263,7 +342,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseCusparseltCompress, jaxsparse::Compress,
                                   .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
                                   .Ctx<xla::ffi::ScratchAllocator>()
                                   .Arg<xla::ffi::AnyBuffer>()
-                                  .Ret<xla::ffi::AnyBuffer>());
+                                  .Ret<xla::ffi::AnyBuffer>()
+                                  .Attr<std::string_view>("layout"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseCusparseltMatmul, jaxsparse::Matmul,
                               xla::ffi::Ffi::Bind()
@@ -271,7 +351,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsparseCusparseltMatmul, jaxsparse::Matmul,
                                   .Ctx<xla::ffi::ScratchAllocator>()
                                   .Arg<xla::ffi::AnyBuffer>()
                                   .Arg<xla::ffi::AnyBuffer>()
-                                  .Ret<xla::ffi::AnyBuffer>());
+                                  .Ret<xla::ffi::AnyBuffer>()
+                                  .Attr<std::string_view>("layout")
+                                  .Attr<int32_t>("alg_id"));
 
 // The cuSPARSELt version (major*1000000 + minor*100 + patch) for `python -m jaxsparse.doctor`, or
 // a negative cusparseStatus_t when no GPU is usable.
@@ -283,4 +365,40 @@ extern "C" int JaxsparseCusparseltVersion() {
   cusparseLtGetVersion(&h, &version);
   cusparseLtDestroy(&h);
   return version;
+}
+
+// Every plan made so far, one line each: "layout cout K N dtype alg_id max_alg_id split_k
+// split_k_mode split_k_buffers workspace_bytes" (alg_id -1 while a plan has not run yet), for
+// the GPU figures (jaxsparse.kernels.gpu.cusparselt.plans). Writes at most `cap` bytes of it,
+// NUL-terminated, into `out` and returns the length of the whole text.
+extern "C" int JaxsparseCusparseltPlans(char* out, int cap) {
+  std::string text;
+  jaxsparse::Plans().ForEach([&](const jaxsparse::PlanKey& key, jaxsparse::Plan& p) {
+    const auto [device, layout, given, cout, k, n, dtype] = key;
+    (void)device;
+    (void)given;
+    cusparseLtHandle_t* h = nullptr;
+    int values[5] = {-1, -1, -1, -1, -1};  // alg id, max id, split-K, its mode, its buffers.
+    std::lock_guard<std::mutex> lock(p.mu);
+    if (p.searched && !jaxsparse::HandleFor(device, &h).failure()) {
+      const cusparseLtMatmulAlgAttribute_t attrs[5] = {
+          CUSPARSELT_MATMUL_ALG_CONFIG_ID, CUSPARSELT_MATMUL_ALG_CONFIG_MAX_ID,
+          CUSPARSELT_MATMUL_SPLIT_K, CUSPARSELT_MATMUL_SPLIT_K_MODE,
+          CUSPARSELT_MATMUL_SPLIT_K_BUFFERS};
+      for (int i = 0; i < 5; ++i)
+        cusparseLtMatmulAlgGetAttribute(h, &p.alg, attrs[i], &values[i], sizeof(int));
+    }
+    char line[256];
+    std::snprintf(line, sizeof(line), "%s %lld %lld %lld %d %d %d %d %d %d %zu\n",
+                  jaxsparse::kLayoutNames[layout], static_cast<long long>(cout),
+                  static_cast<long long>(k), static_cast<long long>(n), dtype, values[0],
+                  values[1], values[2], values[3], values[4], p.workspace);
+    text += line;
+  });
+  if (cap > 0) {
+    const size_t len = text.size() < static_cast<size_t>(cap - 1) ? text.size() : cap - 1;
+    text.copy(out, len);
+    out[len] = '\0';
+  }
+  return static_cast<int>(text.size());
 }
