@@ -250,8 +250,9 @@ def e2e_rows(exp: Experiment, batch: int, variants: list[str], *, warmup: int, t
     checked then timed; ``speedup`` is against the optimized dense, ``vs_written`` against
     the dense model as written (medians of the per-repetition ratios, as the studies state)."""
     x = jax.random.normal(jax.random.key(0), (batch, *exp.image_shape), exp.dtype)
-    opt, opt_s, opt_err = compile_checked(exp, None, x)
-    fns = [jax.jit(lambda v, x: exp.apply_fn(v, x)), jax.jit(opt)]
+    dense = jax.jit(lambda v, x: exp.apply_fn(v, x))
+    opt, opt_s, opt_err = compile_checked(exp, None, x, reference=dense(exp.variables, x))
+    fns = [dense, jax.jit(opt)]
     args = [(exp.variables, x), (opt.variables, x)]
     rows = [{"variant": "dense"}, {"variant": "dense_optimized", "pass_s": opt_s,
                                    "max_rel_error": opt_err, "flops_ratio": 1.0}]
