@@ -203,7 +203,7 @@ def choose(c: Candidate | None, opts: Options) -> tuple[str, str, LayerTiming | 
                          f"{opts.impl!r} skips them (mask only){note}"), None
     assert isinstance(pattern, Block)
     if opts.impl == "pallas":
-        kernel, why = pallas(opts, pattern.bh, pattern.bw)
+        kernel, why = pallas(opts, pattern.bh, pattern.bw, c.x_dtype)
         if kernel is None:
             if opts.policy == "sparse":
                 return "block", f"policy='sparse' (portable block_sparse_dot: {why})", None
@@ -227,13 +227,13 @@ def choose(c: Candidate | None, opts: Options) -> tuple[str, str, LayerTiming | 
     return "block", f"density {c.density:.2f} <= {BLOCK_MAX_DENSITY} on a large layer", None
 
 
-def pallas(opts: Options, bh: int, bw: int) -> tuple[str | None, str]:
+def pallas(opts: Options, bh: int, bw: int, dtype=None) -> tuple[str | None, str]:
     """``(Pallas kernel or None, why)`` for ``bh x bw`` blocks on the target (the interpreter
     with ``interpret=True``)."""
     if opts.interpret:
         return "pallas-interpret", "Pallas interpreter (interpret=True)"
     gpu_kernel = cuda_block_kernel(bh, bw)[0] if opts.platform == "cuda" else "triton"
-    return pallas_kernel(opts.platform, bh, bw, gpu_kernel)
+    return pallas_kernel(opts.platform, bh, bw, gpu_kernel, dtype)
 
 
 def cuda_block_kernel(bh: int, bw: int) -> tuple[str, str]:
@@ -275,5 +275,5 @@ def kernel_name(low: str, pattern, opts: Options, gemm_kn: tuple[int, int], dtyp
         kind = "ell" if isinstance(pattern, Unstructured) else "block"
         return f"cpu {kind} kernel" + (", full density" if full_density else "")
     if opts.impl == "pallas":
-        return pallas(opts, *block_shape(pattern))[0] or "portable"
+        return pallas(opts, *block_shape(pattern), dtype)[0] or "portable"
     return opts.impl

@@ -104,40 +104,25 @@ def test_nm_dot_cusparselt_vmap_and_gradients():
     close(gv, rv, 3e-2)
 
 
-@pytest.mark.parametrize("b", [32, 128])
+@pytest.mark.parametrize("gpu_kernel,b", [("triton", 32), ("triton", 128), ("mosaic", 64),
+                                          ("mosaic", 128)])
 @pytest.mark.parametrize("rows", [5, 300])
-def test_block_sparse_triton_kernel_equals_reference(b, rows):
+def test_block_sparse_gpu_kernels_equal_reference(gpu_kernel, b, rows):
+    from jaxsparse.kernels.gpu.block_sparse_mosaic import block_sparse_matmul_mosaic
+
+    kernel = {"triton": block_sparse_matmul_gpu, "mosaic": block_sparse_matmul_mosaic}
     rng = np.random.default_rng(2)
     k, n = 512, 256
     w = rng.standard_normal((k, n)).astype(np.float32)
     mask = np.kron(rng.random((k // b, n // b)) < 0.3, np.ones((b, b), bool))
     values, brows = pack_block_ell(w, mask, b, b)
     x = jax.random.normal(jax.random.key(2), (rows, k), jnp.bfloat16)
-    v = jnp.asarray(values, jnp.bfloat16)
-    close(block_sparse_matmul_gpu(x, v, jnp.asarray(brows)),
-          block_sparse_dot_reference(x.astype(jnp.float32), v.astype(jnp.float32),
-                                     jnp.asarray(brows)))
-    fn = lambda x, v, r: block_sparse_dot(x, v, r, impl="pallas")  # noqa: E731
-    assert "triton" in lowered_text(fn, x, v, jnp.asarray(brows))
-
-
-@pytest.mark.parametrize("b", [64, 128])
-@pytest.mark.parametrize("rows", [5, 300])
-def test_block_sparse_mosaic_gpu_kernel_equals_reference(b, rows):
-    from jaxsparse.kernels.gpu.block_sparse_mosaic import block_sparse_matmul_mosaic
-
-    rng = np.random.default_rng(3)
-    k, n = 512, 256
-    w = rng.standard_normal((k, n)).astype(np.float32)
-    mask = np.kron(rng.random((k // b, n // b)) < 0.3, np.ones((b, b), bool))
-    values, brows = pack_block_ell(w, mask, b, b)
-    x = jax.random.normal(jax.random.key(6), (rows, k), jnp.bfloat16)
-    v = jnp.asarray(values, jnp.bfloat16)
-    close(block_sparse_matmul_mosaic(x, v, jnp.asarray(brows)),
-          block_sparse_dot_reference(x.astype(jnp.float32), v.astype(jnp.float32),
-                                     jnp.asarray(brows)))
-    fn = lambda x, v, r: block_sparse_dot(x, v, r, impl="pallas", gpu_kernel="mosaic")  # noqa
-    assert "mosaic_gpu" in lowered_text(fn, x, v, jnp.asarray(brows))
+    v, brows = jnp.asarray(values, jnp.bfloat16), jnp.asarray(brows)
+    close(kernel[gpu_kernel](x, v, brows), block_sparse_dot_reference(
+        x.astype(jnp.float32), v.astype(jnp.float32), brows))
+    fn = lambda x, v, r: block_sparse_dot(x, v, r, impl="pallas", gpu_kernel=gpu_kernel)  # noqa
+    assert {"triton": "triton", "mosaic": "mosaic_gpu"}[gpu_kernel] in lowered_text(fn, x, v,
+                                                                                   brows)
 
 
 @pytest.mark.parametrize("variant", ["2:4", "block:32x32", "channel", "channel+2:4"])
