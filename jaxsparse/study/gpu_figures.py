@@ -38,7 +38,7 @@ from jaxsparse.markdown import table
 from jaxsparse.primitives.block_sparse_dot import pack_block_ell
 from jaxsparse.primitives.nm_dot import nm_dot, pack_nm
 from jaxsparse.study.report import speedup_median
-from jaxsparse.study.speed import compile_checked
+from jaxsparse.study.speed import TOLERANCE, compile_checked
 from jaxsparse.study.variants import Variant
 from jaxsparse.training.bench import benchmark
 from jaxsparse.training.experiment import Experiment
@@ -79,7 +79,7 @@ def _block_mask(k: int, n: int, b: int, density: float, rng) -> np.ndarray:
 
 BLOCKS = (32, 64, 128)  # Block sizes of the GEMM sweep's block-sparse 90% Triton candidates,
 MOSAIC_BLOCKS = (64, 128)  # and of its Mosaic GPU ones (the same masks).
-TOLERANCE = 5e-2  # Largest relative error (max |err| / max |ref|) a bf16 candidate may show.
+GEMM_TOLERANCE = TOLERANCE["bfloat16"]  # Largest max |err| / max |ref| a GEMM may show.
 
 
 def _gemm_candidates(x: jax.Array, w: np.ndarray, w24: np.ndarray, rng, on_gpu: bool,
@@ -139,9 +139,12 @@ def gemm_rows(batch: int, *, warmup: int, trials: int, reps: int,
     chose. Off a GPU the block kernels run in the Pallas interpreter and cuSPARSELt is
     skipped with the reason (a smoke run of the sweep itself).
 
+    A candidate that fails, or whose output differs from its reference by more than
+    :data:`GEMM_TOLERANCE` (its time would mean nothing), is not timed: the row's ``skipped`` says
+    why, so one kernel cannot end a device run.
+
     Raises:
-        RuntimeError: when a candidate's output differs from its reference by more than
-            :data:`TOLERANCE` (its time would mean nothing).
+        RuntimeError: when the dense GEMM itself fails or is wrong.
     """
     on_gpu = jax.devices()[0].platform == "gpu"
     rng = np.random.default_rng(0)
@@ -153,12 +156,20 @@ def gemm_rows(batch: int, *, warmup: int, trials: int, reps: int,
         w24 = np.where(np.asarray(js.compute_mask(w, "2:4")), w, 0).astype(np.float32)
         cands, refs, skipped = _gemm_candidates(x, w, w24, rng, on_gpu)
         errors = {}
-        for c, (fn, args) in cands.items():
-            got = np.asarray(fn(*args), np.float32)
-            errors[c] = float(np.abs(got - refs[c]).max() / max(1e-6, np.abs(refs[c]).max()))
-            if errors[c] > TOLERANCE:
-                raise RuntimeError(f"gemm {name}: {c} differs from its reference by "
-                                   f"{errors[c]:.2e} (> {TOLERANCE}); not timing it.")
+        for c, (fn, args) in list(cands.items()):
+            try:
+                got = np.asarray(fn(*args), np.float32)
+            except Exception as e:  # noqa: BLE001 - one kernel's failure must not end the run.
+                skipped[c] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            else:
+                errors[c] = float(np.abs(got - refs[c]).max() / max(1e-6, np.abs(refs[c]).max()))
+                if errors[c] <= GEMM_TOLERANCE:
+                    continue
+                skipped[c] = (f"differs from its reference by {errors[c]:.1e} "
+                              f"(> {GEMM_TOLERANCE})")
+            del cands[c]
+            if c == "dense":
+                raise RuntimeError(f"gemm {name}: the dense GEMM {skipped[c]}.")
         timed = benchmark([f for f, _ in cands.values()], [a for _, a in cands.values()], m,
                           warmup=warmup, num_batches=trials, reps=reps)
         t = {c: r.latency_ms_p50 for c, r in zip(cands, timed, strict=True)}
@@ -248,7 +259,9 @@ def e2e_rows(exp: Experiment, batch: int, variants: list[str], *, warmup: int, t
     """Dense (as written), the optimized dense model (``js.sparsify`` without masks: every
     BatchNorm folded, the speed baseline) and every variant of ``exp``'s model at ``batch``,
     checked then timed; ``speedup`` is against the optimized dense, ``vs_written`` against
-    the dense model as written (medians of the per-repetition ratios, as the studies state)."""
+    the dense model as written (medians of the per-repetition ratios, as the studies state).
+    A variant that fails, or differs from the masked dense model by more than the speed
+    study's tolerance for the dtype, is not timed: its row comes last with ``left_out``."""
     x = jax.random.normal(jax.random.key(0), (batch, *exp.image_shape), exp.dtype)
     dense = jax.jit(lambda v, x: exp.apply_fn(v, x))
     opt, opt_s, opt_err = compile_checked(exp, None, x, reference=dense(exp.variables, x))
@@ -256,18 +269,31 @@ def e2e_rows(exp: Experiment, batch: int, variants: list[str], *, warmup: int, t
     args = [(exp.variables, x), (opt.variables, x)]
     rows = [{"variant": "dense"}, {"variant": "dense_optimized", "pass_s": opt_s,
                                    "max_rel_error": opt_err, "flops_ratio": 1.0}]
+    tolerance = TOLERANCE[jnp.dtype(exp.dtype).name]
+    left_out = []
     for name in variants:
-        masks = variant_masks(exp, name, x)
-        sp, pass_s, err = compile_checked(exp, masks, x, policy="sparse")
+        try:
+            masks = variant_masks(exp, name, x)
+            sp, pass_s, err = compile_checked(exp, masks, x, policy="sparse")
+        except Exception as e:  # noqa: BLE001 - one variant's failure must not end the run.
+            why = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            log(f"e2e batch {batch} {name}: {why}")
+            left_out.append({"variant": name, "left_out": why})
+            continue
         actions = collections.Counter(("sliced+" if r.sliced else "") + r.op
                                       for r in sp.report.rows)
         log(f"e2e batch {batch} {name}: pass {pass_s:.1f} s, FLOPs ratio "
             f"{sp.report.flops_ratio:.3f}, max rel. error vs masked dense {err:.1e}, "
             f"layers {dict(actions)}")
+        row = {"variant": name, "pass_s": pass_s, "flops_ratio": sp.report.flops_ratio,
+               "max_rel_error": err, "layer_actions": dict(actions)}
+        if err > tolerance:
+            left_out.append({**row, "left_out": f"differs from the masked dense model by "
+                                                f"{err:.1e} (> {tolerance})"})
+            continue
         fns.append(jax.jit(sp))
         args.append((sp.variables, x))
-        rows.append({"variant": name, "pass_s": pass_s, "flops_ratio": sp.report.flops_ratio,
-                     "max_rel_error": err, "layer_actions": dict(actions)})
+        rows.append(row)
     timed = benchmark(fns, args, batch, warmup=warmup, num_batches=trials, reps=reps)
     for row, t in zip(rows, timed, strict=True):
         row.update({"batch": batch, "ms": t.latency_ms_p50, "images_per_sec": t.images_per_sec,
@@ -276,7 +302,7 @@ def e2e_rows(exp: Experiment, batch: int, variants: list[str], *, warmup: int, t
                     "vs_written": speedup_median(timed[0].latencies_ms, t.latencies_ms)})
     log(f"e2e batch {batch}: " + ", ".join(
         f"{r['variant']} {r['images_per_sec']:.0f} img/s ({r['speedup']:.2f}x)" for r in rows))
-    return rows
+    return rows + left_out
 
 
 def predicted_seconds(last: tuple[int, float] | None, batch: int) -> float | None:
@@ -348,6 +374,11 @@ def markdown(res: dict) -> str:
         g = res["gemm"]
         lines += [f"## GEMMs: ResNet50 layer shapes at batch {g['batch']}", "",
                   f"Command: `{g['command']}`", "", _gemm_table(g["rows"]), ""]
+        left_out = [f"- {r['gemm']}, {c}: {why}" for r in g["rows"]
+                    for c, why in r.get("skipped", {}).items()
+                    if why.startswith(("failed", "differs"))]
+        if left_out:
+            lines += ["Left out (not timed):", "", *left_out, ""]
     for key in sorted(k for k in res if k.startswith("e2e_b")):
         e = res[key]
         tag = f" ({e['tag']})" if e.get("tag") else ""
@@ -355,18 +386,21 @@ def markdown(res: dict) -> str:
             lines += [f"## ResNet50 224x224 {env['precision']} inference, batch "
                       f"{e['batch']}{tag}", "", f"Not run: {e['skipped']}.", ""]
             continue
+        timed = [r for r in e["rows"] if "left_out" not in r]
         cells = [[r["variant"], f"{r['images_per_sec']:.0f}", f"{r['speedup']:.2f}x",
                   f"{r['vs_written']:.2f}x" if "vs_written" in r else "-",
                   f"{r['ms']:.2f}", f"{r.get('flops_ratio', 1.0):.3f}",
                   f"{r.get('max_rel_error', 0.0):.1e}", _accuracy(r.get("study")),
                   ", ".join(f"{k} x{v}" for k, v in r.get("layer_actions", {}).items())]
-                 for r in e["rows"]]
+                 for r in timed]
         lines += [f"## ResNet50 224x224 {env['precision']} inference, batch {e['batch']}{tag}",
                   "", f"Command: `{e['command']}`", "",
                   table(["variant", "images/s", "speedup vs optimized dense",
                          "vs dense as written", "ms/batch", "FLOPs ratio", "max rel. error",
                          "study accuracy (same pattern)", "layers"], cells), ""]
-        sources = sorted({r["study"]["source"] for r in e["rows"] if r.get("study")})
+        lines += [f"Left out (not timed): {r['variant']}: {r['left_out']}." for r in e["rows"]
+                  if "left_out" in r]
+        sources = sorted({r["study"]["source"] for r in timed if r.get("study")})
         if sources:
             lines += [f"Study accuracy: the training study's most accurate variant of the same "
                       f"pattern and sparsity ({', '.join(sources)}; these speed rows use random "

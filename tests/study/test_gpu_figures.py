@@ -38,13 +38,30 @@ def test_e2e_rows_check_then_time_every_variant():
     assert "speedup vs optimized dense" in text
 
 
+def test_a_variant_that_fails_is_left_out_of_the_timing_with_the_reason(monkeypatch):
+    config = smoke.get_config()
+    config.data.name = "synthetic"
+    exp = experiment.build(config, load_data=False)
+    real = figs.variant_masks
+    monkeypatch.setattr(figs, "variant_masks", lambda exp, name, x: 1 / 0 if name == "nm24"
+                        else real(exp, name, x))
+    rows = figs.e2e_rows(exp, 4, ["nm24", "channel50"], warmup=0, trials=1, reps=1)
+    assert [r["variant"] for r in rows] == ["dense", "dense_optimized", "channel50", "nm24"]
+    assert rows[-1]["left_out"].startswith("failed: ZeroDivisionError") and "ms" not in rows[-1]
+    env = {"device": "cpu", "jax": "x", "driver": "-", "cusparselt": "-", "precision": "f32"}
+    text = figs.markdown({"environment": env, "date": "d", "e2e_b4": {
+        "batch": 4, "command": "c", "rows": rows, "tag": ""}})
+    assert "Left out (not timed): nm24: failed: ZeroDivisionError" in text
+    assert "| nm24 |" not in text
+
+
 def test_gemm_sweep_checks_then_times_every_candidate_and_says_what_it_skipped():
     rows = figs.gemm_rows(1, warmup=0, trials=2, reps=1, gemms=[("smoke 1x1", 16, 128, 128),
                                                                ("smoke odd", 16, 96, 64)])
     first, odd = rows
     assert set(first["ms"]) == {"dense", "nm_dot", "block90_32", "block90_64", "block90_128",
                                 "mosaic90_64", "mosaic90_128"}
-    assert all(e < figs.TOLERANCE for e in first["rel_error"].values()), first["rel_error"]
+    assert all(e < figs.GEMM_TOLERANCE for e in first["rel_error"].values()), first["rel_error"]
     assert first["skipped"] == {"cusparselt": "no NVIDIA GPU"} and "best_2_4" not in first
     assert odd["skipped"]["block90_128"] == "K=96 or N=64 is not a multiple of 128"
     assert set(first["speedup"]) == set(first["ms"]) - {"dense"}
@@ -54,6 +71,27 @@ def test_gemm_sweep_checks_then_times_every_candidate_and_says_what_it_skipped()
     assert "| smoke 1x1 | 16 | 128 | 128 |" in text and "cuSPARSELt b_row" in text
     with pytest.raises(ValueError, match="no cuSPARSELt GEMM measurement"):
         figs.cost_table(res)
+
+
+def test_a_failing_or_wrong_candidate_is_left_out_with_the_reason(monkeypatch):
+    real = figs._gemm_candidates
+
+    def broken(*args):
+        cands, refs, skipped = real(*args)
+        cands["block90_32"] = (lambda *a: 1 / 0, ())
+        refs["block90_64"] = -refs["block90_64"]  # Its output no longer matches.
+        return cands, refs, skipped
+
+    monkeypatch.setattr(figs, "_gemm_candidates", broken)
+    (row,) = figs.gemm_rows(1, warmup=0, trials=1, reps=1, gemms=[("smoke", 16, 128, 128)])
+    assert row["skipped"]["block90_32"].startswith("failed: ZeroDivisionError")
+    assert row["skipped"]["block90_64"].startswith("differs from its reference by")
+    assert "block90_32" not in row["ms"] and "block90_64" not in row["ms"]
+    assert "block90_128" in row["ms"]
+    env = {"device": "d", "jax": "x", "driver": "-", "cusparselt": "-", "precision": "bf16"}
+    text = figs.markdown({"environment": env, "date": "d", "gemm": {
+        "batch": 1, "command": "c", "rows": [row]}})
+    assert "Left out (not timed):\n\n- smoke, block90_32: failed: ZeroDivisionError" in text
 
 
 def test_cost_table_keeps_the_fastest_plan_per_shape_and_auto_reads_it():
