@@ -54,7 +54,7 @@ def build(rows: list[dict[str, Any]], env: dict[str, Any]) -> dict[str, Any]:
     else the dense one; SingleStream: its p90 latency over the row's), ``meets_99`` (vs the
     dense model as written) and ``run`` (the short label or ``"official"``), ``baseline``,
     ``best`` per scenario (the fastest VALID Open row within 99% of dense, if faster than
-    the baseline) and the summary.
+    every dense row of the scenario, the baseline and the model as written) and the summary.
 
     Raises:
         ValueError: if a scenario has no dense row.
@@ -74,8 +74,14 @@ def build(rows: list[dict[str, Any]], env: dict[str, Any]) -> dict[str, Any]:
                     "meets_99": meets, "run": run})
     best = {}
     for scenario in dict.fromkeys(r["scenario"] for r in out):
+        # Faster than every dense measurement of the scenario: where the model as written
+        # measured faster than the optimized one (a noisy short run, or batch 1), a sparse
+        # model must beat that too.
+        bar = max([1.0] + [r["speedup"] for r in out if r["scenario"] == scenario and
+                           r["variant"] in ("dense", DENSE_OPTIMIZED) and
+                           r["speedup"] is not None])
         ok = [r for r in out if r["scenario"] == scenario and r["division"] == "open" and
-              r["valid"] and r["meets_99"] and r["speedup"] is not None and r["speedup"] > 1]
+              r["valid"] and r["meets_99"] and r["speedup"] is not None and r["speedup"] > bar]
         best[scenario] = max(ok, key=lambda r: r["speedup"])["variant"] if ok else None
     rep = {**env, "run": run, "rows": out, "best": best}
     rep["summary"] = summary_lines(rep)
