@@ -23,6 +23,7 @@ submission-length run".
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -230,14 +231,15 @@ def _saved(logdir: str, m: ml_collections.ConfigDict) -> dict[str, Any] | None:
     return saved if saved["key"] == _key(m) else None
 
 
-def _test(sut: loadgen.SystemUnderTest, samples: loadgen.SampleLibrary, labels: Any,
-          scenario: str, mode: str, cal: loadgen.Calibration, logdir: str,
+def _test(make_sut: Callable[[], loadgen.SystemUnderTest], samples: loadgen.SampleLibrary,
+          labels: Any, scenario: str, mode: str, cal: loadgen.Calibration, logdir: str,
           m: ml_collections.ConfigDict) -> dict[str, Any]:
-    """One LoadGen test, or its saved result when it finished earlier with these settings."""
+    """One LoadGen test, or its saved result when it finished earlier with these settings
+    (then no system under test is made: the model was not compiled)."""
     saved = _saved(logdir, m)
     if saved is not None:
         return saved
-    res = loadgen.run_test(sut, samples, loadgen.test_settings(
+    res = loadgen.run_test(make_sut(), samples, loadgen.test_settings(
         scenario, mode, cal, min_duration_s=short_seconds(m)), logdir, trace=m.trace).as_dict()
     if mode == "accuracy" and labels is not None:
         acc = loadgen.accuracy_from_log(logdir, labels)
@@ -304,8 +306,8 @@ def run_mlperf(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
                 sizes = {b: preds[b] for b in preds if scenario != "SingleStream" or b == 1}
                 if scenario == "Server":
                     sizes = {b: p for b, p in sizes.items() if b <= m.server_batch_size}
-                sut = loadgen.SystemUnderTest(sizes, samples)
-                tests[mode] = _test(sut, samples, labels, scenario, mode, cal,
+                tests[mode] = _test(functools.partial(loadgen.SystemUnderTest, sizes, samples),
+                                    samples, labels, scenario, mode, cal,
                                     logdirs[scenario, mode], m)
             rows.append(report_lib.row(model.name, model.division, scenario, tests))
             say(f"[mlperf] {report_lib.row_text(rows[-1], short)}")

@@ -236,3 +236,8 @@ def test_study_workdir_end_to_end(tmp_path):
     assert "| channel50 | open | Offline |" in text and SHORT in text
     assert json.loads((tmp_path / "mlperf" / "report.json").read_text())["loadgen"] == \
         loadgen.loadgen_version()
+    # Run again: every test finished, so each is reused (nothing compiled) and the report is
+    # the same.
+    again = mlperf.run_mlperf(c, str(tmp_path))
+    assert [(r["variant"], r["samples_per_sec"]) for r in again["rows"]] == \
+        [(r["variant"], r["samples_per_sec"]) for r in rep["rows"]]
