@@ -154,18 +154,17 @@ def _nm_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTiming | Non
     cuSPARSELt only where the ``cuda`` cost table (the GPU figures' GEMM sweep) measured it
     faster than dense at the layer's GEMM shape, and keeps it dense elsewhere."""
     pattern = c.pattern
+    k, n = c.gemm_kn
     kernel, why = (None, f"no {pattern} sparse tensor cores on {opts.platform}")
     if opts.platform == "cuda":
-        kernel, why = cuda_kernel(c.gemm_kn[0], pattern.n, pattern.m, c.gemm_kn[1], c.x_dtype)
-        why = f"{why}, plan {cuda_nm_plan(*c.gemm_kn)[0]}" if kernel else \
-            f"no cuSPARSELt kernel: {why}"
+        layout, entry, exact = cuda_nm_plan(k, n)
+        kernel, why = cuda_kernel(k, pattern.n, pattern.m, n, c.x_dtype)
+        why = f"{why}, plan {layout}" if kernel else f"no cuSPARSELt kernel: {why}"
     if opts.policy == "sparse":
         detail = why if kernel else f"portable nm_dot densifies; {why}"
         return "nm", f"policy='sparse' ({detail})", None
     if kernel is None:
         return "dense", f"{why}; the portable nm_dot densifies (policy='sparse' forces it)", None
-    k, n = c.gemm_kn
-    layout, entry, exact = cuda_nm_plan(k, n)
     if entry is None:
         return "dense", (f"no measured 2:4 entry near K={k}, N={n} in the cuda cost table "
                          f"(compiler/cost_tables/cuda.json, written by scripts/gpu_check.sh on "

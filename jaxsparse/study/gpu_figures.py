@@ -37,8 +37,8 @@ from jaxsparse.kernels.gpu import cusparselt
 from jaxsparse.markdown import table
 from jaxsparse.primitives.block_sparse_dot import pack_block_ell
 from jaxsparse.primitives.nm_dot import nm_dot, pack_nm
-from jaxsparse.study.report import speedup_median
-from jaxsparse.study.speed import TOLERANCE, compile_checked
+from jaxsparse.study.report import DENSE_ROWS, speedup_median
+from jaxsparse.study.speed import TOLERANCE, compile_checked, relative_error
 from jaxsparse.study.variants import Variant
 from jaxsparse.training.bench import benchmark
 from jaxsparse.training.experiment import Experiment
@@ -123,12 +123,9 @@ def _gemm_candidates(x: jax.Array, w: np.ndarray, w24: np.ndarray, rng, on_gpu: 
     return cands, refs, skipped
 
 
-def _plans_by_layout(k: int, n: int, m: int) -> dict[str, dict]:
-    """What cuSPARSELt's search chose for the ``(m, k) @ (k, n)`` plans this process ran."""
-    pad = -(-m // 8) * 8
-    return {p["layout"]: {f: p[f] for f in ("alg_id", "max_alg_id", "split_k", "split_k_mode",
-                                             "split_k_buffers")}
-            for p in cusparselt.plans() if (p["k"], p["cout"], p["n"]) == (k, n, pad)}
+def _failure(e: Exception) -> str:
+    """A kernel's or variant's failure as the results record it: its type and first line."""
+    return f"failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
 
 
 def gemm_rows(batch: int, *, warmup: int, trials: int, reps: int,
@@ -160,9 +157,9 @@ def gemm_rows(batch: int, *, warmup: int, trials: int, reps: int,
             try:
                 got = np.asarray(fn(*args), np.float32)
             except Exception as e:  # noqa: BLE001 - one kernel's failure must not end the run.
-                skipped[c] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                skipped[c] = _failure(e)
             else:
-                errors[c] = float(np.abs(got - refs[c]).max() / max(1e-6, np.abs(refs[c]).max()))
+                errors[c] = relative_error(got, refs[c])
                 if errors[c] <= GEMM_TOLERANCE:
                     continue
                 skipped[c] = (f"differs from its reference by {errors[c]:.1e} "
@@ -181,7 +178,7 @@ def gemm_rows(batch: int, *, warmup: int, trials: int, reps: int,
         if plans:
             best = max(plans, key=lambda c: speedup[c])
             layout = best.removeprefix("cusparselt_")
-            row["plans"] = _plans_by_layout(k, n, m)
+            row["plans"] = cusparselt.plans_for(m, k, n)
             row["best_2_4"] = {"layout": layout, "speedup": speedup[best],
                                **row["plans"].get(layout, {})}
         rows.append(row)
@@ -202,14 +199,13 @@ def cost_table(res: dict) -> dict:
     """
     g = res.get("gemm", {})
     gemms = [{"kernel": "2:4", "gemm": r["gemm"], "m": r["m"], "k": r["k"], "n": r["n"],
-              "ratio": 1.0 / r["best_2_4"]["speedup"], **r["best_2_4"]}
+              "ratio": 1.0 / r["best_2_4"]["speedup"],
+              **{f: v for f, v in r["best_2_4"].items() if f != "speedup"}}
              for r in g.get("rows", []) if "best_2_4" in r]
     if not gemms:
         raise ValueError("the results have no cuSPARSELt GEMM measurement (the GEMM section "
                          "must run on an NVIDIA GPU with the cuSPARSELt library); no cuda cost "
                          "table written.")
-    for e in gemms:
-        del e["speedup"]
     block_kernels = {}
     for b in MOSAIC_BLOCKS:  # Mosaic GPU against Triton, median over the shapes both ran.
         ratios = [r["ms"][f"mosaic90_{b}"] / r["ms"][f"block90_{b}"] for r in g.get("rows", [])
@@ -235,7 +231,7 @@ def study_accuracy(report: dict, name: str) -> dict | None:
     sparsity of :data:`VARIANTS` ``name`` (``"dense"`` for the dense baselines): its most
     accurate variant of that pattern and target sparsity, with the study's model and dataset;
     None when the study has none (e.g. no channel + 2:4, or another block size)."""
-    if name in ("dense", "dense_optimized"):
+    if name in DENSE_ROWS:
         pattern, sparsity = "dense", None
     else:
         v = VARIANTS[name]
@@ -276,7 +272,7 @@ def e2e_rows(exp: Experiment, batch: int, variants: list[str], *, warmup: int, t
             masks = variant_masks(exp, name, x)
             sp, pass_s, err = compile_checked(exp, masks, x, policy="sparse")
         except Exception as e:  # noqa: BLE001 - one variant's failure must not end the run.
-            why = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            why = _failure(e)
             log(f"e2e batch {batch} {name}: {why}")
             left_out.append({"variant": name, "left_out": why})
             continue

@@ -78,7 +78,7 @@ def build(rows: list[dict[str, Any]], env: dict[str, Any]) -> dict[str, Any]:
         # measured faster than the optimized one (a noisy short run, or batch 1), a sparse
         # model must beat that too.
         bar = max([1.0] + [r["speedup"] for r in out if r["scenario"] == scenario and
-                           r["variant"] in ("dense", DENSE_OPTIMIZED) and
+                           r["variant"] in DENSE_ROWS and
                            r["speedup"] is not None])
         ok = [r for r in out if r["scenario"] == scenario and r["division"] == "open" and
               r["valid"] and r["meets_99"] and r["speedup"] is not None and r["speedup"] > bar]

@@ -197,12 +197,22 @@ def matmul(x: jax.Array, blob: jax.Array, cout: int, layout: str = DEFAULT_LAYOU
     if n > MAX_ROWS:
         return jnp.concatenate([matmul(x[i:i + MAX_ROWS], blob, cout, layout, alg_id)
                                 for i in range(0, n, MAX_ROWS)], axis=0)
-    pad = -n % 8
+    pad = _padded_rows(n) - n
     xp = jnp.pad(x, ((0, pad), (0, 0))) if pad else x
     out = jax.ShapeDtypeStruct((n + pad, cout), x.dtype)
     y = jax.ffi.ffi_call("jaxsparse_cusparselt_matmul", out)(
         xp, blob, layout=layout, alg_id=np.int32(alg_id))
     return y[:n] if pad else y
+
+
+def _padded_rows(n: int) -> int:
+    """The rows cuSPARSELt gets for ``n`` rows of ``x``: a multiple of 8."""
+    return -(-n // 8) * 8
+
+
+def _chunk_rows(n: int) -> set[int]:
+    """The (padded) row counts of the plans :func:`matmul` makes for ``n`` rows."""
+    return {_padded_rows(min(MAX_ROWS, n - i)) for i in range(0, n, MAX_ROWS)}
 
 
 def nm_matmul(x: jax.Array, w_dense: jax.Array, layout: str = DEFAULT_LAYOUT) -> jax.Array:
@@ -230,4 +240,18 @@ def plans() -> list[dict[str, int | str]]:
     for line in buf.value.decode().splitlines():
         layout, *numbers = line.split()
         out.append(dict(zip(PLAN_FIELDS, [layout, *map(int, numbers)], strict=True)))
+    return out
+
+
+def plans_for(rows: int, k: int, cout: int) -> dict[str, dict[str, int]]:
+    """Per layout, what :func:`plans` says the search chose for :func:`matmul` of ``rows``
+    rows of ``x (rows, k)`` and a ``(k, cout)`` weight (its first chunk's plan, when longer
+    inputs run in chunks): the algorithm id, largest id and split-K with its mode and
+    buffers."""
+    chunks = _chunk_rows(rows)
+    out: dict[str, dict[str, int]] = {}
+    for p in plans():
+        if (p["k"], p["cout"]) == (k, cout) and p["n"] in chunks:
+            out.setdefault(p["layout"], {f: p[f] for f in (
+                "alg_id", "max_alg_id", "split_k", "split_k_mode", "split_k_buffers")})
     return out
