@@ -68,25 +68,25 @@ def relative_error(got: Any, ref: Any) -> float:
 def max_rel_error(exp: Experiment, masks: Any, sp: js.SparseModel, x: jax.Array,
                   reference: jax.Array | None = None) -> float:
     """Largest ``|compiled - masked dense|`` over the masked output's largest magnitude
-    (``masks`` for ``exp.variables`` or for its params; None: the dense model, whose output
-    on ``x`` may be given as ``reference`` so it is not computed again)."""
-    if masks is None and reference is not None:
-        return relative_error(jax.jit(sp)(sp.variables, x), reference)
-    if masks is None:
-        masked = exp.variables
-    elif "params" in masks:
-        masked = js.apply_masks(exp.variables, masks)
-    else:
-        masked = {**exp.variables, "params": js.apply_masks(exp.variables["params"], masks)}
-    return relative_error(jax.jit(sp)(sp.variables, x), jax.jit(exp.apply_fn)(masked, x))
+    (``masks`` for ``exp.variables`` or for its params; None: the dense model). ``reference``
+    is the masked dense model's output on ``x`` when the caller has it already."""
+    if reference is None:
+        if masks is None:
+            masked = exp.variables
+        elif "params" in masks:
+            masked = js.apply_masks(exp.variables, masks)
+        else:
+            masked = {**exp.variables, "params": js.apply_masks(exp.variables["params"], masks)}
+        reference = jax.jit(exp.apply_fn)(masked, x)
+    return relative_error(jax.jit(sp)(sp.variables, x), reference)
 
 
 def compile_checked(exp: Experiment, masks: Any, x: jax.Array, *,
                     reference: jax.Array | None = None, **sparsify_kwargs: Any,
                     ) -> tuple[js.SparseModel, float, float]:
     """``(sparse model, seconds the pass took, its max relative error)``: ``js.sparsify`` of
-    ``exp``'s model under ``masks``, checked against the masked dense model on ``x`` (for
-    ``masks=None``, ``reference``: the dense output when the caller has it)."""
+    ``exp``'s model under ``masks``, checked against the masked dense model on ``x``
+    (``reference``: that model's output, when the caller has it)."""
     t0 = time.perf_counter()
     sp = js.sparsify(exp.apply_fn, exp.variables, masks, x, **sparsify_kwargs)
     pass_s = time.perf_counter() - t0
