@@ -135,14 +135,19 @@ class SparseModel:
 
 def affine_folds(seen: dict[str, list], notes: dict[str, str],
                  ) -> tuple[dict[str, tuple], dict[str, str]]:
-    """``({key: (scale, shift, ops)}, {key: why not})``: the layers whose output was needed
-    at exactly one point, after at least one per-channel affine op, are folded; a layer whose
-    output is also read before or beside its affine ops keeps them (and says so)."""
+    """``({key: (scale, shift, affine ops, epilogue)}, {key: why not})``: a layer whose output
+    was needed at exactly one point, after at least one op, has those ops folded (per-channel
+    affine ops into its weights and bias, a residual add and ReLU into its kernel's
+    epilogue); so has one whose output, ending with an epilogue, was needed as that one value
+    at several points (a residual block's output: the next block's input and its residual).
+    A layer whose output is also read before or beside them keeps them (and says so)."""
     out, why = {}, dict(notes)
     for key, points in seen.items():
-        if len(points) == 1 and points[0][0] > 0:
-            ops, scale, shift = points[0]
-            out[key] = (np.asarray(scale, np.float64), np.asarray(shift, np.float64), ops)
+        step, scale, shift, epilogue, _ = points[0]
+        one = len(points) == 1 or (epilogue and len({p[4] for p in points}) == 1)
+        if one and step > 0:
+            out[key] = (np.asarray(scale, np.float64), np.asarray(shift, np.float64),
+                        step - len(epilogue), epilogue)
             why.pop(key, None)
         elif len(points) > 1 and any(p[0] > 0 for p in points):
             why[key] = f"its output is read at {len(points)} places, not only through them"
@@ -197,8 +202,10 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
         fold_batchnorm: fold the per-channel affine ops that follow a conv or dense layer (an
             inference-mode BatchNorm: subtract, multiply, add by host constants) into the
             layer's weights and a per-channel bias, as inference runtimes do; exact to f32
-            rounding. A layer whose raw output is also read elsewhere keeps its ops. The
-            report's rows say which were folded.
+            rounding. Where the layer runs on a C++ CPU kernel, a residual add and a ReLU
+            after them go into the kernel's epilogue too (applied before the output is
+            stored: no pass over memory of their own). A layer whose raw output is also read
+            elsewhere keeps its ops. The report's rows say what was folded.
 
     Returns:
         A :class:`SparseModel` ``sp``; ``sp(sp.variables, *args)`` equals

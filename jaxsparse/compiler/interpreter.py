@@ -58,8 +58,10 @@ class Context:
             was rebuilt in full because of ``missing_rule="densify"``.
         analyze: compile time, first pass: layers return :class:`Pending` outputs so that the
             per-channel affine ops after them are tracked (``affine_seen``).
-        affine_seen: by layer key, every point its output was needed: ``(ops, scale, shift)``.
-        folds: by layer key, the affine to fold into it: ``(scale, shift, ops)``.
+        affine_seen: by layer key, every point its output was needed (``Pending.point``: ops,
+            scale, shift, epilogue, which tracked value).
+        folds: by layer key, the affine and epilogue to fold into it: ``(scale, shift, affine
+            ops, epilogue)``.
         fold_notes: analysing: by layer key, why the per-channel ops after it cannot be
             folded (``js.sparsify`` puts them on the report's rows).
         measured: ``calibrate=True``: ``(dense ms, kernel ms)`` by ``(layer key, candidate)``,
@@ -93,7 +95,7 @@ class Context:
         if not isinstance(v, Pending):
             return v
         if self.compiling and not v.folded:
-            self.affine_seen.setdefault(v.key, []).append((v.step, v.scale, v.shift))
+            self.affine_seen.setdefault(v.key, []).append(v.point)
         return v.value()
 
     def plain(self, v: Any) -> Any:
@@ -287,8 +289,11 @@ def _affine_vector(eqn, p: Pending, other: Any) -> np.ndarray | None:
 
 def _absorb(eqn, p: Pending, other: Any, position: int) -> Pending | None:
     """``p`` after one more per-channel affine op, or None when the op is not one."""
-    if p.folded:  # The layer's weights and bias already hold the first ``final`` ops.
-        return dataclasses.replace(p, step=p.step + 1) if p.step < p.final else None
+    if p.folded:  # The layer's weights and bias already hold its first affine ops.
+        return dataclasses.replace(p, step=p.step + 1) \
+            if p.step < p.final - len(p.epilogue) else None
+    if p.epilogue:  # After a residual add or ReLU an affine op no longer folds.
+        return None
     c = _affine_vector(eqn, p, other)
     if c is None:
         return None
@@ -306,8 +311,64 @@ def _absorb(eqn, p: Pending, other: Any, position: int) -> Pending | None:
     return dataclasses.replace(p, scale=s, shift=t, step=p.step + 1)
 
 
+def _same_activation(p: Pending, other: Any, out) -> bool:
+    """Whether ``other`` can be ``p``'s residual: an activation of the layer output's shape and
+    dtype (``out``: the add's result), sliced to the same channels when the output is."""
+    base = p.base
+    o = other.base if isinstance(other, Pending) and not other.folded else other
+    if isinstance(other, Pending) and other.folded:
+        return False  # Its channels are not known before it runs; it is rare enough.
+    if isinstance(base, Sliced):
+        return isinstance(o, Sliced) and o.axis == base.axis and \
+            np.array_equal(o.keep, base.keep) and o.data.dtype == base.data.dtype
+    if isinstance(o, Sliced | WRef) or not hasattr(o, "shape") or not hasattr(o, "dtype"):
+        return False
+    return tuple(o.shape) == tuple(base.shape) == tuple(out.shape) and \
+        o.dtype == base.dtype == out.dtype
+
+
+def _epilogue_step(ctx: Context, eqn, invals: list) -> list | None:
+    """An add of a residual or a ReLU (``max(v, 0)``) absorbed into a layer output's kernel
+    epilogue (while analysing: only where its kernel fuses one, in the order add then ReLU;
+    once folded: where the plan put it), else None."""
+    if len(invals) != 2 or eqn.primitive not in (lax.add_p, lax.max_p):
+        return None
+    op = "add" if eqn.primitive is lax.add_p else "relu"
+    out = eqn.outvars[0].aval
+    for i in (0, 1):
+        p, other = invals[i], invals[1 - i]
+        if not isinstance(p, Pending):
+            continue
+        if p.folded:
+            k = p.step - (p.final - len(p.epilogue))
+            if not 0 <= k < len(p.epilogue) or p.epilogue[k] != op:
+                continue
+        elif not p.fusable or op in p.epilogue or "relu" in p.epilogue:
+            continue
+        if op == "relu":
+            if not (_concrete(other) and np.ndim(other) == 0 and float(other) == 0.0):
+                continue
+            if not p.folded and out.dtype != (p.base.data if isinstance(p.base, Sliced)
+                                              else p.base).dtype:
+                continue
+            return [_epilogue_next(p, op, p.residual)]
+        if not p.folded and not _same_activation(p, other, out):
+            continue
+        return [_epilogue_next(p, op, ctx.resolve(other))]
+    return None
+
+
+def _epilogue_next(p: Pending, op: str, residual: Any) -> Pending:
+    """``p`` one epilogue op further (tracking: ``op`` appended to it)."""
+    if p.folded:
+        return dataclasses.replace(p, step=p.step + 1, residual=residual)
+    return dataclasses.replace(p, step=p.step + 1, residual=residual,
+                               epilogue=(*p.epilogue, op))
+
+
 def _affine(ctx: Context, eqn, invals: list) -> list:
-    """mul/add/sub/div: one more step of a layer output's pending affine, else elementwise."""
+    """mul/add/sub/div: one more step of a layer output's pending affine, or (add) a residual
+    absorbed into its kernel epilogue, else elementwise."""
     pending = [i for i, v in enumerate(invals) if isinstance(v, Pending)]
     if len(pending) == 1 and len(invals) == 2:
         i = pending[0]
@@ -315,6 +376,11 @@ def _affine(ctx: Context, eqn, invals: list) -> list:
         got = _absorb(eqn, p, invals[1 - i], i)
         if got is not None:
             return [got]
+    fused = _epilogue_step(ctx, eqn, invals)
+    if fused is not None:
+        return fused
+    if len(pending) == 1 and len(invals) == 2:
+        p = invals[pending[0]]
         if ctx.compiling and not p.folded and p.step == 0:
             ctx.fold_notes.setdefault(
                 p.key, f"{eqn.primitive.name} by a value that is not a per-channel constant "
@@ -325,9 +391,20 @@ def _affine(ctx: Context, eqn, invals: list) -> list:
     return _elementwise(ctx, eqn, invals)
 
 
+def _max(ctx: Context, eqn, invals: list) -> list:
+    """max: a ReLU absorbed into a layer output's kernel epilogue, else elementwise."""
+    fused = _epilogue_step(ctx, eqn, invals)
+    if fused is not None:
+        return fused
+    invals = [ctx.resolve(v) for v in invals]
+    if not any(is_special(v) for v in invals):
+        return _untracked(ctx, eqn, invals)
+    return _elementwise(ctx, eqn, invals)
+
+
 def _prepare(ctx: Context, eqn, invals: list) -> list:
-    """Before any rule but the affine one: :class:`Pending` values resolved."""
-    if eqn.primitive in AFFINE or not any(isinstance(v, Pending) for v in invals):
+    """Before any rule but the affine and max ones: :class:`Pending` values resolved."""
+    if eqn.primitive in (*AFFINE, lax.max_p) or not any(isinstance(v, Pending) for v in invals):
         return invals
     return [ctx.resolve(v) for v in invals]
 
@@ -341,6 +418,7 @@ RULES[lax.reduce_window_max_p] = _reduce_window_max
 RULES[lax.reshape_p] = _reshape
 for _p in AFFINE:
     RULES[_p] = _affine
+RULES[lax.max_p] = _max
 
 DOMAIN = engine.Domain(name="sparsifying rewrite", rules=RULES, tracks=is_special,
                        untracked=_untracked, no_rule=_no_rule, prepare=_prepare)

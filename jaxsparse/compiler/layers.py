@@ -30,6 +30,7 @@ from jaxsparse.compiler.packed import (
 )
 from jaxsparse.compiler.report import CompiledLayer
 from jaxsparse.compiler.values import Pending, Sliced, WRef
+from jaxsparse.kernels.cpu.sparse_conv import apply_epilogue
 from jaxsparse.kernels.gpu import cusparselt
 from jaxsparse.primitives.block_sparse_dot import pack_block_ell
 from jaxsparse.primitives.nm_dot import cuda_kernel, pack_nm, unpack_nm
@@ -47,6 +48,9 @@ class LayerPlan:
         fold: whether a constant bias map from removed input channels is added.
         affine_ops: how many per-channel affine ops after the layer (an inference BatchNorm)
             are folded into its weights and a per-channel bias (0: none).
+        epilogue: the ops after those that its kernel applies before storing the output:
+            ``("add",)`` (a residual), ``("relu",)`` or ``("add", "relu")``; the layer then
+            runs where its epilogue ends (it needs the residual).
         supported: False for a layer the pass cannot rewrite (nothing is folded into it).
     """
 
@@ -56,6 +60,7 @@ class LayerPlan:
     out_keep: tuple[int, ...] | None = None
     fold: bool = False
     affine_ops: int = 0
+    epilogue: tuple[str, ...] = ()
     supported: bool = True
 
 
@@ -147,7 +152,11 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
     kind = "conv" if eqn.primitive is lax.conv_general_dilated_p else "dot"
     w_full = np.asarray(w.value, np.float32)  # compile() hands over weights already masked.
     shape = w_full.shape
-    affine = ctx.folds.get(key)  # (scale, shift, ops) of the BatchNorm after it, if folded.
+    # (scale, shift, ops, epilogue) of the BatchNorm etc. after it, if folded.
+    affine = ctx.folds.get(key)
+    epilogue = () if affine is None else affine[3]
+    if affine is not None and not affine[2]:  # Only an epilogue: no scale or bias.
+        affine = None
     dense_bytes = nbytes(w.value)
     why, rows = _layer_shape(eqn, w)
     k_full = int(np.prod(shape[:-1]))
@@ -162,7 +171,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
     # A plain dense layer is left as it is, unless calibrating may move it to the C++ kernel.
     may_measure = opts.calibrate and opts.impl == "cpu" and opts.policy == "auto"
     if why is not None or (in_keep is None and out_keep is None and w.mask is None and
-                           affine is None and not may_measure):
+                           affine is None and not epilogue and not may_measure):
         ctx.rows.append(CompiledLayer(w.path, kind, shape,
                                       "dense" if w.mask is None else "masked", "unchanged",
                                       before, before, why or "no mask", dense_bytes,
@@ -258,9 +267,16 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
                                           dtype, full_density),
         in_channels=(kept_w.shape[-2], shape[-2]) if sliced else None,
         out_channels=(n, shape[-1]) if sliced else None,
-        affine_folded=0 if affine is None else affine[2]))
+        affine_folded=0 if affine is None else affine[2],
+        epilogue=epilogue if _fuses(low, ctx.options) and fold is None else ()))
     return LayerPlan(low, kind, layout.in_keep, layout.out_keep, fold is not None,
-                     0 if affine is None else affine[2])
+                     0 if affine is None else affine[2], epilogue)
+
+
+def _fuses(lowering_name: str, opts: policy.Options) -> bool:
+    """Whether a layer on this lowering runs an epilogue in its kernel (the C++ CPU kernels);
+    elsewhere a planned epilogue runs as the separate ops it was."""
+    return lowering_name == "block" and opts.impl == "cpu"
 
 
 def shift_key(key: str) -> str:
@@ -270,18 +286,26 @@ def shift_key(key: str) -> str:
 
 def apply(ctx: Context, key: str, plan: LayerPlan, eqn, x: Any, w: WRef) -> list:
     """Runs one layer as planned (the same code at compile time and at run time); while the
-    pass analyses, its output comes back :class:`Pending`, so the affine ops after it are
-    tracked; with ``plan.affine_ops``, the output already holds them (folded)."""
+    pass analyses, its output comes back :class:`Pending`, so the affine ops (and, on a kernel
+    that fuses them, the residual add and ReLU) after it are tracked; with ``plan.affine_ops``
+    the output already holds them (folded); with ``plan.epilogue`` the layer runs when its
+    value is needed, with the residual then known."""
+    final = plan.affine_ops + len(plan.epilogue)
+    if plan.epilogue:
+        return [Pending(None, key, folded=True, final=final, epilogue=plan.epilogue,
+                        run=lambda residual: _run(ctx, key, plan, eqn, x, w, residual))]
     out = _run(ctx, key, plan, eqn, x, w)
     if plan.affine_ops:
-        return [Pending(out, key, folded=True, final=plan.affine_ops)]
+        return [Pending(out, key, folded=True, final=final)]
     if ctx.analyze and plan.supported:
         full = (out.full if isinstance(out, Sliced) else out.shape[-1])
-        return [Pending(out, key, np.ones(full), np.zeros(full))]
+        return [Pending(out, key, np.ones(full), np.zeros(full),
+                        fusable=_fuses(plan.lowering, ctx.options) and not plan.fold)]
     return [out]
 
 
-def _run(ctx: Context, key: str, plan: LayerPlan, eqn, x: Any, w: WRef) -> Any:
+def _run(ctx: Context, key: str, plan: LayerPlan, eqn, x: Any, w: WRef,
+         residual: Any = None) -> Any:
     if plan.lowering == "unchanged":
         return default_rule(ctx, eqn, [x, w])[0]
     weight = ctx.rewritten[w.path] if ctx.compiling else w.value
@@ -296,25 +320,58 @@ def _run(ctx: Context, key: str, plan: LayerPlan, eqn, x: Any, w: WRef) -> Any:
     out_dtype = eqn.outvars[0].aval.dtype
     if w.dtype is not None:
         xd = xd.astype(w.dtype) if xd.dtype != w.dtype else xd
-    if plan.kind == "conv":
-        y = lowering.conv(xd, weight, eqn.params, ctx.options.impl, ctx.options.interpret)
-    else:
-        y = lowering.gemm(xd.reshape(-1, xd.shape[-1]), weight, ctx.options.impl,
-                          ctx.options.interpret)
-        y = y.reshape(*xd.shape[:-1], y.shape[-1])
-    y = y.astype(out_dtype)
-    if plan.fold:
-        y = y + ctx.folded[key].astype(out_dtype)
     full = weight.layout.shape[-1]
-    fill = np.zeros((full,), out_dtype)
+    fill, bias = np.zeros((full,), out_dtype), None
     if plan.affine_ops:  # The folded BatchNorm's bias; a removed channel's value is its bias.
         shift = ctx.folded[shift_key(key)]
         fill = shift.astype(out_dtype) if isinstance(shift, np.ndarray) else \
             jnp.asarray(shift, out_dtype)
-        y = y + (fill if out_keep is None else fill[np.asarray(out_keep)])
-    if out_keep is not None:
-        return Sliced(y, y.ndim - 1, np.asarray(out_keep), full, fill)
-    return y
+        bias = fill if out_keep is None else fill[np.asarray(out_keep)]
+    res = None
+    if "add" in plan.epilogue:
+        res = _residual_data(residual, out_keep, w.path)
+    # In the kernel: the bias, residual and ReLU of the epilogue (a constant map from removed
+    # input channels must come first, so it keeps them as separate ops).
+    fused = _fuses(plan.lowering, ctx.options) and not plan.fold
+    epi = dict(bias=None if bias is None else jnp.asarray(bias, out_dtype), residual=res,
+               relu="relu" in plan.epilogue) if fused else {}
+    if plan.kind == "conv":
+        y = lowering.conv(xd, weight, eqn.params, ctx.options.impl, ctx.options.interpret,
+                          **epi)
+    else:
+        y = lowering.gemm(xd.reshape(-1, xd.shape[-1]), weight, ctx.options.impl,
+                          ctx.options.interpret,
+                          **{k: v.reshape(-1, v.shape[-1]) if k == "residual" and v is not None
+                             else v for k, v in epi.items()})
+        y = y.reshape(*xd.shape[:-1], y.shape[-1])
+    y = y.astype(out_dtype)
+    if not fused:
+        if plan.fold:
+            y = y + ctx.folded[key].astype(out_dtype)
+        if bias is not None:
+            y = y + bias
+        y = apply_epilogue(y, None, res, "relu" in plan.epilogue)
+    if out_keep is None:
+        return y
+    if res is not None:  # A removed channel's value: relu?(its bias + the residual's).
+        fill = fill + residual.fill
+    if "relu" in plan.epilogue:
+        fill = np.maximum(fill, 0) if isinstance(fill, np.ndarray) else jnp.maximum(fill, 0)
+    return Sliced(y, y.ndim - 1, np.asarray(out_keep), full, fill)
+
+
+def _residual_data(residual: Any, out_keep, path: str) -> Any:
+    """The residual's array for a layer's epilogue: plain, or its data when the output is
+    sliced (to the same channels, as the pass checked at compile time)."""
+    if out_keep is None:
+        if isinstance(residual, Sliced):
+            raise RuntimeError(f"jaxsparse.sparsify: the residual added to {path} changed "
+                               f"between compile time and run time; sparsify again.")
+        return residual
+    if not (isinstance(residual, Sliced) and np.array_equal(residual.keep, out_keep)):
+        raise RuntimeError(f"jaxsparse.sparsify: the residual added to {path} changed "
+                           f"between compile time and run time; sparsify again.")
+    return residual.data
 
 
 def layer_rule(ctx: Context, eqn, invals: list) -> list:

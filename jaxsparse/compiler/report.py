@@ -45,6 +45,8 @@ class CompiledLayer:
         affine_folded: the per-channel affine ops after the layer (an inference BatchNorm)
             folded into its weights and bias (0: none).
         fold_note: why per-channel ops after it were not folded ("" when folded or none).
+        epilogue: the ops after those that its kernel applies before storing the output
+            (``"add"``: a residual, ``"relu"``), so they cost no pass over memory.
         why: the reason for the lowering.
     """
 
@@ -65,6 +67,7 @@ class CompiledLayer:
     supported: bool = True
     affine_folded: int = 0  # Per-channel affine ops after it (a BatchNorm) folded into it.
     fold_note: str = ""  # Why the ops after it were not folded, when there were some.
+    epilogue: tuple[str, ...] = ()  # Residual add / ReLU fused into its kernel.
 
     @property
     def sparse(self) -> bool:
@@ -90,6 +93,9 @@ class CompiledLayer:
             op += " + bias folded"
         elif self.affine_folded:
             op += f" + BatchNorm folded ({self.affine_folded} ops)"
+        if self.epilogue:
+            names = {"add": "residual add", "relu": "ReLU"}
+            op += " + " + " + ".join(names[e] for e in self.epilogue) + " in the kernel"
         if not self.sliced:
             return op
         (ki, ti), (ko, to) = self.in_channels or (self.shape[-2],) * 2, \

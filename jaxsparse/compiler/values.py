@@ -4,12 +4,15 @@
 ones are known constants (``fill``), exactly as in the masked model. :class:`WRef` is a weight
 leaf of ``variables`` that has not been read yet, so the layer consuming it can be rewritten.
 :class:`Pending` is a layer's output followed by per-channel affine ops (an inference
-BatchNorm) that the pass either tracks, to fold them into the layer, or has already folded.
+BatchNorm) and, where the layer's kernel fuses them, a residual add and a ReLU (its
+*epilogue*), which the pass either tracks, to fold them into the layer, or has already folded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -88,16 +91,25 @@ class WRef:
         return v if self.dtype is None else v.astype(self.dtype)
 
 
+EPILOGUE_OPS = ("add", "relu")  # What a kernel epilogue may hold after the bias, in order.
+_tokens = itertools.count()
+
+
 @dataclasses.dataclass
 class Pending:
     """A layer's output ``base`` (plain or :class:`Sliced` on the last axis) whose true value
-    is ``base * scale + shift`` per channel, after ``step`` per-channel affine ops.
+    is ``relu?(base * scale + shift + residual)`` per channel, after ``step`` ops: the
+    per-channel affine ones, then the ``epilogue`` ops (``"add"`` of ``residual``,
+    ``"relu"``).
 
-    Compile time, first pass (``folded=False``): the ops are tracked, not run; when the value
-    is needed, :meth:`value` applies them and the pass records ``(step, scale, shift)`` for
-    the layer ``key``. A layer whose output reached exactly one such point is then compiled
-    with the affine folded into its weights and bias (``folded=True``): its ``base`` already
-    is the true value after ``final`` ops, which are skipped.
+    Compile time, first pass (``folded=False``): the ops are tracked, not run (an epilogue only
+    where the layer's kernel can fuse it: ``fusable``); when the value is needed,
+    :meth:`value` applies them and the pass records the point for the layer ``key``. A layer
+    whose output was needed only as one value (``token``: the same tracked value, at one
+    place or several) is then compiled with the ops folded into its weights, bias and kernel
+    epilogue (``folded=True``), and the ``final`` ops are skipped. With an epilogue the layer
+    itself runs only when the value is needed: ``run(residual)`` (once: the result is kept,
+    so a value read at several places, as a residual block's output is, runs it once).
     """
 
     base: Any
@@ -107,19 +119,61 @@ class Pending:
     step: int = 0
     folded: bool = False
     final: int = 0
+    epilogue: tuple[str, ...] = ()
+    residual: Any = None
+    fusable: bool = False
+    run: Callable[[Any], Any] | None = None
+    token: int = dataclasses.field(default_factory=lambda: next(_tokens), init=False)
+    _result: Any = dataclasses.field(default=None, init=False, repr=False)
+
+    @property
+    def point(self) -> tuple:
+        """What the pass records where this tracked value is needed: ``(step, scale, shift,
+        epilogue, token)``."""
+        return self.step, self.scale, self.shift, self.epilogue, self.token
+
+    @property
+    def affine_steps(self) -> int:
+        """While tracked: how many of the ``step`` ops are per-channel affine ones."""
+        return self.step - len(self.epilogue)
 
     def value(self) -> Any:
         """The value as the original program has it (plain or :class:`Sliced`)."""
-        if self.folded or self.step == 0:
+        if self.folded:
+            if self.run is None:
+                return self.base
+            if self._result is None:
+                self._result = self.run(self.residual)
+            return self._result
+        if self.step == 0:
             return self.base
         b = self.base
-        if isinstance(b, Sliced):
+        if self.affine_steps and isinstance(b, Sliced):
             data = b.data * self.scale[b.keep].astype(b.data.dtype) + \
                 self.shift[b.keep].astype(b.data.dtype)
             fill = b.fill * self.scale + self.shift if isinstance(b.fill, np.ndarray) else \
                 jnp.asarray(b.fill) * self.scale + self.shift
-            return Sliced(data, b.axis, b.keep, b.full, fill)
-        return b * self.scale.astype(b.dtype) + self.shift.astype(b.dtype)
+            b = Sliced(data, b.axis, b.keep, b.full, fill)
+        elif self.affine_steps:
+            b = b * self.scale.astype(b.dtype) + self.shift.astype(b.dtype)
+        return with_epilogue(b, self.residual if "add" in self.epilogue else None,
+                             "relu" in self.epilogue)
+
+
+def with_epilogue(v: Any, residual: Any, relu: bool) -> Any:
+    """``relu?(v + residual)`` for a plain or :class:`Sliced` ``v`` (a sliced ``v`` takes a
+    residual sliced to the same channels)."""
+    if isinstance(v, Sliced):
+        data, fill = v.data, v.fill
+        if residual is not None:
+            data, fill = data + residual.data, fill + residual.fill
+        if relu:
+            data = jnp.maximum(data, 0)
+            fill = np.maximum(fill, 0) if isinstance(fill, np.ndarray) else jnp.maximum(fill, 0)
+        return Sliced(data, v.axis, v.keep, v.full, fill)
+    if residual is not None:
+        v = v + residual
+    return jnp.maximum(v, 0) if relu else v
 
 
 def plain(v: Any, on_materialize=None) -> Any:

@@ -23,12 +23,20 @@ Implementations (``impl``):
   not support, and other platforms, lower the ``"xla"`` way; with ``interpret=True`` the TPU
   kernel runs in the Pallas interpreter on every platform (CPU tests), as Pallas ops do.
 
+An optional epilogue ``relu?(y + bias + residual)`` (a folded BatchNorm's bias, a residual add,
+a ReLU) is part of the primitive: the C++ CPU kernels apply it before storing the output, so
+it costs no pass over memory; every other lowering applies it after the product in jnp, where
+XLA fuses it as it would the separate ops.
+
 Each platform's lowering is registered separately (``mlir.register_lowering(...,
 platform=...)``), so one jaxpr carries the portable path and every accelerator kernel, and a
 program traced on a CPU machine lowers for ``cuda`` or ``tpu`` with that target's kernel.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +51,38 @@ from jaxsparse.primitives.rules import bilinear_jvp, rows_batcher
 
 block_sparse_dot_p = Primitive("block_sparse_dot")
 IMPLS = ("xla", "cpu", "pallas")
+
+
+@dataclasses.dataclass(frozen=True)
+class Epilogue:
+    """Which epilogue operands follow ``(x, values, rows)`` in a ``block_sparse_dot`` call:
+    ``y = relu?(x @ W + bias + residual)``.
+
+    Attributes:
+        bias: a ``(cout,)`` bias operand follows.
+        residual: an operand shaped like the output follows (after the bias, if any).
+        relu: the result is clamped at 0 last.
+    """
+
+    bias: bool = False
+    residual: bool = False
+    relu: bool = False
+
+    def split(self, extra: tuple) -> tuple:
+        """``(bias or None, residual or None)`` from the operands after ``rows``."""
+        extra = list(extra)
+        bias = extra.pop(0) if self.bias else None
+        residual = extra.pop(0) if self.residual else None
+        return bias, residual
+
+
+def _finish(y: jax.Array, extra: tuple, epilogue: Epilogue | None) -> jax.Array:
+    """The epilogue in jnp (every lowering but the CPU kernels', which fuse it)."""
+    if epilogue is None:
+        return y
+    bias, residual = epilogue.split(extra)
+    return cpu_sparse_conv.apply_epilogue(
+        y, bias, None if residual is None else residual.reshape(y.shape), epilogue.relu)
 
 
 def pack_block_ell(w: np.ndarray, mask: np.ndarray, bh: int, bw: int,
@@ -89,10 +129,15 @@ def _gemm_k(x_shape: tuple[int, ...], window: ConvWindow | None) -> int:
 
 
 def block_sparse_dot_reference(x: jax.Array, values: jax.Array, rows: jax.Array,
-                               window: ConvWindow | None = None, **_) -> jax.Array:
-    """Pure-jnp oracle: densify ``W``, then ``x @ W`` (or the convolution)."""
+                               window: ConvWindow | None = None, *,
+                               bias: jax.Array | None = None,
+                               residual: jax.Array | None = None, relu: bool = False,
+                               **_) -> jax.Array:
+    """Pure-jnp oracle: densify ``W``, then ``x @ W`` (or the convolution), then the
+    epilogue."""
     w = unpack_block_ell(values, rows, _gemm_k(x.shape, window))
-    return cpu_sparse_conv.sparse_conv_reference(x, w, window)
+    return cpu_sparse_conv.sparse_conv_reference(x, w, window, bias=bias, residual=residual,
+                                                 relu=relu)
 
 
 def block_sparse_dot_xla(x: jax.Array, values: jax.Array, rows: jax.Array) -> jax.Array:
@@ -131,8 +176,11 @@ GPU_KERNELS = ("triton", "mosaic")  # The Pallas kernels on cuda (see pallas_ker
 
 def block_sparse_dot(x: jax.Array, values: jax.Array, rows: jax.Array, *,
                      window: ConvWindow | None = None, impl: str = "xla",
-                     interpret: bool = False, gpu_kernel: str = "triton") -> jax.Array:
-    """``x @ W`` for a blocked-ELL weight ``W`` of shape ``(K, cout)``, or a convolution.
+                     interpret: bool = False, gpu_kernel: str = "triton",
+                     bias: jax.Array | None = None, residual: jax.Array | None = None,
+                     relu: bool = False) -> jax.Array:
+    """``x @ W`` for a blocked-ELL weight ``W`` of shape ``(K, cout)``, or a convolution, with
+    an optional epilogue ``relu?(... + bias + residual)``.
 
     Args:
         x: ``(..., K)`` activations, or with ``window`` an NHWC image ``(B, H, W, cin)`` with
@@ -148,14 +196,19 @@ def block_sparse_dot(x: jax.Array, values: jax.Array, rows: jax.Array, *,
         gpu_kernel: with ``impl="pallas"`` lowered for ``cuda``: ``"triton"`` (the Pallas
             Triton kernel) or ``"mosaic"`` (the Mosaic GPU kernel, Hopper; blocks of 64 or
             128, bf16/f16, else Triton).
+        bias: ``(cout,)`` added to every output row, or None.
+        residual: an array shaped like the result, added after the bias, or None.
+        relu: clamp the result at 0 last. With ``impl="cpu"`` the kernel applies the
+            epilogue before it stores the output; elsewhere it follows the product.
 
     Returns:
         ``(..., cout)``, or with ``window`` ``(B, OH, OW, cout)``.
 
     Raises:
         ValueError: for an unknown ``impl`` or ``gpu_kernel``, ``interpret`` without
-            ``impl="pallas"``, or ``impl="cpu"`` when the CPU kernels are not built or do not
-            support the call (dtype, block shape).
+            ``impl="pallas"``, ``impl="cpu"`` when the CPU kernels are not built or do not
+            support the call (dtype, block shape), or a bias or residual that does not fit
+            the result.
     """
     impl, interpret = check_impl(impl, interpret)
     if gpu_kernel not in GPU_KERNELS:
@@ -164,16 +217,30 @@ def block_sparse_dot(x: jax.Array, values: jax.Array, rows: jax.Array, *,
         why = cpu_sparse_conv.cannot_run(x.shape, x.dtype, values.shape, window)
         if why is not None:
             raise ValueError(f"block_sparse_dot(impl='cpu'): {why}.")
+    n = values.shape[0] * values.shape[-1]
+    lead = x.shape[:-1] if window is None else (x.shape[0], *window.out_hw(*x.shape[1:3]))
+    if bias is not None and tuple(bias.shape) != (n,):
+        raise ValueError(f"block_sparse_dot: bias has shape {tuple(bias.shape)}, not ({n},).")
+    if residual is not None and tuple(residual.shape) != (*lead, n):
+        raise ValueError(f"block_sparse_dot: residual has shape {tuple(residual.shape)}, "
+                         f"not the result's {(*lead, n)}.")
+    epilogue = None
+    extra = []
+    if bias is not None or residual is not None or relu:
+        epilogue = Epilogue(bias is not None, residual is not None, bool(relu))
+        extra = [a for a in (bias, residual) if a is not None]
+    params = dict(impl=impl, interpret=interpret, gpu_kernel=gpu_kernel, epilogue=epilogue)
     if window is not None:
-        return block_sparse_dot_p.bind(x, values, rows, impl=impl, interpret=interpret,
-                                       window=window, gpu_kernel=gpu_kernel)
-    lead = x.shape[:-1]
-    y = block_sparse_dot_p.bind(x.reshape(-1, x.shape[-1]), values, rows, impl=impl,
-                                interpret=interpret, window=None, gpu_kernel=gpu_kernel)
-    return y.reshape(*lead, values.shape[0] * values.shape[-1])
+        return block_sparse_dot_p.bind(x, values, rows, *extra, window=window, **params)
+    if residual is not None:
+        extra[-1] = residual.reshape(-1, n)
+    y = block_sparse_dot_p.bind(x.reshape(-1, x.shape[-1]), values, rows, *extra,
+                                window=None, **params)
+    return y.reshape(*lead, n)
 
 
-def _abstract_eval(x, values, rows, *, impl, interpret, window, gpu_kernel):
+def _abstract_eval(x, values, rows, *extra, impl, interpret, window, gpu_kernel,
+                   epilogue=None):
     if values.ndim != 4 or rows.shape != values.shape[:2] or \
             x.ndim != (2 if window is None else 4):
         raise ValueError(f"block_sparse_dot: need x (B, K) (or NHWC with a window), values "
@@ -183,9 +250,13 @@ def _abstract_eval(x, values, rows, *, impl, interpret, window, gpu_kernel):
     if k % values.shape[2]:
         raise ValueError(f"block_sparse_dot: K={k} not divisible by bh={values.shape[2]}.")
     n = values.shape[0] * values.shape[3]
-    if window is None:
-        return jax.core.ShapedArray((x.shape[0], n), x.dtype)
-    return jax.core.ShapedArray((x.shape[0], *window.out_hw(*x.shape[1:3]), n), x.dtype)
+    shape = (x.shape[0], n) if window is None else (x.shape[0], *window.out_hw(*x.shape[1:3]), n)
+    want = [] if epilogue is None else \
+        [s for s, on in (((n,), epilogue.bias), (shape, epilogue.residual)) if on]
+    if [tuple(e.shape) for e in extra] != want:
+        raise ValueError(f"block_sparse_dot: epilogue {epilogue} needs operands shaped "
+                         f"{want} after rows; got {[tuple(e.shape) for e in extra]}.")
+    return jax.core.ShapedArray(shape, x.dtype)
 
 
 def pallas_kernel(platform: str, bh: int, bw: int, gpu_kernel: str = "triton", dtype=None,
@@ -237,38 +308,49 @@ def _run(x, values, rows, window, kernel):
     return y.reshape(*patches.shape[:-1], y.shape[-1])
 
 
-def _impl(x, values, rows, *, impl, interpret, window, gpu_kernel="triton"):
+def _impl(x, values, rows, *extra, impl, interpret, window, gpu_kernel="triton",
+          epilogue=None):
     """The portable path (every platform without a kernel of its own), or the Pallas kernel in
-    the interpreter."""
-    return _run(x, values, rows, window, "pallas-interpret" if interpret else "xla")
+    the interpreter; the epilogue follows in jnp."""
+    y = _run(x, values, rows, window, "pallas-interpret" if interpret else "xla")
+    return _finish(y, extra, epilogue)
 
 
 def _accelerator_lowering(platform: str):
     """The ``platform`` lowering: its Pallas kernel for ``impl="pallas"`` where the block shape
     allows, else the portable path."""
 
-    def lower(ctx, x, values, rows, *, impl, interpret, window, gpu_kernel):
+    def lower(ctx, x, values, rows, *extra, impl, interpret, window, gpu_kernel,
+              epilogue=None):
         kernel = None
         if impl == "pallas" and not interpret:
             kernel = pallas_kernel(platform, *ctx.avals_in[1].shape[2:], gpu_kernel,
                                    ctx.avals_in[0].dtype)[0]
         if kernel is None:
             return mlir.lower_fun(_impl, multiple_results=False)(
-                ctx, x, values, rows, impl=impl, interpret=interpret, window=window)
-        return mlir.lower_fun(lambda x, v, r: _run(x, v, r, window, kernel),
-                              multiple_results=False)(ctx, x, values, rows)
+                ctx, x, values, rows, *extra, impl=impl, interpret=interpret, window=window,
+                epilogue=epilogue)
+        return mlir.lower_fun(
+            lambda x, v, r, *e: _finish(_run(x, v, r, window, kernel), e, epilogue),
+            multiple_results=False)(ctx, x, values, rows, *extra)
 
     return lower
 
 
-def _cpu_lowering(ctx, x, values, rows, *, impl, interpret, window, gpu_kernel):
-    """The cpu platform's lowering: the C++ kernel for ``impl="cpu"``, else the portable one."""
+def _cpu_lowering(ctx, x, values, rows, *extra, impl, interpret, window, gpu_kernel,
+                  epilogue=None):
+    """The cpu platform's lowering: the C++ kernel (with the epilogue fused) for
+    ``impl="cpu"``, else the portable one."""
     fn = _impl
     if impl == "cpu":
-        def fn(x, values, rows, **_):
-            return cpu_sparse_conv.sparse_conv(x, values, rows, window)
-    return mlir.lower_fun(fn, multiple_results=False)(ctx, x, values, rows, impl=impl,
-                                                      interpret=interpret, window=window)
+        def fn(x, values, rows, *extra, **_):
+            bias, residual = (None, None) if epilogue is None else epilogue.split(extra)
+            return cpu_sparse_conv.sparse_conv(x, values, rows, window, bias=bias,
+                                               residual=residual,
+                                               relu=epilogue is not None and epilogue.relu)
+    return mlir.lower_fun(fn, multiple_results=False)(
+        ctx, x, values, rows, *extra, impl=impl, interpret=interpret, window=window,
+        epilogue=epilogue)
 
 
 def _ct_x_gemm(ct, values, rows, k):
@@ -296,7 +378,8 @@ def _ct_values_gemm(x2d, ct, values_aval, rows):
     return dv.astype(values_aval.dtype)
 
 
-def _transpose(ct, x, values, rows, *, impl, interpret, window, gpu_kernel):
+def _transpose(ct, x, values, rows, *, impl, interpret, window, gpu_kernel, epilogue=None):
+    # Only the product is linear: a fused epilogue differentiates through _unfused (below).
     if type(ct) is ad.Zero:
         return [None, None, None]
     ct2 = ct.reshape(-1, ct.shape[-1])
@@ -315,12 +398,38 @@ def _transpose(ct, x, values, rows, *, impl, interpret, window, gpu_kernel):
     return [None, dv, None]
 
 
+def _unfused(x, values, rows, *extra, epilogue, **params):
+    """The product bound without its epilogue, then the epilogue in jnp: how a call with one
+    is differentiated and batched (the product keeps its own AD and batching rules)."""
+    y = block_sparse_dot_p.bind(x, values, rows, epilogue=None, **params)
+    return _finish(y, extra, epilogue)
+
+
+def _with_epilogue(rule):
+    """A JVP or batching rule for the product, extended to calls with an epilogue."""
+
+    def wrapped(args, dims_or_tangents, *, epilogue=None, **params):
+        if epilogue is None:
+            return rule(args, dims_or_tangents, epilogue=None, **params)
+        fn = functools.partial(_unfused, epilogue=epilogue, **params)
+        if rule is _product_jvp:
+            tangents = [ad.instantiate_zeros(t) if i != 2 else t
+                        for i, t in enumerate(dims_or_tangents)]
+            x, values, rows, *extra = args
+            return jax.jvp(lambda x, v, *e: fn(x, v, rows, *e), (x, values, *extra),
+                           (tangents[0], tangents[1], *tangents[3:]))
+        return jax.vmap(fn, in_axes=tuple(dims_or_tangents))(*args), 0
+
+    return wrapped
+
+
+_product_jvp = bilinear_jvp(block_sparse_dot_p)
 block_sparse_dot_p.def_impl(_impl)
 block_sparse_dot_p.def_abstract_eval(_abstract_eval)
-ad.primitive_jvps[block_sparse_dot_p] = bilinear_jvp(block_sparse_dot_p)
+ad.primitive_jvps[block_sparse_dot_p] = _with_epilogue(_product_jvp)
 ad.primitive_transposes[block_sparse_dot_p] = _transpose
-batching.primitive_batchers[block_sparse_dot_p] = rows_batcher(
-    block_sparse_dot_p, block_sparse_dot_reference)
+batching.primitive_batchers[block_sparse_dot_p] = _with_epilogue(rows_batcher(
+    block_sparse_dot_p, block_sparse_dot_reference))
 mlir.register_lowering(block_sparse_dot_p, mlir.lower_fun(_impl, multiple_results=False))
 mlir.register_lowering(block_sparse_dot_p, _cpu_lowering, platform="cpu")
 for _platform in ("cuda", "tpu"):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax import lax
+from jax.extend.core import jaxprs_in_params
 
 import jaxsparse as js
 from jaxsparse.models import ResNet18, ResNet50, functional
@@ -148,3 +149,82 @@ def test_training_mode_batchnorm_is_left_unfolded():
     assert_close(jax.jit(sp)(sp.variables, x), apply_fn(variables, x))
     row = sp.report.rows[0]
     assert row.affine_folded == 0 and row.fold_note, row
+
+
+def _eqn_count(sp, x, name):
+    """How many equations named ``name`` the compiled model's program has (calls inlined)."""
+    def walk(jaxpr):
+        n = 0
+        for e in jaxpr.eqns:
+            n += e.primitive.name == name
+            for sub in jaxprs_in_params(e.params):
+                n += walk(sub)
+        return n
+    return walk(jax.make_jaxpr(sp)(sp.variables, x).jaxpr)
+
+
+@pytest.mark.parametrize("bottleneck", [False, True])
+@pytest.mark.parametrize("pattern,sparsity", [("block:8x8", 0.75), ("unstructured", 0.8)])
+def test_residual_add_and_relu_run_in_the_kernel_epilogue(bottleneck, pattern, sparsity):
+    """On the C++ kernels every residual add and ReLU after a sparse conv's BatchNorm is in
+    its epilogue: the model equals the masked one, and no max (ReLU) is left in its program
+    but the stem's; with the portable kernels nothing is fused and the output is the same."""
+    apply_fn, variables, x = resnet(bottleneck, "small")
+    masks = js.prune(variables["params"], pattern, sparsity)
+    sp = js.sparsify(apply_fn, variables, masks, x, policy="sparse")
+    ref = masked_reference(apply_fn, variables, masks)(x)
+    assert_close(jax.jit(sp)(sp.variables, x), ref)
+    sparse = [r for r in sp.report.rows if r.lowering == "block"]
+    last = "conv3/kernel" if bottleneck else "conv2/kernel"
+    blocks = [r for r in sparse if r.name.endswith(last)]
+    # Each block's add goes into its last conv or its projection (the other is the residual).
+    adds = [r for r in sparse if r.epilogue == ("add", "relu")]
+    assert blocks and len(adds) == len(blocks), [(r.name, r.epilogue) for r in sparse]
+    assert all(r.name.endswith((last, "proj_conv/kernel")) for r in adds)
+    firsts = [r for r in sparse if r.name.endswith("conv1/kernel") and "stem" not in r.name]
+    assert firsts and all(r.epilogue == ("relu",) for r in firsts)
+    assert "residual add + ReLU in the kernel" in adds[0].action
+    # The ReLUs left to XLA: the stem's (dense) only.
+    assert _eqn_count(sp, x, "max") == 1
+    portable = js.sparsify(apply_fn, variables, masks, x, policy="sparse", backend="xla")
+    assert not any(r.epilogue for r in portable.report.rows)
+    assert_close(jax.jit(portable)(portable.variables, x), ref)
+
+
+def test_sliced_outputs_take_a_sliced_residual_in_the_epilogue(monkeypatch):
+    """Coupled channel pruning on the C++ kernel at full density (calibrate=True, measured
+    faster here by a fixed timing): the sliced conv outputs take the sliced residual stream
+    in their epilogue, and removed channels keep their constants."""
+    from jaxsparse.compiler import layers
+
+    monkeypatch.setattr(layers, "_measure", lambda *a, **k: (1.0, 0.1))
+    apply_fn, variables, x = resnet(False, "small")
+    groups = js.channel_groups(apply_fn, variables, x[:1])
+    masks = js.prune(variables, "channel", 0.5, groups=groups,
+                     include=lambda path, w: w.ndim == 4)
+    sp = js.sparsify(apply_fn, variables, masks, x, calibrate=True)
+    assert_close(jax.jit(sp)(sp.variables, x), masked_reference(apply_fn, variables, masks)(x))
+    fused = [r for r in sp.report.rows if r.epilogue == ("add", "relu")]
+    assert fused and all(r.sliced and r.lowering == "block" for r in fused), \
+        [(r.name, r.action) for r in sp.report.rows]
+
+
+def test_epilogue_is_not_fused_where_the_raw_output_is_read_again():
+    """A sparse conv whose BatchNorm output is also read beside the residual add keeps its
+    ops (BatchNorm, add, ReLU) as they are, says why, and the result is exact."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
+    mask = np.kron(rng.random((9 * 16 // 8, 2)) < 0.5, np.ones((8, 8), bool)).reshape(w.shape)
+    p = {"w": jnp.asarray(w), "s": jnp.asarray(rng.uniform(0.5, 2, 16), jnp.float32)}
+    x = jnp.asarray(rng.standard_normal((2, 6, 6, 16)), jnp.float32)
+
+    def fn(p, x):
+        y = _conv(x, p["w"]) * p["s"] + 1.0
+        return jax.nn.relu(y + x) - y  # y is needed twice: before and after the add.
+
+    sp = js.sparsify(fn, p, {"w": mask, "s": None}, x, policy="sparse")
+    (row,) = sp.report.rows
+    assert row.lowering == "block" and row.affine_folded == 0 and row.epilogue == ()
+    assert "read at 2 places" in row.fold_note
+    assert_close(jax.jit(sp)(sp.variables, x),
+                 fn({**p, "w": p["w"] * mask}, x))

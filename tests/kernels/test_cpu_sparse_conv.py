@@ -55,11 +55,37 @@ def assert_close(y, ref, rtol=1e-5):
     np.testing.assert_allclose(y, ref, rtol=rtol, atol=rtol * max(1.0, np.abs(ref).max()))
 
 
-def run_cpu(x, values, rows, window):
-    fn = jax.jit(lambda a: block_sparse_dot(a, values, rows, window=window, impl="cpu"))
+def run_cpu(x, values, rows, window, **epilogue):
+    fn = jax.jit(lambda a: block_sparse_dot(a, values, rows, window=window, impl="cpu",
+                                            **epilogue))
     kind = cpu_sparse_conv.kernel_kind(values.shape)
-    assert f"jaxsparse_{kind}_sparse_conv_f32" in fn.lower(x).as_text(), "FFI call missing"
+    hlo = fn.lower(x).as_text()
+    assert f"jaxsparse_{kind}_sparse_conv_f32" in hlo, "FFI call missing"
+    if epilogue:  # Fused: nothing of it is left to XLA.
+        assert "stablehlo.maximum" not in hlo and "stablehlo.add" not in hlo, hlo[-2000:]
     return fn(x)
+
+
+def epilogue_operands(seed, out_shape, which):
+    """A bias and a residual for an output shape, as ``which`` ("bias,residual,relu") asks."""
+    rng = np.random.default_rng(seed)
+    got = {}
+    if "bias" in which:
+        got["bias"] = jnp.asarray(rng.standard_normal(out_shape[-1]), jnp.float32)
+    if "residual" in which:
+        got["residual"] = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
+    if "relu" in which:
+        got["relu"] = True
+    return got
+
+
+def with_epilogue(y, bias=None, residual=None, relu=False):
+    y = np.asarray(y, np.float64)
+    if bias is not None:
+        y = y + np.asarray(bias)
+    if residual is not None:
+        y = y + np.asarray(residual)
+    return np.maximum(y, 0) if relu else y
 
 
 def test_library_is_built_and_loads():
@@ -187,18 +213,54 @@ def test_build_from_source(tmp_path):
         assert getattr(handle, symbol)
 
 
+EPILOGUES = ["bias", "relu", "residual", "bias,residual,relu"]
+
+
+@pytest.mark.parametrize("which", EPILOGUES)
+@pytest.mark.parametrize("b,h,w,cin,cout,k,s,pad,d,bh,bw,density", CONV_CASES)
+def test_epilogue_in_the_kernel_equals_the_separate_ops(b, h, w, cin, cout, k, s, pad, d, bh,
+                                                        bw, density, which):
+    """relu?(conv + bias + residual) computed in the kernel's store equals the masked dense
+    conv followed by the same ops (and the lowered program has none of them left)."""
+    x, kernel, values, rows = make_case(7, b, h, w, cin, cout, k, bh, bw, density)
+    window = ConvWindow((k, k), (s, s), ((pad, pad), (pad, pad)), (d, d))
+    ref = dense_conv(x, kernel, window)
+    ep = epilogue_operands(3, ref.shape, which)
+    got = run_cpu(x, values, rows, window, **ep)
+    want = with_epilogue(ref, **ep)
+    assert_close(got, want)
+    if "relu" in which:
+        assert np.mean(np.asarray(got) == 0) > 0.2  # The ReLU really clamped something.
+
+
+def test_epilogue_of_a_dense_layer_and_bad_operands():
+    x, kernel, values, rows = make_case(2, 5, 1, 1, 32, 64, 1, 1, 1, 0.2)
+    x2 = x.reshape(5, 32)
+    ep = epilogue_operands(1, (5, 64), "bias,residual,relu")
+    got = block_sparse_dot(x2, values, rows, impl="cpu", **ep)
+    assert_close(got, with_epilogue(x2 @ kernel.reshape(32, 64), **ep))
+    with pytest.raises(ValueError, match=r"bias has shape \(3,\), not \(64,\)"):
+        block_sparse_dot(x2, values, rows, impl="cpu", bias=jnp.zeros(3))
+    with pytest.raises(ValueError, match="residual has shape"):
+        block_sparse_dot(x2, values, rows, impl="cpu", residual=jnp.zeros((5, 63)))
+
+
 @pytest.mark.parametrize("isa", ["scalar", "avx2"])
 def test_every_instruction_set_path(isa):
     """JAXSPARSE_CPU_ISA caps the kernels' instruction set: the scalar and AVX2 code paths
-    (not only the best one of this CPU) equal the masked dense conv too."""
+    (not only the best one of this CPU) equal the masked dense conv too, with and without
+    the epilogue."""
     code = (
         "from tests.kernels.test_cpu_sparse_conv import CONV_CASES, make_case, run_cpu, "
-        "dense_conv, assert_close\n"
+        "dense_conv, assert_close, epilogue_operands, with_epilogue\n"
         "from jaxsparse.kernels.window import ConvWindow\n"
         "for b, h, w, cin, cout, k, s, pad, d, bh, bw, dens in CONV_CASES:\n"
         "    x, kernel, values, rows = make_case(0, b, h, w, cin, cout, k, bh, bw, dens)\n"
         "    win = ConvWindow((k, k), (s, s), ((pad, pad), (pad, pad)), (d, d))\n"
-        "    assert_close(run_cpu(x, values, rows, win), dense_conv(x, kernel, win))\n"
+        "    ref = dense_conv(x, kernel, win)\n"
+        "    assert_close(run_cpu(x, values, rows, win), ref)\n"
+        "    ep = epilogue_operands(1, ref.shape, 'bias,residual,relu')\n"
+        "    assert_close(run_cpu(x, values, rows, win, **ep), with_epilogue(ref, **ep))\n"
         "print('ok', len(CONV_CASES))\n")
     proc = run_cli(["-c", code], env={"JAXSPARSE_CPU_ISA": isa})
     assert proc.returncode == 0, proc.stderr[-3000:]

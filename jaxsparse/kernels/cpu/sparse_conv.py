@@ -10,8 +10,10 @@
   transposed input panel is built in cache and every output channel accumulates its stored
   weights vectorised over pixels (``csrc/ell_conv.cc``).
 
-Both use AVX2+FMA when the CPU has them (scalar code otherwise) and XLA's intra-op thread pool.
-:func:`sparse_conv_reference` is the pure-jnp oracle.
+Both use AVX2+FMA when the CPU has them (scalar code otherwise) and XLA's intra-op thread pool,
+and both take an optional epilogue applied before the output is stored: ``relu?(conv(x, W) +
+bias + residual)`` (a folded BatchNorm's bias, a ResNet's residual add and its ReLU, so none of
+them costs a pass over memory). :func:`sparse_conv_reference` is the pure-jnp oracle.
 """
 
 from __future__ import annotations
@@ -60,11 +62,22 @@ def cannot_run(x_shape: tuple[int, ...], dtype, values_shape: tuple[int, ...],
 
 
 def sparse_conv(x: jax.Array, values: jax.Array, rows: jax.Array,
-                window: ConvWindow | None) -> jax.Array:
-    """Runs the CPU kernel: ``conv(x, W)`` (``window`` given, NHWC) or ``x @ W`` (2-D ``x``).
+                window: ConvWindow | None, *, bias: jax.Array | None = None,
+                residual: jax.Array | None = None, relu: bool = False) -> jax.Array:
+    """Runs the CPU kernel: ``conv(x, W)`` (``window`` given, NHWC) or ``x @ W`` (2-D ``x``),
+    then the epilogue ``relu?(... + bias + residual)`` in the kernel.
+
+    Args:
+        x: NHWC image (with ``window``) or ``(rows, K)``.
+        values, rows: the blocked-ELL weight.
+        window: the convolution's window; None for a dense layer.
+        bias: ``(cout,)`` added to every output pixel, or None.
+        residual: an array shaped like the output, added after the bias, or None.
+        relu: clamp the result at 0 last.
 
     Raises:
-        ValueError: when the library is not available or the call is unsupported.
+        ValueError: when the library is not available, the call is unsupported, or the bias
+            or residual does not fit the output.
     """
     why = cannot_run(x.shape, x.dtype, values.shape, window)
     if why is not None:
@@ -78,19 +91,41 @@ def sparse_conv(x: jax.Array, values: jax.Array, rows: jax.Array,
         x4 = x
     oh, ow = window.out_hw(x4.shape[1], x4.shape[2])
     out = jax.ShapeDtypeStruct((x4.shape[0], oh, ow, n), jnp.float32)
+    y_shape = out.shape if x.ndim == 4 else (x.shape[0], n)
+    if bias is not None and tuple(bias.shape) != (n,):
+        raise ValueError(f"sparse_conv: bias has shape {tuple(bias.shape)}, not ({n},).")
+    if residual is not None and tuple(residual.shape) != y_shape:
+        raise ValueError(f"sparse_conv: residual has shape {tuple(residual.shape)}, not the "
+                         f"output's {y_shape}.")
+    empty = jnp.zeros((0,), jnp.float32)  # An absent operand: the kernel skips it.
     attrs = dict(kh=window.kernel[0], kw=window.kernel[1], sh=window.strides[0],
                  sw=window.strides[1], ph=window.padding[0][0], pw=window.padding[1][0],
-                 dh=window.dilation[0], dw=window.dilation[1])
+                 dh=window.dilation[0], dw=window.dilation[1], relu=int(relu))
     y = jax.ffi.ffi_call(f"jaxsparse_{kind}_sparse_conv_f32", out)(
         x4, values.astype(jnp.float32), rows.astype(jnp.int32),
+        empty if bias is None else bias.astype(jnp.float32),
+        empty if residual is None else residual.astype(jnp.float32).reshape(-1),
         **{k: np.int64(v) for k, v in attrs.items()})
     return y if x.ndim == 4 else y.reshape(x.shape[0], n)
 
 
 def sparse_conv_reference(x: jax.Array, dense_w: jax.Array,
-                          window: ConvWindow | None) -> jax.Array:
-    """Pure-jnp oracle: ``im2col(x) @ dense_w`` with ``dense_w`` the ``(K, cout)`` weight."""
+                          window: ConvWindow | None, *, bias: jax.Array | None = None,
+                          residual: jax.Array | None = None, relu: bool = False) -> jax.Array:
+    """Pure-jnp oracle: ``im2col(x) @ dense_w`` with ``dense_w`` the ``(K, cout)`` weight,
+    then the epilogue."""
     patches = x if window is None else im2col(x, window)
     y = jnp.matmul(patches.reshape(-1, patches.shape[-1]), dense_w.astype(x.dtype),
                    precision=jax.lax.Precision.HIGHEST)
-    return y.reshape(*patches.shape[:-1], dense_w.shape[-1])
+    return apply_epilogue(y.reshape(*patches.shape[:-1], dense_w.shape[-1]), bias, residual,
+                          relu)
+
+
+def apply_epilogue(y: jax.Array, bias: jax.Array | None = None,
+                   residual: jax.Array | None = None, relu: bool = False) -> jax.Array:
+    """``relu?(y + bias + residual)`` in jnp: the kernels' epilogue, in its order."""
+    if bias is not None:
+        y = y + bias.astype(y.dtype)
+    if residual is not None:
+        y = y + residual.astype(y.dtype)
+    return jnp.maximum(y, 0) if relu else y

@@ -7,7 +7,9 @@
 // gathers the kept row blocks straight from the NHWC input, window by window.
 //
 // Micro-kernel: MR output pixels x (8 or 16 * NV) output channels held in registers; per kept
-// weight row it loads NV weight vectors and broadcasts one input value per pixel. AVX-512,
+// weight row it loads NV weight vectors and broadcasts one input value per pixel. The optional
+// epilogue (a per-channel bias, a residual shaped like y, a ReLU) is applied in registers
+// before the store, so a folded BatchNorm, residual add and ReLU cost no pass over memory. AVX-512,
 // AVX2+FMA or scalar code, chosen at run time (CPUID). Work items (a group of pixels x a range
 // of block columns) are spread over XLA's intra-op thread pool.
 #include <immintrin.h>
@@ -76,6 +78,8 @@ struct Vec {
   static T Load(const float* p) { return *p; }
   static T Set1(float x) { return x; }
   static T Fma(T a, T b, T c) { return a * b + c; }
+  static T Add(T a, T b) { return a + b; }
+  static T Relu(T a) { return a < 0.0f ? 0.0f : a; }
   static void Store(float* p, T v) { *p = v; }
 };
 #include "block_tile.inc"
@@ -91,6 +95,9 @@ struct Vec {
     static T Load(const float* p) { return MM##_loadu_ps(p); }              \
     static T Set1(float x) { return MM##_set1_ps(x); }                      \
     static T Fma(T a, T b, T c) { return MM##_fmadd_ps(a, b, c); }          \
+    static T Add(T a, T b) { return MM##_add_ps(a, b); }                    \
+    /* max(0, a): a NaN stays NaN (the second operand is returned). */      \
+    static T Relu(T a) { return MM##_max_ps(MM##_setzero_ps(), a); }        \
     static void Store(float* p, T v) { MM##_storeu_ps(p, v); }              \
   };
 
@@ -113,7 +120,7 @@ JAXSPARSE_SIMD_VEC(__m512, 16, _mm512)
 
 // Column slices of `width` channels run by one micro-kernel call, and the call itself.
 using TileFn = void (*)(const Conv&, const BlockWeight&, const Pixel*, int64_t, int64_t,
-                        int64_t, const float*, float*, int64_t);
+                        int64_t, const float*, const Epilogue&, float*, int64_t);
 
 struct Plan {
   TileFn tile;
@@ -141,7 +148,8 @@ constexpr int kMaxMR = 14;
 // One work item: a group of pixels (kTilesPerItem micro-tiles) x a range of block columns.
 // Finishing whole output rows in one item keeps the input rows in L1 and writes y in lines.
 void RunItem(const Conv& g, const BlockWeight& w, const Plan& plan, const float* x,
-             const float* zeros, int64_t group, int64_t col0, int64_t col1, float* y) {
+             const float* zeros, const Epilogue& e, int64_t group, int64_t col0, int64_t col1,
+             float* y) {
   const int64_t P = g.pixels();
   const int64_t first = group * kTilesPerItem * plan.mr;
   for (int64_t t = 0; t < kTilesPerItem; ++t) {
@@ -152,11 +160,12 @@ void RunItem(const Conv& g, const BlockWeight& w, const Plan& plan, const float*
     TilePixels(g, x, p0, plan.mr, npx, zeros, px);
     for (int64_t col = col0; col < col1; ++col)
       for (int64_t off = 0; off < w.bw; off += plan.width)
-        plan.tile(g, w, px, npx, col, off, zeros, y, p0);
+        plan.tile(g, w, px, npx, col, off, zeros, e, y, p0);
   }
 }
 
-void Run(ffi::ThreadPool& pool, const Conv& g, const BlockWeight& w, const float* x, float* y) {
+void Run(ffi::ThreadPool& pool, const Conv& g, const BlockWeight& w, const Epilogue& e,
+         const float* x, float* y) {
   const std::vector<float> zeros(w.bh, 0.0f);
   const Plan plan = ChoosePlan(w.bw);
   const int64_t groups = (g.pixels() + kTilesPerItem * plan.mr - 1) / (kTilesPerItem * plan.mr);
@@ -165,13 +174,14 @@ void Run(ffi::ThreadPool& pool, const Conv& g, const BlockWeight& w, const float
   const int64_t splits = std::min<int64_t>(w.cb, std::max<int64_t>(1, want / groups));
   ParallelFor(pool, groups * splits, [&](int64_t item) {
     const int64_t group = item / splits, part = item % splits;
-    RunItem(g, w, plan, x, zeros.data(), group, w.cb * part / splits,
+    RunItem(g, w, plan, x, zeros.data(), e, group, w.cb * part / splits,
             w.cb * (part + 1) / splits, y);
   });
 }
 
 ffi::Error BlockSparseConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                            ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> rows,
+                           ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> residual,
                            ffi::ResultBuffer<ffi::F32> y, ConvWindowAttrs window) {
   Conv g;
   const std::string bad = MakeConv(x.dimensions(), y->dimensions(), window, &g);
@@ -186,10 +196,14 @@ ffi::Error BlockSparseConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
         "jaxsparse_block_sparse_conv: needs bw % 8 == 0, C % bh == 0 and cb * bw == N; got "
         "bh=" + std::to_string(bh) + " bw=" + std::to_string(bw) + " C=" +
         std::to_string(g.C) + " N=" + std::to_string(g.N));
+  Epilogue e;
+  const std::string bad_epilogue = MakeEpilogue(bias, residual, g, window.relu, &e);
+  if (!bad_epilogue.empty())
+    return ffi::Error::InvalidArgument("jaxsparse_block_sparse_conv: " + bad_epilogue);
   const std::vector<BlockTap> taps =
       BlockTaps(g, rows.typed_data(), cb * maxk, bh, g.K() / bh);
   const BlockWeight w{values.typed_data(), taps.data(), cb, maxk, bh, bw};
-  Run(pool, g, w, x.typed_data(), y->typed_data());
+  Run(pool, g, w, e, x.typed_data(), y->typed_data());
   return ffi::Error::Success();
 }
 

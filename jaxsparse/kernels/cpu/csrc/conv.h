@@ -30,9 +30,10 @@ struct Conv {
   int64_t K() const { return kh * kw * C; }
 };
 
-// The convolution window every sparse conv handler takes as attributes.
+// The attributes every sparse conv handler takes: the convolution window, and whether the
+// epilogue ends with a ReLU (0 or 1).
 struct ConvWindowAttrs {
-  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw, relu;
 };
 
 }  // namespace jaxsparse
@@ -41,20 +42,63 @@ XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(jaxsparse::ConvWindowAttrs,
                                       StructMember<int64_t>("kh"), StructMember<int64_t>("kw"),
                                       StructMember<int64_t>("sh"), StructMember<int64_t>("sw"),
                                       StructMember<int64_t>("ph"), StructMember<int64_t>("pw"),
-                                      StructMember<int64_t>("dh"), StructMember<int64_t>("dw"));
+                                      StructMember<int64_t>("dh"), StructMember<int64_t>("dw"),
+                                      StructMember<int64_t>("relu"));
 
 namespace jaxsparse {
 
 // The FFI signature shared by the sparse conv handlers: (thread pool; x NHWC f32, values f32,
-// rows s32) -> y NHWC f32, with the window as attributes.
+// rows s32, bias f32 (N,) or empty, residual f32 shaped like y or empty) -> y NHWC f32, with
+// the window and the ReLU flag as attributes.
 inline auto SparseConvBinding() {
   return xla::ffi::Ffi::Bind()
       .Ctx<xla::ffi::ThreadPool>()
       .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
       .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
       .Arg<xla::ffi::Buffer<xla::ffi::S32>>()
+      .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
+      .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
       .Ret<xla::ffi::Buffer<xla::ffi::F32>>()
       .Attrs<ConvWindowAttrs>();
+}
+
+// What the kernels apply to each output value before storing it, in this order:
+// y = relu?(conv(x, W) + bias[n] + residual[p, n]). Null pointers are left out.
+struct Epilogue {
+  const float* bias;      // (N,) or nullptr.
+  const float* residual;  // (pixels, N), y's layout, or nullptr.
+  bool relu;
+
+  bool any() const { return bias != nullptr || residual != nullptr || relu; }
+};
+
+// The epilogue of a call from its optional buffers (empty = absent); "" when they fit y.
+inline std::string MakeEpilogue(const xla::ffi::Buffer<xla::ffi::F32>& bias,
+                                const xla::ffi::Buffer<xla::ffi::F32>& residual,
+                                const Conv& g, int64_t relu, Epilogue* e) {
+  const int64_t nb = bias.element_count(), nr = residual.element_count();
+  if (nb != 0 && nb != g.N) return "bias must have N=" + std::to_string(g.N) + " entries or none";
+  if (nr != 0 && nr != g.pixels() * g.N) return "residual must be shaped like y, or empty";
+  if (relu != 0 && relu != 1) return "relu must be 0 or 1";
+  *e = Epilogue{nb ? bias.typed_data() : nullptr, nr ? residual.typed_data() : nullptr,
+                relu == 1};
+  return "";
+}
+
+// Applies the epilogue to the stored output pixels [p0, p0 + npx) of y, channels [n0, n1):
+// for kernels that store first (the rows are still in cache).
+inline void EpilogueRows(const Conv& g, const Epilogue& e, int64_t p0, int64_t npx, int64_t n0,
+                         int64_t n1, float* y) {
+  for (int64_t p = p0; p < p0 + npx; ++p) {
+    float* row = y + p * g.N;
+    const float* res = e.residual == nullptr ? nullptr : e.residual + p * g.N;
+    for (int64_t n = n0; n < n1; ++n) {
+      float v = row[n];
+      if (e.bias != nullptr) v += e.bias[n];
+      if (res != nullptr) v += res[n];
+      row[n] = e.relu && v < 0.0f ? 0.0f : v;
+    }
+  }
 }
 
 // Builds and checks the geometry from the buffers and the window; "" when it is valid.

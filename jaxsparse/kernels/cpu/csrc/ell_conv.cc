@@ -8,8 +8,10 @@
 // then for every output channel accumulates value * panel[row] over its stored weights (TP
 // pixels in AVX-512 or AVX2 registers, two independent accumulator sets to hide FMA latency;
 // scalar code on other CPUs), and
-// transposes the (N, TP) result back into the NHWC output. This is the sparse-times-dense
-// scheme of mobile sparse-inference engines, with the layout change done in cache.
+// transposes the (N, TP) result back into the NHWC output, where the optional epilogue (bias,
+// residual, ReLU) is applied to the tile's rows while they are in cache. This is the
+// sparse-times-dense scheme of mobile sparse-inference engines, with the layout change done
+// in cache.
 #include <immintrin.h>
 
 #include <cstdlib>
@@ -203,6 +205,25 @@ __attribute__((target("avx512f"))) void ChannelsAvx512(const Conv& g, const EllW
   }
 }
 
+// The epilogue on the stored pixels [p0, p0 + npx) of y (every channel), 8 channels at a time.
+__attribute__((target("avx2,fma"))) void EpilogueAvx2(const Conv& g, const Epilogue& e,
+                                                      int64_t p0, int64_t npx, float* y) {
+  const int64_t n8 = g.N - g.N % 8;
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t p = p0; p < p0 + npx; ++p) {
+    float* row = y + p * g.N;
+    const float* res = e.residual == nullptr ? nullptr : e.residual + p * g.N;
+    for (int64_t n = 0; n < n8; n += 8) {
+      __m256 v = _mm256_loadu_ps(row + n);
+      if (e.bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(e.bias + n));
+      if (res != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(res + n));
+      if (e.relu) v = _mm256_max_ps(zero, v);  // A NaN stays NaN.
+      _mm256_storeu_ps(row + n, v);
+    }
+  }
+  if (n8 < g.N) EpilogueRows(g, e, p0, npx, n8, g.N, y);
+}
+
 __attribute__((target("avx2,fma"))) void StoreAvx2(const Conv& g, const float* out, int64_t p0,
                                                    int64_t npx, float* y) {
   if (npx < TP || g.N % 8) {
@@ -218,7 +239,8 @@ __attribute__((target("avx2,fma"))) void StoreAvx2(const Conv& g, const float* o
 }
 #endif
 
-void Run(ffi::ThreadPool& pool, const Conv& g, const EllWeight& w, const float* x, float* y) {
+void Run(ffi::ThreadPool& pool, const Conv& g, const EllWeight& w, const Epilogue& e,
+         const float* x, float* y) {
   const int64_t P = g.pixels(), tiles = (P + TP - 1) / TP;
   const std::vector<float> zeros(g.C, 0.0f);
   const bool avx2 = HasAvx2Fma(), avx512 = avx2 && HasAvx512();
@@ -237,17 +259,20 @@ void Run(ffi::ThreadPool& pool, const Conv& g, const EllWeight& w, const float* 
       else
         ChannelsAvx2(g, w, panel_ptr, out_ptr);
       StoreAvx2(g, out_ptr, p0, npx, y);
+      if (e.any()) EpilogueAvx2(g, e, p0, npx, y);
       return;
     }
 #endif
     BuildPanelScalar(g, px, zeros.data(), panel_ptr);
     ChannelsScalar(g, w, panel_ptr, out_ptr);
     StoreScalar(g, out_ptr, p0, npx, y);
+    if (e.any()) EpilogueRows(g, e, p0, npx, 0, g.N, y);
   });
 }
 
 ffi::Error EllSparseConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                          ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> rows,
+                         ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> residual,
                          ffi::ResultBuffer<ffi::F32> y, ConvWindowAttrs window) {
   Conv g;
   const std::string bad = MakeConv(x.dimensions(), y->dimensions(), window, &g);
@@ -258,9 +283,13 @@ ffi::Error EllSparseConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     return ffi::Error::InvalidArgument(
         "jaxsparse_ell_sparse_conv: values must be (N, maxk, 1, 1) with N output channels "
         "and rows (N, maxk)");
+  Epilogue e;
+  const std::string bad_epilogue = MakeEpilogue(bias, residual, g, window.relu, &e);
+  if (!bad_epilogue.empty())
+    return ffi::Error::InvalidArgument("jaxsparse_ell_sparse_conv: " + bad_epilogue);
   const std::vector<int64_t> lead = LeadingValid(rows.typed_data(), g.N, vd[1], g.K());
   const EllWeight w{values.typed_data(), rows.typed_data(), vd[1], g.K(), lead.data()};
-  Run(pool, g, w, x.typed_data(), y->typed_data());
+  Run(pool, g, w, e, x.typed_data(), y->typed_data());
   return ffi::Error::Success();
 }
 
