@@ -259,7 +259,7 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
         clash = (ctx.conflicts | (ctx.materialized & set(ctx.rewritten))) - forced
         if analyze:
             analyze, (folds, notes) = False, affine_folds(ctx.affine_seen, ctx.fold_notes)
-            if folds:  # Compile again with them folded (and any clash resolved).
+            if folds or ctx.unmeasured:  # Again: folded, measured, any clash resolved.
                 forced = forced | clash
                 continue
         if not clash:

@@ -162,26 +162,28 @@ def load_table(platform: str) -> CostTable | None:
                      tuple(data.get("gemms", ())), data.get("block_kernels", {}))
 
 
-def _once(fn: Callable, x: jax.Array) -> float:
+def _once(fn: Callable, args: tuple) -> float:
     t0 = time.perf_counter()
-    jax.block_until_ready(fn(x))
+    jax.block_until_ready(fn(*args))
     return 1e3 * (time.perf_counter() - t0)
 
 
 def measure_pair(dense: Callable, sparse: Callable, x: jax.Array, reps: int = 5,
-                 ) -> tuple[float, float]:
-    """``(dense ms, sparse ms)`` medians: both jitted and warmed up, then timed alternately.
+                 extra: tuple = ()) -> tuple[float, float]:
+    """``(dense ms, sparse ms)`` medians of ``f(x, *extra)``: both jitted and warmed up, then
+    timed alternately.
 
-    ``x`` is placed on the device once first: a host (numpy) array would be copied in on
-    every call, adding the same time to both and pulling the ratio towards 1 (for a 1x1
-    256->64 conv of ResNet-50's layer1 at batch 16 it read 57 ms for a kernel that runs in 8).
+    ``x`` (and ``extra``: e.g. an epilogue's bias and residual) is placed on the device once
+    first: a host (numpy) array would be copied in on every call, adding the same time to
+    both and pulling the ratio towards 1 (for a 1x1 256->64 conv of ResNet-50's layer1 at
+    batch 16 it read 57 ms for a kernel that runs in 8).
     """
     dense, sparse = jax.jit(dense), jax.jit(sparse)
-    x = jax.device_put(x)
-    jax.block_until_ready(dense(x))
-    jax.block_until_ready(sparse(x))
+    args = tuple(jax.device_put(a) for a in (x, *extra))
+    jax.block_until_ready(dense(*args))
+    jax.block_until_ready(sparse(*args))
     td, ts = [], []
     for _ in range(reps):
-        td.append(_once(dense, x))
-        ts.append(_once(sparse, x))
+        td.append(_once(dense, args))
+        ts.append(_once(sparse, args))
     return float(np.median(td)), float(np.median(ts))

@@ -64,8 +64,11 @@ class Context:
             ops, epilogue)``.
         fold_notes: analysing: by layer key, why the per-channel ops after it cannot be
             folded (``js.sparsify`` puts them on the report's rows).
-        measured: ``calibrate=True``: ``(dense ms, kernel ms)`` by ``(layer key, candidate)``,
-            shared by the passes of one compile so each layer is timed once.
+        measured: ``calibrate=True``: ``(dense ms, kernel ms)`` by ``(layer key, candidate,
+            (bias, epilogue))``, shared by the passes of one compile so each layer is timed
+            once.
+        unmeasured: the folding pass planned a layer on the kernel without timing it (it is
+            timed in the next pass, with the ops after it known).
     """
 
     compiling: bool
@@ -83,6 +86,7 @@ class Context:
     folds: dict[str, tuple] = dataclasses.field(default_factory=dict)
     fold_notes: dict[str, str] = dataclasses.field(default_factory=dict)
     measured: dict = dataclasses.field(default_factory=dict)
+    unmeasured: bool = False
     counter: int = 0
 
     def next_key(self, name: str) -> str:

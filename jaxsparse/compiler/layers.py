@@ -104,23 +104,40 @@ def _fold(eqn, x: Sliced, w_full: np.ndarray, out_keep) -> np.ndarray | None:
 
 
 def _measure(eqn, c: policy.Candidate, weight: BlockWeight, dense_kernel: np.ndarray,
-             opts: policy.Options) -> tuple[float, float]:
-    """Times the layer at its shape: XLA dense conv/dot vs the sparse kernel (ms).
+             opts: policy.Options, bias: bool = False, epilogue: tuple[str, ...] = (),
+             ) -> tuple[float, float]:
+    """Times the layer at its shape: XLA dense conv/dot vs the sparse kernel (ms), each with
+    what follows it (a folded ``bias``, the ``epilogue``): in the kernel, XLA's as its own
+    fused op after the conv.
 
     ``decide`` runs while the model is traced; the measurement must run for real, so it is
     evaluated eagerly (``ensure_compile_time_eval``) on concrete inputs.
     """
-    x = np.random.default_rng(0).standard_normal(c.x_shape).astype(c.x_dtype)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(c.x_shape).astype(c.x_dtype)
+    conv = eqn.primitive is lax.conv_general_dilated_p
+    n = dense_kernel.shape[-1]
+    out = (*eqn.outvars[0].aval.shape[:-1], n) if conv else (int(np.prod(c.x_shape[:-1])), n)
+    extra = ([rng.standard_normal(n).astype(c.x_dtype)] if bias else []) + \
+        ([rng.standard_normal(out).astype(c.x_dtype)] if "add" in epilogue else [])
+
+    def ops(e):
+        got = list(e)
+        return dict(bias=got.pop(0) if bias else None,
+                    residual=got.pop(0) if "add" in epilogue else None,
+                    relu="relu" in epilogue)
     with jax.ensure_compile_time_eval():
-        if eqn.primitive is lax.conv_general_dilated_p:
+        if conv:
             dense = DenseWeight(dense_kernel, weight.layout)
             return costs.measure_pair(
-                lambda a: lowering.conv(a, dense, eqn.params, "xla"),
-                lambda a: lowering.conv(a, weight, eqn.params, opts.impl, opts.interpret), x)
-        k2 = dense_kernel.reshape(-1, dense_kernel.shape[-1])
-        return costs.measure_pair(lambda a: a @ k2,
-                                  lambda a: lowering.gemm(a, weight, opts.impl, opts.interpret),
-                                  x.reshape(-1, c.x_shape[-1]))
+                lambda a, *e: lowering.conv(a, dense, eqn.params, "xla", **ops(e)),
+                lambda a, *e: lowering.conv(a, weight, eqn.params, opts.impl, opts.interpret,
+                                            **ops(e)), x, extra=tuple(extra))
+        dense = DenseWeight(dense_kernel.reshape(-1, n), weight.layout)
+        return costs.measure_pair(
+            lambda a, *e: lowering.gemm(a, dense, "xla", **ops(e)),
+            lambda a, *e: lowering.gemm(a, weight, opts.impl, opts.interpret, **ops(e)),
+            x.reshape(-1, c.x_shape[-1]), extra=tuple(extra))
 
 
 def _pack(low: str, pattern, gemm_w: np.ndarray, gemm_m: np.ndarray, layout: Layout):
@@ -195,7 +212,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
         flops = lowering.gemm_flops(rows, *gemm_kn)
         # No zeros left: the C++ kernel may still run it, every block stored (measured).
         run = pat if pat is not None or opts.impl != "cpu" else \
-            policy.full_density_block(*gemm_kn)
+            policy.full_density_block(*gemm_kn, kw.shape[-2] if kind == "conv" else None)
         c = None if run is None else policy.Candidate(
             run, float(km.mean()) if km.size else 1.0, flops, kernel_hw,
             (*x_aval.shape[:-1], kw.shape[-2]), dtype, gemm_kn)
@@ -230,10 +247,16 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
     if low == "nm" and opts.precompress and \
             cuda_kernel(k, pattern.n, pattern.m, n, dtype)[0] == "cusparselt":
         weight = _with_blob(weight, dtype, (k, n))
+    if low == "measure" and ctx.analyze:
+        # The folding pass: what follows the layer is not known yet, so it is planned on the
+        # kernel (whose epilogue the pass then tracks) and measured in the next pass, with it.
+        low, ctx.unmeasured = "block", True
     if low == "measure":
-        if (key, cand) not in ctx.measured:  # Both passes of one compile time it once.
-            ctx.measured[key, cand] = _measure(eqn, cand, weight, dense.kernel, opts)
-        td, ts = ctx.measured[key, cand]
+        fused = (affine is not None, epilogue)
+        if (key, cand, fused) not in ctx.measured:  # Each layer is timed once per compile.
+            ctx.measured[key, cand, fused] = _measure(eqn, cand, weight, dense.kernel, opts,
+                                                      *fused)
+        td, ts = ctx.measured[key, cand, fused]
         timing = dataclasses.replace(timing, measured_dense_ms=td, measured_sparse_ms=ts,
                                      sparse_flops=after * frac)
         low = "block" if ts < costs.MAX_RATIO * td else "dense"

@@ -107,10 +107,16 @@ def _cpu_kernel_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTimi
 FULL_DENSITY_BLOCKS = (Block(32, 32), Block(16, 16), Block(8, 8))
 
 
-def full_density_block(k: int, n: int) -> Block | None:
+def full_density_block(k: int, n: int, cin: int | None = None) -> Block | None:
     """The block shape that runs a dense ``(k, n)`` GEMM on the C++ kernel (None: none tiles
-    it)."""
-    return next((b for b in FULL_DENSITY_BLOCKS if k % b.bh == 0 and n % b.bw == 0), None)
+    it). ``cin``: a conv's input channels, which a block's height must divide (the kernel
+    reads a block from one tap); fewer than 8 of them (an RGB stem) make blocks ``cin``
+    high."""
+    c = k if cin is None else cin
+    got = next((b for b in FULL_DENSITY_BLOCKS if c % b.bh == 0 and n % b.bw == 0), None)
+    if got is None and c < FULL_DENSITY_BLOCKS[-1].bh and k % c == 0:
+        got = next((Block(c, b.bw) for b in FULL_DENSITY_BLOCKS if n % b.bw == 0), None)
+    return got
 
 
 def _full_density_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTiming | None]:

@@ -228,3 +228,27 @@ def test_epilogue_is_not_fused_where_the_raw_output_is_read_again():
     assert "read at 2 places" in row.fold_note
     assert_close(jax.jit(sp)(sp.variables, x),
                  fn({**p, "w": p["w"] * mask}, x))
+
+
+def test_calibration_times_each_layer_with_its_epilogue(monkeypatch):
+    """calibrate=True times XLA's conv and the kernel each with the ops that follow the layer
+    (the folded bias, the residual add, the ReLU): both timed functions compute the same
+    thing, and the block's last conv is timed with a bias and a residual."""
+    from jaxsparse.compiler import costs
+
+    seen = []
+
+    def fake(dense, sparse, x, reps=5, extra=()):
+        np.testing.assert_allclose(np.asarray(jax.jit(dense)(x, *extra)),
+                                   np.asarray(jax.jit(sparse)(x, *extra)), rtol=1e-4,
+                                   atol=1e-4)
+        seen.append(len(extra))
+        return 2.0, 1.0
+    monkeypatch.setattr(costs, "measure_pair", fake)
+    apply_fn, variables, x = resnet(False, "small")
+    sp = js.sparsify(apply_fn, variables, None, x, calibrate=True)
+    # Every layer but the head (10 outputs: no block width tiles them) is timed once.
+    assert 2 in seen and len(seen) == len(sp.report.rows) - 1, seen
+    assert_close(jax.jit(sp)(sp.variables, x), apply_fn(variables, x))
+    adds = [r for r in sp.report.rows if r.epilogue == ("add", "relu")]
+    assert adds and all(r.kernel == "cpu block kernel, full density" for r in adds)
