@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsparse.compiler.packed import DenseWeight, Rewritten
+from jaxsparse.kernels.cpu.sparse_conv import apply_epilogue
 
 
 @dataclasses.dataclass
@@ -91,7 +92,6 @@ class WRef:
         return v if self.dtype is None else v.astype(self.dtype)
 
 
-EPILOGUE_OPS = ("add", "relu")  # What a kernel epilogue may hold after the bias, in order.
 _tokens = itertools.count()
 
 
@@ -105,11 +105,12 @@ class Pending:
     Compile time, first pass (``folded=False``): the ops are tracked, not run (an epilogue only
     where the layer's kernel can fuse it: ``fusable``); when the value is needed,
     :meth:`value` applies them and the pass records the point for the layer ``key``. A layer
-    whose output was needed only as one value (``token``: the same tracked value, at one
-    place or several) is then compiled with the ops folded into its weights, bias and kernel
-    epilogue (``folded=True``), and the ``final`` ops are skipped. With an epilogue the layer
-    itself runs only when the value is needed: ``run(residual)`` (once: the result is kept,
-    so a value read at several places, as a residual block's output is, runs it once).
+    whose output was needed at exactly one point (or, when it ends with an epilogue, as the
+    same tracked value, ``token``, at several) is then compiled with the ops folded into its
+    weights, bias and kernel epilogue (``folded=True``), and the ``final`` ops are skipped.
+    With an epilogue the layer itself runs only when the value is needed: ``run(residual)``
+    (once: the result is kept, so a value read at several places, as a residual block's
+    output is, runs it once).
     """
 
     base: Any
@@ -171,9 +172,7 @@ def with_epilogue(v: Any, residual: Any, relu: bool) -> Any:
             data = jnp.maximum(data, 0)
             fill = np.maximum(fill, 0) if isinstance(fill, np.ndarray) else jnp.maximum(fill, 0)
         return Sliced(data, v.axis, v.keep, v.full, fill)
-    if residual is not None:
-        v = v + residual
-    return jnp.maximum(v, 0) if relu else v
+    return apply_epilogue(v, None, residual, relu)
 
 
 def plain(v: Any, on_materialize=None) -> Any:
