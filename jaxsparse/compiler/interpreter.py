@@ -318,10 +318,10 @@ def _absorb(eqn, p: Pending, other: Any, position: int) -> Pending | None:
 def _same_activation(p: Pending, other: Any, out) -> bool:
     """Whether ``other`` can be ``p``'s residual: an activation of the layer output's shape and
     dtype (``out``: the add's result), sliced to the same channels when the output is."""
-    base = p.base
-    o = other.base if isinstance(other, Pending) and not other.folded else other
     if isinstance(other, Pending) and other.folded:
         return False  # Its channels are not known before it runs; it is rare enough.
+    base = p.base
+    o = other.base if isinstance(other, Pending) else other
     if isinstance(base, Sliced):
         return isinstance(o, Sliced) and o.axis == base.axis and \
             np.array_equal(o.keep, base.keep) and o.data.dtype == base.data.dtype

@@ -29,10 +29,10 @@ from jaxsparse.compiler.packed import (
     nbytes,
 )
 from jaxsparse.compiler.report import CompiledLayer
-from jaxsparse.compiler.values import Pending, Sliced, WRef
+from jaxsparse.compiler.values import Pending, Sliced, WRef, epilogue_fill
 from jaxsparse.kernels.cpu.sparse_conv import apply_epilogue
 from jaxsparse.kernels.gpu import cusparselt
-from jaxsparse.primitives.block_sparse_dot import pack_block_ell
+from jaxsparse.primitives.block_sparse_dot import Epilogue, pack_block_ell
 from jaxsparse.primitives.nm_dot import cuda_kernel, pack_nm, unpack_nm
 
 
@@ -118,14 +118,13 @@ def _measure(eqn, c: policy.Candidate, weight: BlockWeight, dense_kernel: np.nda
     conv = eqn.primitive is lax.conv_general_dilated_p
     n = dense_kernel.shape[-1]
     out = (*eqn.outvars[0].aval.shape[:-1], n) if conv else (int(np.prod(c.x_shape[:-1])), n)
-    extra = ([rng.standard_normal(n).astype(c.x_dtype)] if bias else []) + \
-        ([rng.standard_normal(out).astype(c.x_dtype)] if "add" in epilogue else [])
+    spec = Epilogue(bias, "add" in epilogue, "relu" in epilogue)
+    extra = [rng.standard_normal(shape).astype(c.x_dtype)
+             for shape, on in (((n,), spec.bias), (out, spec.residual)) if on]
 
     def ops(e):
-        got = list(e)
-        return dict(bias=got.pop(0) if bias else None,
-                    residual=got.pop(0) if "add" in epilogue else None,
-                    relu="relu" in epilogue)
+        b, r = spec.split(e)
+        return dict(bias=b, residual=r, relu=spec.relu)
     with jax.ensure_compile_time_eval():
         if conv:
             dense = DenseWeight(dense_kernel, weight.layout)
@@ -291,15 +290,16 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
         in_channels=(kept_w.shape[-2], shape[-2]) if sliced else None,
         out_channels=(n, shape[-1]) if sliced else None,
         affine_folded=0 if affine is None else affine[2],
-        epilogue=epilogue if _fuses(low, ctx.options) and fold is None else ()))
+        epilogue=epilogue if _fuses(low, fold is not None, ctx.options) else ()))
     return LayerPlan(low, kind, layout.in_keep, layout.out_keep, fold is not None,
                      0 if affine is None else affine[2], epilogue)
 
 
-def _fuses(lowering_name: str, opts: policy.Options) -> bool:
-    """Whether a layer on this lowering runs an epilogue in its kernel (the C++ CPU kernels);
-    elsewhere a planned epilogue runs as the separate ops it was."""
-    return lowering_name == "block" and opts.impl == "cpu"
+def _fuses(lowering_name: str, fold: bool, opts: policy.Options) -> bool:
+    """Whether a layer on this lowering runs an epilogue in its kernel (the C++ CPU kernels;
+    not with a constant map from removed input channels, which must come first); elsewhere a
+    planned epilogue runs as the separate ops it was."""
+    return lowering_name == "block" and opts.impl == "cpu" and not fold
 
 
 def shift_key(key: str) -> str:
@@ -323,7 +323,7 @@ def apply(ctx: Context, key: str, plan: LayerPlan, eqn, x: Any, w: WRef) -> list
     if ctx.analyze and plan.supported:
         full = (out.full if isinstance(out, Sliced) else out.shape[-1])
         return [Pending(out, key, np.ones(full), np.zeros(full),
-                        fusable=_fuses(plan.lowering, ctx.options) and not plan.fold)]
+                        fusable=_fuses(plan.lowering, plan.fold, ctx.options))]
     return [out]
 
 
@@ -353,19 +353,18 @@ def _run(ctx: Context, key: str, plan: LayerPlan, eqn, x: Any, w: WRef,
     res = None
     if "add" in plan.epilogue:
         res = _residual_data(residual, out_keep, w.path)
-    # In the kernel: the bias, residual and ReLU of the epilogue (a constant map from removed
-    # input channels must come first, so it keeps them as separate ops).
-    fused = _fuses(plan.lowering, ctx.options) and not plan.fold
-    epi = dict(bias=None if bias is None else jnp.asarray(bias, out_dtype), residual=res,
-               relu="relu" in plan.epilogue) if fused else {}
+    fused = _fuses(plan.lowering, plan.fold, ctx.options)  # Bias, residual, ReLU in-kernel.
+    epi = {}
+    if fused:
+        epi = dict(bias=None if bias is None else jnp.asarray(bias, out_dtype), relu="relu" in
+                   plan.epilogue, residual=res if res is None or plan.kind == "conv" else
+                   res.reshape(-1, res.shape[-1]))  # A dense layer runs on 2-D rows.
     if plan.kind == "conv":
         y = lowering.conv(xd, weight, eqn.params, ctx.options.impl, ctx.options.interpret,
                           **epi)
     else:
         y = lowering.gemm(xd.reshape(-1, xd.shape[-1]), weight, ctx.options.impl,
-                          ctx.options.interpret,
-                          **{k: v.reshape(-1, v.shape[-1]) if k == "residual" and v is not None
-                             else v for k, v in epi.items()})
+                          ctx.options.interpret, **epi)
         y = y.reshape(*xd.shape[:-1], y.shape[-1])
     y = y.astype(out_dtype)
     if not fused:
@@ -376,10 +375,9 @@ def _run(ctx: Context, key: str, plan: LayerPlan, eqn, x: Any, w: WRef,
         y = apply_epilogue(y, None, res, "relu" in plan.epilogue)
     if out_keep is None:
         return y
-    if res is not None:  # A removed channel's value: relu?(its bias + the residual's).
-        fill = fill + residual.fill
-    if "relu" in plan.epilogue:
-        fill = np.maximum(fill, 0) if isinstance(fill, np.ndarray) else jnp.maximum(fill, 0)
+    # A removed channel's value: relu?(its bias + the residual's).
+    fill = epilogue_fill(fill, None if res is None else residual.fill,
+                         "relu" in plan.epilogue)
     return Sliced(y, y.ndim - 1, np.asarray(out_keep), full, fill)
 
 

@@ -165,14 +165,20 @@ def with_epilogue(v: Any, residual: Any, relu: bool) -> Any:
     """``relu?(v + residual)`` for a plain or :class:`Sliced` ``v`` (a sliced ``v`` takes a
     residual sliced to the same channels)."""
     if isinstance(v, Sliced):
-        data, fill = v.data, v.fill
-        if residual is not None:
-            data, fill = data + residual.data, fill + residual.fill
-        if relu:
-            data = jnp.maximum(data, 0)
-            fill = np.maximum(fill, 0) if isinstance(fill, np.ndarray) else jnp.maximum(fill, 0)
+        data = apply_epilogue(v.data, None, None if residual is None else residual.data, relu)
+        fill = epilogue_fill(v.fill, None if residual is None else residual.fill, relu)
         return Sliced(data, v.axis, v.keep, v.full, fill)
     return apply_epilogue(v, None, residual, relu)
+
+
+def epilogue_fill(fill: Any, residual_fill: Any, relu: bool) -> Any:
+    """The epilogue on a sliced value's ``fill`` (the removed channels' constants), kept in
+    numpy while it is a host constant."""
+    if residual_fill is not None:
+        fill = fill + residual_fill
+    if relu:
+        fill = np.maximum(fill, 0) if isinstance(fill, np.ndarray) else jnp.maximum(fill, 0)
+    return fill
 
 
 def plain(v: Any, on_materialize=None) -> Any:

@@ -80,9 +80,7 @@ def _finish(y: jax.Array, extra: tuple, epilogue: Epilogue | None) -> jax.Array:
     """The epilogue in jnp (every lowering but the CPU kernels', which fuse it)."""
     if epilogue is None:
         return y
-    bias, residual = epilogue.split(extra)
-    return cpu_sparse_conv.apply_epilogue(
-        y, bias, None if residual is None else residual.reshape(y.shape), epilogue.relu)
+    return cpu_sparse_conv.apply_epilogue(y, *epilogue.split(extra), epilogue.relu)
 
 
 def pack_block_ell(w: np.ndarray, mask: np.ndarray, bh: int, bw: int,
@@ -405,31 +403,33 @@ def _unfused(x, values, rows, *extra, epilogue, **params):
     return _finish(y, extra, epilogue)
 
 
-def _with_epilogue(rule):
-    """A JVP or batching rule for the product, extended to calls with an epilogue."""
-
-    def wrapped(args, dims_or_tangents, *, epilogue=None, **params):
-        if epilogue is None:
-            return rule(args, dims_or_tangents, epilogue=None, **params)
-        fn = functools.partial(_unfused, epilogue=epilogue, **params)
-        if rule is _product_jvp:
-            tangents = [ad.instantiate_zeros(t) if i != 2 else t
-                        for i, t in enumerate(dims_or_tangents)]
-            x, values, rows, *extra = args
-            return jax.jvp(lambda x, v, *e: fn(x, v, rows, *e), (x, values, *extra),
-                           (tangents[0], tangents[1], *tangents[3:]))
-        return jax.vmap(fn, in_axes=tuple(dims_or_tangents))(*args), 0
-
-    return wrapped
-
-
 _product_jvp = bilinear_jvp(block_sparse_dot_p)
+_product_batch = rows_batcher(block_sparse_dot_p, block_sparse_dot_reference)
+
+
+def _jvp(primals, tangents, *, epilogue=None, **params):
+    """The product's JVP; with an epilogue, the JVP of :func:`_unfused`."""
+    if epilogue is None:
+        return _product_jvp(primals, tangents, epilogue=None, **params)
+    x, values, rows, *extra = primals
+    tx, tv, _, *te = [ad.instantiate_zeros(t) if i != 2 else t for i, t in enumerate(tangents)]
+    return jax.jvp(lambda x, v, *e: _unfused(x, v, rows, *e, epilogue=epilogue, **params),
+                   (x, values, *extra), (tx, tv, *te))
+
+
+def _batch(args, dims, *, epilogue=None, **params):
+    """The product's batching rule; with an epilogue, ``vmap`` of :func:`_unfused`."""
+    if epilogue is None:
+        return _product_batch(args, dims, epilogue=None, **params)
+    fn = functools.partial(_unfused, epilogue=epilogue, **params)
+    return jax.vmap(fn, in_axes=tuple(dims))(*args), 0
+
+
 block_sparse_dot_p.def_impl(_impl)
 block_sparse_dot_p.def_abstract_eval(_abstract_eval)
-ad.primitive_jvps[block_sparse_dot_p] = _with_epilogue(_product_jvp)
+ad.primitive_jvps[block_sparse_dot_p] = _jvp
 ad.primitive_transposes[block_sparse_dot_p] = _transpose
-batching.primitive_batchers[block_sparse_dot_p] = _with_epilogue(rows_batcher(
-    block_sparse_dot_p, block_sparse_dot_reference))
+batching.primitive_batchers[block_sparse_dot_p] = _batch
 mlir.register_lowering(block_sparse_dot_p, mlir.lower_fun(_impl, multiple_results=False))
 mlir.register_lowering(block_sparse_dot_p, _cpu_lowering, platform="cpu")
 for _platform in ("cuda", "tpu"):

@@ -157,6 +157,28 @@ def test_vmap_and_gradients(bh, bw):
     assert np.all(np.asarray(got[1])[np.asarray(rows) < 0] == 0), "padding gets no gradient"
 
 
+@pytest.mark.parametrize("bh,bw", [(8, 8), (1, 1)])
+def test_vmap_and_gradients_with_an_epilogue(bh, bw):
+    """A call with a bias, residual and ReLU batches and differentiates (through the product
+    and the epilogue in jnp) like the reference with the same epilogue."""
+    x, _, values, rows = make_case(5, 2, 7, 7, 16, 32, 3, bh, bw, 0.4)
+    window = ConvWindow((3, 3), (1, 1), ((1, 1), (1, 1)))
+    ep = epilogue_operands(2, (2, 7, 7, 32), "bias,residual")
+    f = lambda a, v, b, r: block_sparse_dot(a, v, rows, window=window, impl="cpu", bias=b,
+                                            residual=r, relu=True)
+    ref = lambda a, v, b, r: block_sparse_dot_reference(a, v, rows, window, bias=b,
+                                                        residual=r, relu=True)
+    args = (x, values, ep["bias"], ep["residual"])
+    xs, rs = np.stack([x, 2 * x]), np.stack([ep["residual"], -ep["residual"]])
+    batched = lambda fn: jax.vmap(lambda a, r: fn(a, values, ep["bias"], r))  # noqa: E731
+    assert_close(jax.jit(batched(f))(xs, rs), batched(ref)(xs, rs))
+    loss = lambda fn: (lambda *a: jnp.sum(jnp.sin(fn(*a))))  # noqa: E731
+    got = jax.jit(jax.grad(loss(f), argnums=(0, 1, 2, 3)))(*args)
+    want = jax.grad(loss(ref), argnums=(0, 1, 2, 3))(*args)
+    for g, r in zip(got, want, strict=True):
+        assert_close(g, r, rtol=1e-4)
+
+
 @settings(max_examples=12, deadline=None)
 @given(b=st.integers(1, 3), hw=st.integers(3, 10), cin_mult=st.integers(1, 4),
        cout_mult=st.integers(1, 4), k=st.sampled_from([1, 2, 3]), s=st.integers(1, 2),
