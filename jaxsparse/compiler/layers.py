@@ -32,6 +32,7 @@ from jaxsparse.compiler.report import CompiledLayer
 from jaxsparse.compiler.values import Pending, Sliced, WRef, epilogue_fill
 from jaxsparse.kernels.cpu.sparse_conv import apply_epilogue
 from jaxsparse.kernels.gpu import cusparselt
+from jaxsparse.kernels.window import ConvWindow
 from jaxsparse.primitives.block_sparse_dot import Epilogue, pack_block_ell
 from jaxsparse.primitives.nm_dot import cuda_kernel, pack_nm, unpack_nm
 
@@ -198,6 +199,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
     x_aval = eqn.invars[0].aval
     dtype = np.dtype(w.dtype or x_aval.dtype)
     kernel_hw = tuple(shape[:2]) if kind == "conv" else (1, 1)
+    window = ConvWindow.from_conv_params(kernel_hw, eqn.params) if kind == "conv" else None
 
     def kept(out_keep):
         """The kept sub-weight, its pattern, its candidate and the policy's choice."""
@@ -211,10 +213,11 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
         flops = lowering.gemm_flops(rows, *gemm_kn)
         # No zeros left: the C++ kernel may still run it, every block stored (measured).
         run = pat if pat is not None or opts.impl != "cpu" else \
-            policy.full_density_block(*gemm_kn, kw.shape[-2] if kind == "conv" else None)
+            policy.full_density_block(*gemm_kn, kw.shape[-2] if kind == "conv" else None,
+                                      window)
         c = None if run is None else policy.Candidate(
             run, float(km.mean()) if km.size else 1.0, flops, kernel_hw,
-            (*x_aval.shape[:-1], kw.shape[-2]), dtype, gemm_kn)
+            (*x_aval.shape[:-1], kw.shape[-2]), dtype, gemm_kn, window)
         return kw, km, pat, flops, c, policy.choose(c, opts)
 
     kept_w, kept_m, pattern, after, cand, (low, reason, timing) = kept(out_keep)

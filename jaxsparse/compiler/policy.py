@@ -16,6 +16,7 @@ from jaxsparse.compiler.detect import block_views
 from jaxsparse.compiler.packed import block_shape
 from jaxsparse.compiler.report import LayerTiming
 from jaxsparse.kernels.cpu import sparse_conv as cpu_sparse_conv
+from jaxsparse.kernels.window import ConvWindow
 from jaxsparse.primitives.block_sparse_dot import pallas_kernel
 from jaxsparse.primitives.nm_dot import cuda_kernel
 from jaxsparse.pruning.patterns import NM, Block, Unstructured
@@ -77,12 +78,13 @@ class Candidate:
     x_shape: tuple[int, ...]
     x_dtype: Any
     gemm_kn: tuple[int, int] = (0, 0)  # (K, cout) of the kept sub-weight's GEMM view.
+    window: ConvWindow | None = None  # A conv's window; None for a dense layer.
 
 
 def _cpu_kernel_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTiming | None]:
     """``(lowering, why, timing)`` for a block/unstructured layer with the C++ CPU kernels."""
     why = cpu_sparse_conv.unsupported(c.x_shape, c.x_dtype, (1, 1, *block_shape(c.pattern)),
-                                      None)
+                                      c.window)
     if why is not None:
         return "dense", f"no CPU kernel: {why}", None
     if opts.policy == "sparse":
@@ -107,15 +109,20 @@ def _cpu_kernel_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTimi
 FULL_DENSITY_BLOCKS = (Block(32, 32), Block(16, 16), Block(8, 8))
 
 
-def full_density_block(k: int, n: int, cin: int | None = None) -> Block | None:
+def full_density_block(k: int, n: int, cin: int | None = None,
+                       window: ConvWindow | None = None) -> Block | None:
     """The block shape that runs a dense ``(k, n)`` GEMM on the C++ kernel (None: none tiles
     it). ``cin``: a conv's input channels, which a block's height must divide (the kernel
-    reads a block from one tap); fewer than 8 of them (an RGB stem) make blocks ``cin``
-    high."""
+    reads a block from one tap); with fewer than 8 of them (an RGB stem) a block covers a
+    whole kernel row, ``kw * cin`` high (one tap, ``cin`` high, under dilation), so the
+    kernel reads long runs of the input rather than 3 values per block."""
     c = k if cin is None else cin
     got = next((b for b in FULL_DENSITY_BLOCKS if c % b.bh == 0 and n % b.bw == 0), None)
     if got is None and c < FULL_DENSITY_BLOCKS[-1].bh and k % c == 0:
-        got = next((Block(c, b.bw) for b in FULL_DENSITY_BLOCKS if n % b.bw == 0), None)
+        bh = c * window.kernel[1] if window is not None else c
+        if not cpu_sparse_conv.block_rows_are_runs(bh, c, window):
+            bh = c
+        got = next((Block(bh, b.bw) for b in FULL_DENSITY_BLOCKS if n % b.bw == 0), None)
     return got
 
 
@@ -127,7 +134,7 @@ def _full_density_choice(c: Candidate, opts: Options) -> tuple[str, str, LayerTi
     if opts.impl != "cpu" or opts.policy != "auto":
         return "dense", dense_why, None
     why = cpu_sparse_conv.unsupported(c.x_shape, c.x_dtype, (1, 1, *block_shape(c.pattern)),
-                                      None)
+                                      c.window)
     if why is not None:
         return "dense", f"{dense_why}; no CPU kernel: {why}", None
     if opts.calibrate:

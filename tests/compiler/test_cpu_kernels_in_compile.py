@@ -171,20 +171,26 @@ def test_dense_layers_run_on_the_kernel_measured_faster(monkeypatch, faster):
 
 def test_full_density_blocks_follow_the_input_channels():
     """A block covers input channels of one tap, so its height divides cin (not only K);
-    fewer than 8 channels (an RGB stem) give blocks cin high."""
+    with fewer than 8 channels (an RGB stem) a block covers a whole kernel row (kw * cin
+    high), or one tap (cin high) when the taps are dilated."""
     from jaxsparse.compiler.policy import full_density_block
+    from jaxsparse.kernels.window import ConvWindow
     from jaxsparse.pruning.patterns import Block
 
+    stem = ConvWindow((7, 7), (2, 2), ((3, 3), (3, 3)))
     assert full_density_block(9 * 64, 64, 64) == Block(32, 32)
     assert full_density_block(9 * 24, 64, 24) == Block(8, 8)  # K % 32 == 0, cin % 32 != 0.
-    assert full_density_block(49 * 3, 64, 3) == Block(3, 32)
+    assert full_density_block(49 * 3, 64, 3, stem) == Block(21, 32)
+    dilated = ConvWindow((7, 7), dilation=(2, 2))
+    assert full_density_block(49 * 3, 64, 3, dilated) == Block(3, 32)
     assert full_density_block(49 * 3, 20, 3) is None  # No block width tiles 20 outputs.
     assert full_density_block(48, 32) == Block(16, 16)  # A dense layer: K is its cin.
 
 
 def test_rgb_stem_runs_on_the_kernel_where_measured_faster(monkeypatch):
     """A 7x7 stride-2 conv on 3 channels (ResNet's stem) with its bias and ReLU runs on the
-    C++ block kernel at full density (3-high blocks) when measured faster; exact."""
+    C++ block kernel at full density (blocks of a kernel row, 7 taps x 3 channels) when
+    measured faster; exact."""
     rng = np.random.default_rng(0)
     p = {"w": jnp.asarray(rng.standard_normal((7, 7, 3, 32)) * 0.2, jnp.float32),
          "b": jnp.asarray(rng.standard_normal(32), jnp.float32)}
@@ -199,5 +205,5 @@ def test_rgb_stem_runs_on_the_kernel_where_measured_faster(monkeypatch):
     sp = js.sparsify(fn, p, None, x, calibrate=True)
     (row,) = sp.report.rows
     assert row.kernel == "cpu block kernel, full density" and row.epilogue == ("relu",), row
-    assert "block:3x32" in row.why, row.why
+    assert "block:21x32" in row.why, row.why
     assert_close(jax.jit(sp)(sp.variables, x), fn(p, x))

@@ -107,6 +107,10 @@ CONV_CASES = [
     (3, 11, 11, 32, 70, 3, 1, 2, 2, 1, 1, 0.2),
     (1, 5, 5, 16, 7, 1, 1, 0, 1, 1, 1, 0.5),
     (3, 6, 6, 16, 16, 1, 2, 0, 1, 1, 1, 0.9),
+    # Few input channels: a block spans whole taps of one kernel row (a run partly in the
+    # padding is gathered): an RGB stem's 7 taps x 3 channels, 2 of 4 taps x 4 channels.
+    (2, 17, 16, 3, 32, 7, 2, 3, 1, 21, 32, 0.7),
+    (2, 8, 9, 4, 16, 4, 1, 2, 1, 8, 16, 0.6),
 ]
 
 
@@ -201,6 +205,11 @@ def test_unsupported_calls_are_clear_errors():
     v4 = np.zeros((4, 36, 4, 4), np.float32)
     with pytest.raises(ValueError, match="4x4 blocks"):
         block_sparse_dot(x, v4, np.zeros((4, 36), np.int32), window=window, impl="cpu")
+    # Blocks spanning taps (3 channels, 21-high) need adjacent taps: no dilation.
+    x3, _, v3, r3 = make_case(0, 1, 9, 9, 3, 32, 7, 21, 32, 0.5)
+    dilated = ConvWindow((7, 7), padding=((6, 6), (6, 6)), dilation=(2, 2))
+    with pytest.raises(ValueError, match="block height 21 neither divides the 3 input"):
+        block_sparse_dot(x3, v3, r3, window=dilated, impl="cpu")
 
 
 def test_missing_library_falls_back_with_a_reason(monkeypatch):

@@ -3,9 +3,10 @@
 ``W`` is the ``(kh*kw*cin, cout)`` GEMM view in blocked-ELL layout (see
 :mod:`jaxsparse.primitives.block_sparse_dot`). Two kernels share one calling convention:
 
-* ``block`` (``bw % 8 == 0`` and ``cin % bh == 0``): register-tiled implicit GEMM, vectorised
-  over output channels; a kept block reads a shifted window of the NHWC input
-  (``csrc/block_conv.cc``);
+* ``block`` (``bw % 8 == 0``; ``cin % bh == 0``, or for few input channels blocks spanning
+  whole taps of one kernel row, see :func:`block_rows_are_runs`): register-tiled implicit
+  GEMM, vectorised over output channels; a kept block reads a shifted window of the NHWC
+  input (``csrc/block_conv.cc``);
 * ``ell`` (``bh == bw == 1``, i.e. unstructured): per tile of 32 output pixels, the tile's
   transposed input panel is built in cache and every output channel accumulates its stored
   weights vectorised over pixels (``csrc/ell_conv.cc``).
@@ -36,9 +37,21 @@ def kernel_kind(values_shape: tuple[int, ...]) -> str | None:
     return None
 
 
+def block_rows_are_runs(bh: int, cin: int, window: ConvWindow | None) -> bool:
+    """Whether the block kernel reads blocks ``bh`` rows high as contiguous runs of the NHWC
+    input: ``bh`` divides ``cin`` (channels of one tap), or ``bh`` covers whole adjacent taps
+    of one kernel row (``bh % cin == 0``, ``kw * cin % bh == 0``, no dilation along the
+    width), as blocks ``kw * 3`` high do for an RGB stem."""
+    if cin % bh == 0:
+        return True
+    kw, dw = (1, 1) if window is None else (window.kernel[1], window.dilation[1])
+    return bh % cin == 0 and (kw * cin) % bh == 0 and dw == 1
+
+
 def unsupported(x_shape: tuple[int, ...], dtype, values_shape: tuple[int, ...],
                 window: ConvWindow | None) -> str | None:
-    """Why the CPU kernels cannot run this call (None: they can, when the library loads)."""
+    """Why the CPU kernels cannot run this call (None: they can, when the library loads).
+    ``window``: the conv's window, None for a dense layer."""
     if jnp.dtype(dtype) != jnp.float32:
         return f"dtype {jnp.dtype(dtype).name}: the CPU kernels are float32 only"
     kind = kernel_kind(values_shape)
@@ -46,8 +59,10 @@ def unsupported(x_shape: tuple[int, ...], dtype, values_shape: tuple[int, ...],
     if kind is None:
         return f"{bh}x{bw} blocks: the CPU kernels need 1x1 blocks or blocks {bw} wide % 8"
     cin = x_shape[-1]
-    if kind == "block" and cin % bh:
-        return f"{cin} input channels are not a multiple of the block height {bh}"
+    if kind == "block" and not block_rows_are_runs(bh, cin, window):
+        kw = 1 if window is None else window.kernel[1]
+        return (f"block height {bh} neither divides the {cin} input channels nor spans whole "
+                f"taps of one kernel row ({kw} taps x {cin} channels, no dilation)")
     if window is not None and any(p < 0 for pad in window.padding for p in pad):
         return "negative padding"
     return None

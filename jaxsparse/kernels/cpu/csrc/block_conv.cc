@@ -3,8 +3,10 @@
 // Weight: blocked-ELL over the GEMM view (K = kh*kw*C, N): for each block column j (bw output
 // channels) `maxk` stored blocks values[j, m] of shape (bh, bw) and their row-block index
 // rows[j, m] (-1: padding, skipped). A block's bh rows are one tap (i, j) and channels
-// [c0, c0 + bh) (C % bh == 0), so it reads a contiguous run of one input pixel: the kernel
-// gathers the kept row blocks straight from the NHWC input, window by window.
+// [c0, c0 + bh) (C % bh == 0), or, for few input channels (an RGB stem), whole taps
+// (i, j) .. (i, j + bh/C - 1) of one kernel row (bh % C == 0, kw*C % bh == 0, no dilation):
+// either way a contiguous run of the NHWC input, so the kernel reads the kept row blocks
+// straight from it, window by window (a run partly in the padding is gathered first).
 //
 // Micro-kernel: MR output pixels x (8 or 16 * NV) output channels held in registers; per kept
 // weight row it loads NV weight vectors and broadcasts one input value per pixel. The optional
@@ -37,7 +39,14 @@ struct BlockWeight {
   const float* values;  // (cb, maxk, bh, bw)
   const BlockTap* taps;  // (cb, maxk)
   int64_t cb, maxk, bh, bw;
+  int64_t span;  // Taps one block covers: bh / C when bh > C (an RGB stem), else 1.
 };
+
+// Whether blocks bh rows high can be read as runs of the input: bh divides C, or bh spans
+// whole taps of one kernel row (bh % C == 0, kw * C % bh == 0) and the taps are adjacent.
+inline bool BlocksAreRuns(const Conv& g, int64_t bh) {
+  return g.C % bh == 0 || (bh % g.C == 0 && (g.kw * g.C) % bh == 0 && g.dw == 1);
+}
 
 // The taps of the stored blocks `rows` (cb * maxk row-block indices) of a weight with
 // kblocks row blocks of bh rows.
@@ -56,16 +65,29 @@ std::vector<BlockTap> BlockTaps(const Conv& g, const int32_t* rows, int64_t n, i
   return taps;
 }
 
-// Input row pointers of MR pixels for a stored block (bh channels of one tap), or `zeros`
-// where its window falls in the padding.
+// Input row pointers of MR pixels for a stored block (its run of bh input values), or
+// `zeros` where its window falls in the padding. A block spanning several taps whose run is
+// partly in the padding is gathered into the pixel's bh floats of `scratch`.
 template <int MR>
-inline void BlockRows(const Conv& g, const Pixel* px, const BlockTap& t, const float* zeros,
-                      const float** out) {
+inline void BlockRows(const Conv& g, const BlockWeight& w, const Pixel* px, const BlockTap& t,
+                      const float* zeros, float* scratch, const float** out) {
   for (int p = 0; p < MR; ++p) {
     const int64_t ih = px[p].ih0 + t.di, iw = px[p].iw0 + t.dj;
-    out[p] = ih < 0 || ih >= g.H || iw < 0 || iw >= g.W
-                 ? zeros
-                 : px[p].image + (ih * g.W + iw) * g.C + t.c0;
+    if (ih < 0 || ih >= g.H || iw + w.span <= 0 || iw >= g.W) {
+      out[p] = zeros;
+    } else if (iw >= 0 && iw + w.span <= g.W) {
+      out[p] = px[p].image + (ih * g.W + iw) * g.C + t.c0;
+    } else {
+      float* dst = scratch + p * w.bh;
+      for (int64_t s = 0; s < w.span; ++s) {
+        const int64_t at = iw + s;
+        if (at >= 0 && at < g.W)
+          std::memcpy(dst + s * g.C, px[p].image + (ih * g.W + at) * g.C, g.C * sizeof(float));
+        else
+          std::memset(dst + s * g.C, 0, g.C * sizeof(float));
+      }
+      out[p] = dst;
+    }
   }
 }
 
@@ -120,7 +142,7 @@ JAXSPARSE_SIMD_VEC(__m512, 16, _mm512)
 
 // Column slices of `width` channels run by one micro-kernel call, and the call itself.
 using TileFn = void (*)(const Conv&, const BlockWeight&, const Pixel*, int64_t, int64_t,
-                        int64_t, const float*, const Epilogue&, float*, int64_t);
+                        int64_t, const float*, float*, const Epilogue&, float*, int64_t);
 
 struct Plan {
   TileFn tile;
@@ -152,6 +174,8 @@ void RunItem(const Conv& g, const BlockWeight& w, const Plan& plan, const float*
              float* y) {
   const int64_t P = g.pixels();
   const int64_t first = group * kTilesPerItem * plan.mr;
+  thread_local std::vector<float> scratch;  // Gathered runs of blocks spanning taps.
+  if (w.span > 1) scratch.resize(kMaxMR * w.bh);
   for (int64_t t = 0; t < kTilesPerItem; ++t) {
     const int64_t p0 = first + t * plan.mr;
     if (p0 >= P) break;
@@ -160,7 +184,7 @@ void RunItem(const Conv& g, const BlockWeight& w, const Plan& plan, const float*
     TilePixels(g, x, p0, plan.mr, npx, zeros, px);
     for (int64_t col = col0; col < col1; ++col)
       for (int64_t off = 0; off < w.bw; off += plan.width)
-        plan.tile(g, w, px, npx, col, off, zeros, e, y, p0);
+        plan.tile(g, w, px, npx, col, off, zeros, scratch.data(), e, y, p0);
   }
 }
 
@@ -191,18 +215,20 @@ ffi::Error BlockSparseConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   if (!bad_weight.empty())
     return ffi::Error::InvalidArgument("jaxsparse_block_sparse_conv: " + bad_weight);
   const int64_t cb = vd[0], maxk = vd[1], bh = vd[2], bw = vd[3];
-  if (bh < 1 || bw < 8 || bw % 8 || g.C % bh || cb * bw != g.N)
+  if (bh < 1 || bw < 8 || bw % 8 || !BlocksAreRuns(g, bh) || cb * bw != g.N)
     return ffi::Error::InvalidArgument(
-        "jaxsparse_block_sparse_conv: needs bw % 8 == 0, C % bh == 0 and cb * bw == N; got "
-        "bh=" + std::to_string(bh) + " bw=" + std::to_string(bw) + " C=" +
-        std::to_string(g.C) + " N=" + std::to_string(g.N));
+        "jaxsparse_block_sparse_conv: needs bw % 8 == 0, cb * bw == N and C % bh == 0 (or "
+        "bh % C == 0, kw * C % bh == 0 and no dilation); got bh=" + std::to_string(bh) +
+        " bw=" + std::to_string(bw) + " C=" + std::to_string(g.C) + " kw=" +
+        std::to_string(g.kw) + " N=" + std::to_string(g.N));
   Epilogue e;
   const std::string bad_epilogue = MakeEpilogue(bias, residual, g, window.relu, &e);
   if (!bad_epilogue.empty())
     return ffi::Error::InvalidArgument("jaxsparse_block_sparse_conv: " + bad_epilogue);
   const std::vector<BlockTap> taps =
       BlockTaps(g, rows.typed_data(), cb * maxk, bh, g.K() / bh);
-  const BlockWeight w{values.typed_data(), taps.data(), cb, maxk, bh, bw};
+  const BlockWeight w{values.typed_data(), taps.data(), cb, maxk, bh, bw,
+                      bh > g.C ? bh / g.C : 1};
   Run(pool, g, w, e, x.typed_data(), y->typed_data());
   return ffi::Error::Success();
 }
