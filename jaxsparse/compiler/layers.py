@@ -359,9 +359,11 @@ def _run(ctx: Context, key: str, plan: LayerPlan, eqn, x: Any, w: WRef,
     fused = _fuses(plan.lowering, plan.fold, ctx.options)  # Bias, residual, ReLU in-kernel.
     epi = {}
     if fused:
-        epi = dict(bias=None if bias is None else jnp.asarray(bias, out_dtype), relu="relu" in
-                   plan.epilogue, residual=res if res is None or plan.kind == "conv" else
-                   res.reshape(-1, res.shape[-1]))  # A dense layer runs on 2-D rows.
+        kernel_res = res
+        if res is not None and plan.kind != "conv":  # A dense layer runs on 2-D rows.
+            kernel_res = res.reshape(-1, res.shape[-1])
+        epi = dict(bias=None if bias is None else jnp.asarray(bias, out_dtype),
+                   residual=kernel_res, relu="relu" in plan.epilogue)
     if plan.kind == "conv":
         y = lowering.conv(xd, weight, eqn.params, ctx.options.impl, ctx.options.interpret,
                           **epi)
