@@ -276,11 +276,13 @@ def test_epilogue_of_a_dense_layer_and_bad_operands():
         block_sparse_dot(x2, values, rows, impl="cpu", residual=jnp.zeros((5, 63)))
 
 
-@pytest.mark.parametrize("isa", ["scalar", "avx2"])
-def test_every_instruction_set_path(isa):
+@pytest.mark.parametrize("env", [{"JAXSPARSE_CPU_ISA": "scalar"}, {"JAXSPARSE_CPU_ISA": "avx2"},
+                                 {"JAXSPARSE_CPU_STREAM": "0"}])
+def test_every_instruction_set_path(env):
     """JAXSPARSE_CPU_ISA caps the kernels' instruction set: the scalar and AVX2 code paths
     (not only the best one of this CPU) equal the masked dense conv too, with and without
-    the epilogue."""
+    the epilogue; JAXSPARSE_CPU_STREAM=0 runs the SIMD paths with cached rather than
+    streaming stores, which must give the same result."""
     code = (
         "from tests.kernels.test_cpu_sparse_conv import CONV_CASES, make_case, run_cpu, "
         "dense_conv, assert_close, epilogue_operands, with_epilogue\n"
@@ -293,7 +295,7 @@ def test_every_instruction_set_path(isa):
         "    ep = epilogue_operands(1, ref.shape, 'bias,residual,relu')\n"
         "    assert_close(run_cpu(x, values, rows, win, **ep), with_epilogue(ref, **ep))\n"
         "print('ok', len(CONV_CASES))\n")
-    proc = run_cli(["-c", code], env={"JAXSPARSE_CPU_ISA": isa})
+    proc = run_cli(["-c", code], env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"ok {len(CONV_CASES)}" in proc.stdout
 

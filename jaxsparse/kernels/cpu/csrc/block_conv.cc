@@ -11,7 +11,8 @@
 // Micro-kernel: MR output pixels x (8 or 16 * NV) output channels held in registers; per kept
 // weight row it loads NV weight vectors and broadcasts one input value per pixel. The optional
 // epilogue (a per-channel bias, a residual shaped like y, a ReLU) is applied in registers
-// before the store, so a folded BatchNorm, residual add and ReLU cost no pass over memory. AVX-512,
+// before the store, so a folded BatchNorm, residual add and ReLU cost no pass over memory; the
+// SIMD paths store with non-temporal stores where y allows (conv.h: CanStream). AVX-512,
 // AVX2+FMA or scalar code, chosen at run time (CPUID). Work items (a group of pixels x a range
 // of block columns) are spread over XLA's intra-op thread pool.
 #include <immintrin.h>
@@ -103,6 +104,7 @@ struct Vec {
   static T Add(T a, T b) { return a + b; }
   static T Relu(T a) { return a < 0.0f ? 0.0f : a; }
   static void Store(float* p, T v) { *p = v; }
+  static void Stream(float* p, T v) { *p = v; }  // Never chosen: scalar plans store.
 };
 #include "block_tile.inc"
 }  // namespace scalar
@@ -121,6 +123,8 @@ struct Vec {
     /* max(0, a): a NaN stays NaN (the second operand is returned). */      \
     static T Relu(T a) { return MM##_max_ps(MM##_setzero_ps(), a); }        \
     static void Store(float* p, T v) { MM##_storeu_ps(p, v); }              \
+    /* A non-temporal store: p aligned to the vector, no read for ownership. */ \
+    static void Stream(float* p, T v) { MM##_stream_ps(p, v); }             \
   };
 
 #pragma GCC push_options
@@ -148,21 +152,27 @@ struct Plan {
   TileFn tile;
   int mr;         // Pixels per micro-kernel call.
   int64_t width;  // Output channels per micro-kernel call.
+  bool stream;    // Non-temporal stores of the result (fenced at the end of each item).
 };
 
-Plan ChoosePlan(int64_t bw) {
+template <bool kStream>
+Plan PlanFor(int64_t bw) {
 #if defined(__x86_64__)
   if (HasAvx512()) {
-    if (bw % 32 == 0) return {avx512::Tile<12, 2>, 12, 32};
-    if (bw % 16 == 0) return {avx512::Tile<14, 1>, 14, 16};
+    if (bw % 32 == 0) return {avx512::Tile<12, 2, kStream>, 12, 32, kStream};
+    if (bw % 16 == 0) return {avx512::Tile<14, 1, kStream>, 14, 16, kStream};
   }
   if (HasAvx2Fma()) {
-    if (bw % 16 == 0) return {avx2::Tile<6, 2>, 6, 16};
-    return {avx2::Tile<12, 1>, 12, 8};
+    if (bw % 16 == 0) return {avx2::Tile<6, 2, kStream>, 6, 16, kStream};
+    return {avx2::Tile<12, 1, kStream>, 12, 8, kStream};
   }
 #endif
-  if (bw % 16 == 0) return {scalar::Tile<6, 16>, 6, 16};
-  return {scalar::Tile<12, 8>, 12, 8};
+  if (bw % 16 == 0) return {scalar::Tile<6, 16, false>, 6, 16, false};
+  return {scalar::Tile<12, 8, false>, 12, 8, false};
+}
+
+Plan ChoosePlan(int64_t bw, bool stream) {
+  return stream ? PlanFor<true>(bw) : PlanFor<false>(bw);
 }
 
 constexpr int kMaxMR = 14;
@@ -186,12 +196,16 @@ void RunItem(const Conv& g, const BlockWeight& w, const Plan& plan, const float*
       for (int64_t off = 0; off < w.bw; off += plan.width)
         plan.tile(g, w, px, npx, col, off, zeros, scratch.data(), e, y, p0);
   }
+#if defined(__x86_64__)
+  if (plan.stream) _mm_sfence();  // The item's stores are visible before it counts as done.
+#endif
 }
 
 void Run(ffi::ThreadPool& pool, const Conv& g, const BlockWeight& w, const Epilogue& e,
          const float* x, float* y) {
   const std::vector<float> zeros(w.bh, 0.0f);
-  const Plan plan = ChoosePlan(w.bw);
+  const bool stream = CanStream(y, g.N);
+  const Plan plan = ChoosePlan(w.bw, stream);
   const int64_t groups = (g.pixels() + kTilesPerItem * plan.mr - 1) / (kTilesPerItem * plan.mr);
   // Few pixel groups (small images, batch 1): split the columns too, so every thread works.
   const int64_t want = 8 * std::max<int64_t>(pool.num_threads(), 1);
