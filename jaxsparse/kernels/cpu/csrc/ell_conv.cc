@@ -7,11 +7,10 @@
 // (K, TP) in a per-thread buffer (the implicit im2col of TP pixels only, 8x8 AVX transposes),
 // then for every output channel accumulates value * panel[row] over its stored weights (TP
 // pixels in AVX-512 or AVX2 registers, two independent accumulator sets to hide FMA latency;
-// scalar code on other CPUs), and
-// transposes the (N, TP) result back into the NHWC output, where the optional epilogue (bias,
-// residual, ReLU) is applied to the tile's rows while they are in cache. This is the
-// sparse-times-dense scheme of mobile sparse-inference engines, with the layout change done
-// in cache.
+// scalar code on other CPUs), and transposes the (N, TP) result back into the NHWC output,
+// applying the optional epilogue (bias, residual, ReLU) in registers on the way and storing
+// with non-temporal stores where y allows (conv.h: CanStream). This is the sparse-times-dense
+// scheme of mobile sparse-inference engines, with the layout change done in cache.
 #include <immintrin.h>
 
 #include <cstdlib>
@@ -98,11 +97,10 @@ void StoreScalar(const Conv& g, const float* out, int64_t p0, int64_t npx, float
 }
 
 #if defined(__x86_64__)
-// Transposes the 8x8 block of columns [c, c + 8) of the rows src_rows[0..7] into dst
-// (8 rows of stride ld).
+// Transposes the 8x8 block of columns [c, c + 8) of the rows src_rows[0..7]: out[q] holds
+// column c + q of the 8 rows.
 __attribute__((target("avx2,fma"))) inline void Transpose8x8(const float* const* src_rows,
-                                                             int64_t c, float* dst,
-                                                             int64_t ld) {
+                                                             int64_t c, __m256* out) {
   __m256 r[8], t[8];
   for (int q = 0; q < 8; ++q) r[q] = _mm256_loadu_ps(src_rows[q] + c);
   for (int q = 0; q < 4; ++q) {
@@ -116,8 +114,8 @@ __attribute__((target("avx2,fma"))) inline void Transpose8x8(const float* const*
     }
   // r[0..3] hold channels {0,1,4,5 | 2,3,6,7} of pixels 0-3 per 128-bit lane; combine halves.
   for (int q = 0; q < 4; ++q) {
-    _mm256_storeu_ps(dst + q * ld, _mm256_permute2f128_ps(r[q], r[4 + q], 0x20));
-    _mm256_storeu_ps(dst + (q + 4) * ld, _mm256_permute2f128_ps(r[q], r[4 + q], 0x31));
+    out[q] = _mm256_permute2f128_ps(r[q], r[4 + q], 0x20);
+    out[q + 4] = _mm256_permute2f128_ps(r[q], r[4 + q], 0x31);
   }
 }
 
@@ -139,7 +137,11 @@ __attribute__((target("avx2,fma"))) void BuildPanelAvx2(const Conv& g, const Pix
             _mm256_storeu_ps(dst + c * TP + pg, _mm256_setzero_ps());
           continue;
         }
-        for (int64_t c = 0; c < c8; c += 8) Transpose8x8(src, c, dst + c * TP + pg, TP);
+        for (int64_t c = 0; c < c8; c += 8) {
+          __m256 col[8];
+          Transpose8x8(src, c, col);
+          for (int q = 0; q < 8; ++q) _mm256_storeu_ps(dst + (c + q) * TP + pg, col[q]);
+        }
         for (int64_t c = c8; c < g.C; ++c)
           for (int q = 0; q < 8; ++q) dst[c * TP + pg + q] = src[q][c];
       }
@@ -205,37 +207,37 @@ __attribute__((target("avx512f"))) void ChannelsAvx512(const Conv& g, const EllW
   }
 }
 
-// The epilogue on the stored pixels [p0, p0 + npx) of y (every channel), 8 channels at a time.
-__attribute__((target("avx2,fma"))) void EpilogueAvx2(const Conv& g, const Epilogue& e,
-                                                      int64_t p0, int64_t npx, float* y) {
-  const int64_t n8 = g.N - g.N % 8;
-  const __m256 zero = _mm256_setzero_ps();
-  for (int64_t p = p0; p < p0 + npx; ++p) {
-    float* row = y + p * g.N;
-    const float* res = e.residual == nullptr ? nullptr : e.residual + p * g.N;
-    for (int64_t n = 0; n < n8; n += 8) {
-      __m256 v = _mm256_loadu_ps(row + n);
-      if (e.bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(e.bias + n));
-      if (res != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(res + n));
-      if (e.relu) v = _mm256_max_ps(zero, v);  // A NaN stays NaN.
-      _mm256_storeu_ps(row + n, v);
-    }
-  }
-  if (n8 < g.N) EpilogueRows(g, e, p0, npx, n8, g.N, y);
-}
-
-__attribute__((target("avx2,fma"))) void StoreAvx2(const Conv& g, const float* out, int64_t p0,
+// Writes the tile's result out (N, TP) into the NHWC rows of pixels [p0, p0 + npx) of y with
+// the epilogue applied in registers: 8 channels x 8 pixels blocks transpose into y rows of
+// stride N. Both halves of a 64-byte line of a row are written one after the other, so
+// `stream` (non-temporal stores, CanStream(y, N)) writes whole lines.
+__attribute__((target("avx2,fma"))) void StoreAvx2(const Conv& g, const float* out,
+                                                   const Epilogue& e, bool stream, int64_t p0,
                                                    int64_t npx, float* y) {
   if (npx < TP || g.N % 8) {
     StoreScalar(g, out, p0, npx, y);
+    if (e.any()) EpilogueRows(g, e, p0, npx, 0, g.N, y);
     return;
   }
-  // out is (N, TP): 8 channels x 8 pixels blocks transpose into y rows (pixels) of stride N.
-  for (int64_t n = 0; n < g.N; n += 8) {
-    const float* src[8];
-    for (int q = 0; q < 8; ++q) src[q] = out + (n + q) * TP;
-    for (int64_t pg = 0; pg < TP; pg += 8) Transpose8x8(src, pg, y + (p0 + pg) * g.N + n, g.N);
-  }
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t pg = 0; pg < TP; pg += 8)
+    for (int64_t n = 0; n < g.N; n += 8) {
+      const float* src[8];
+      for (int q = 0; q < 8; ++q) src[q] = out + (n + q) * TP;
+      __m256 row[8];  // row[q]: channels [n, n + 8) of pixel p0 + pg + q.
+      Transpose8x8(src, pg, row);
+      const __m256 b = e.bias == nullptr ? zero : _mm256_loadu_ps(e.bias + n);
+      for (int q = 0; q < 8; ++q) {
+        const int64_t at = (p0 + pg + q) * g.N + n;
+        __m256 v = _mm256_add_ps(row[q], b);
+        if (e.residual != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(e.residual + at));
+        if (e.relu) v = _mm256_max_ps(zero, v);  // A NaN stays NaN.
+        if (stream)
+          _mm256_stream_ps(y + at, v);
+        else
+          _mm256_storeu_ps(y + at, v);
+      }
+    }
 }
 #endif
 
@@ -244,6 +246,7 @@ void Run(ffi::ThreadPool& pool, const Conv& g, const EllWeight& w, const Epilogu
   const int64_t P = g.pixels(), tiles = (P + TP - 1) / TP;
   const std::vector<float> zeros(g.C, 0.0f);
   const bool avx2 = HasAvx2Fma(), avx512 = avx2 && HasAvx512();
+  const bool stream = avx2 && CanStream(y, g.N);
   ParallelFor(pool, tiles, [&](int64_t t) {
     thread_local AlignedBuffer panel_buf, out_buf;
     float* const panel_ptr = panel_buf.Get(g.K() * TP);
@@ -258,8 +261,8 @@ void Run(ffi::ThreadPool& pool, const Conv& g, const EllWeight& w, const Epilogu
         ChannelsAvx512(g, w, panel_ptr, out_ptr);
       else
         ChannelsAvx2(g, w, panel_ptr, out_ptr);
-      StoreAvx2(g, out_ptr, p0, npx, y);
-      if (e.any()) EpilogueAvx2(g, e, p0, npx, y);
+      StoreAvx2(g, out_ptr, e, stream, p0, npx, y);
+      if (stream) _mm_sfence();  // The tile's stores are visible before it counts as done.
       return;
     }
 #endif
