@@ -278,5 +278,5 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
         kernels += f"; cuSPARSELt 2:4: {cusparselt.status().reason}"
     report = CompileReport(rows, time.perf_counter() - t0, backend, policy, kernels,
                            nbytes(variables), nbytes(sp_vars),
-                           tuple(sorted(ctx.densified.items())))
+                           tuple(sorted(ctx.densified.items())), ctx.pools_as_maxima)
     return SparseModel(sp_vars, report, closed, out_tree, ctx.plan, opts)

@@ -25,7 +25,7 @@ import numpy as np
 from jax import lax
 from jax.extend.core import Primitive
 
-from jaxsparse.compiler import channels, engine
+from jaxsparse.compiler import channels, engine, pooling
 from jaxsparse.compiler.values import Pending, Sliced, WRef, is_special, plain
 
 RULES: dict[Primitive, engine.Rule] = {}
@@ -69,6 +69,8 @@ class Context:
             once.
         unmeasured: the folding pass planned a layer on the kernel without timing it (it is
             timed in the next pass, with the ops after it known).
+        pools_as_maxima: max pools written as the maximum of strided slices (``cpu``:
+            :mod:`~jaxsparse.compiler.pooling`).
     """
 
     compiling: bool
@@ -87,6 +89,7 @@ class Context:
     fold_notes: dict[str, str] = dataclasses.field(default_factory=dict)
     measured: dict = dataclasses.field(default_factory=dict)
     unmeasured: bool = False
+    pools_as_maxima: int = 0
     counter: int = 0
 
     def next_key(self, name: str) -> str:
@@ -132,8 +135,14 @@ def default_rule(ctx: Context, eqn, invals: list) -> list:
 
 
 def _untracked(ctx: Context, eqn, invals: list) -> list:
-    """Plain inputs: fold host constants in numpy at compile time, else re-bind."""
-    return (ctx.compiling and numpy_eval(eqn, invals)) or bind(eqn, invals)
+    """Plain inputs: fold host constants in numpy at compile time, else re-bind (a max pool
+    as :func:`_max_pool` has it)."""
+    folded = ctx.compiling and numpy_eval(eqn, invals)
+    if folded:
+        return folded
+    if eqn.primitive is lax.reduce_window_max_p:
+        return [_max_pool(ctx, eqn, invals[0])]
+    return bind(eqn, invals)
 
 
 def _no_rule(ctx: Context, eqn, invals: list) -> list:
@@ -256,12 +265,23 @@ def _reduce(ctx: Context, eqn, invals: list) -> list:
     return [Sliced(data, new_axis, x.keep, x.full, fill)]
 
 
+def _max_pool(ctx: Context, eqn, x: Any) -> Any:
+    """A ``reduce_window_max`` of a plain array: on ``cpu`` the maximum of strided slices
+    (XLA's CPU reduce_window is slow, :mod:`~jaxsparse.compiler.pooling`), else re-bound."""
+    if ctx.options is not None and ctx.options.platform == "cpu" and \
+            pooling.why_not_maxima(tuple(x.shape), eqn.params) is None:
+        if ctx.compiling:
+            ctx.pools_as_maxima += 1
+        return pooling.max_pool_as_maxima(x, eqn.params)
+    return bind(eqn, [x])[0]
+
+
 def _reduce_window_max(ctx: Context, eqn, invals: list) -> list:
     """Max-pooling with a window of 1 along the channel axis keeps it sliced."""
     (x,) = invals
     if channels.out_axis(eqn, _axes(invals)) is None:
-        return default_rule(ctx, eqn, invals)
-    return [Sliced(bind(eqn, [x.data])[0], x.axis, x.keep, x.full, x.fill)]
+        return [_max_pool(ctx, eqn, ctx.plain(x))]
+    return [Sliced(_max_pool(ctx, eqn, x.data), x.axis, x.keep, x.full, x.fill)]
 
 
 def _reshape(ctx: Context, eqn, invals: list) -> list:

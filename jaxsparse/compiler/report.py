@@ -126,6 +126,7 @@ class CompileReport:
     model_bytes_before: int = 0
     model_bytes_after: int = 0
     densified: tuple[tuple[str, int], ...] = ()  # (primitive, count): missing_rule="densify".
+    pools_as_maxima: int = 0  # Max pools run as the maximum of strided slices (cpu).
 
     def _total(self, field: str) -> float:
         return sum(getattr(r, field) for r in self.rows)
@@ -164,6 +165,7 @@ class CompileReport:
                 "model_bytes_before": self.model_bytes_before,
                 "model_bytes_after": self.model_bytes_after,
                 "densified": dict(self.densified),
+                "pools_as_maxima": self.pools_as_maxima,
                 "layers": [r.as_dict() for r in self.rows]}
 
     def markdown(self) -> str:
@@ -195,6 +197,9 @@ class CompileReport:
                      f"policy {self.policy}; pass took {self.pass_seconds:.2f} s")
         if self.kernels:
             lines.append(f"kernels: {self.kernels}")
+        if self.pools_as_maxima:
+            lines.append(f"max pools as the maximum of strided slices (XLA's CPU reduce_window "
+                         f"is slower): {self.pools_as_maxima}")
         if self.densified:
             where = ", ".join(f"{name} (x{n})" for name, n in self.densified)
             lines.append(f"activations rebuilt in full at primitives without a rule "
