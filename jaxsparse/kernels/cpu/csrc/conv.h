@@ -171,6 +171,7 @@ inline Isa BestIsa() {
 }
 
 inline bool HasAvx2Fma() { return BestIsa() >= Isa::kAvx2; }
+inline bool HasAvx512() { return BestIsa() >= Isa::kAvx512; }
 
 // Whether the kernels may store their results with non-temporal (streaming) stores: on unless
 // the environment variable JAXSPARSE_CPU_STREAM is "0" (so tests and benchmarks can run the
@@ -190,7 +191,6 @@ inline bool StreamStores() {
 inline bool CanStream(const float* y, int64_t n) {
   return StreamStores() && reinterpret_cast<uintptr_t>(y) % 64 == 0 && n % 16 == 0;
 }
-inline bool HasAvx512() { return BestIsa() >= Isa::kAvx512; }
 
 // Runs fn(i) for i in [0, n) on the caller and the thread pool's workers (dynamic
 // scheduling). Workers hold only shared state, so one that starts late finds no work and exits.
