@@ -229,7 +229,8 @@ __attribute__((target("avx2,fma"))) void StoreAvx2(const Conv& g, const float* o
       const __m256 b = e.bias == nullptr ? zero : _mm256_loadu_ps(e.bias + n);
       for (int q = 0; q < 8; ++q) {
         const int64_t at = (p0 + pg + q) * g.N + n;
-        __m256 v = _mm256_add_ps(row[q], b);
+        __m256 v = row[q];
+        if (e.bias != nullptr) v = _mm256_add_ps(v, b);
         if (e.residual != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(e.residual + at));
         if (e.relu) v = _mm256_max_ps(zero, v);  // A NaN stays NaN.
         if (stream)
