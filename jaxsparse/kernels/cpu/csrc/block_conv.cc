@@ -204,7 +204,7 @@ void RunItem(const Conv& g, const BlockWeight& w, const Plan& plan, const float*
 void Run(ffi::ThreadPool& pool, const Conv& g, const BlockWeight& w, const Epilogue& e,
          const float* x, float* y) {
   const std::vector<float> zeros(w.bh, 0.0f);
-  const bool stream = CanStream(y, g.N);
+  const bool stream = CanStream(y, g.N, ActivationBytes(g, e));
   const Plan plan = ChoosePlan(w.bw, stream);
   const int64_t groups = (g.pixels() + kTilesPerItem * plan.mr - 1) / (kTilesPerItem * plan.mr);
   // Few pixel groups (small images, batch 1): split the columns too, so every thread works.

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -71,6 +72,12 @@ struct Epilogue {
 
   bool any() const { return bias != nullptr || residual != nullptr || relu; }
 };
+
+// The bytes of activations a call reads and writes: x, y and the residual (f32).
+inline int64_t ActivationBytes(const Conv& g, const Epilogue& e) {
+  const int64_t out = g.pixels() * g.N;
+  return 4 * (g.B * g.H * g.W * g.C + out * (e.residual != nullptr ? 2 : 1));
+}
 
 // The epilogue of a call from its optional buffers (empty = absent); "" when they fit y.
 inline std::string MakeEpilogue(const xla::ffi::Buffer<xla::ffi::F32>& bias,
@@ -173,23 +180,60 @@ inline Isa BestIsa() {
 inline bool HasAvx2Fma() { return BestIsa() >= Isa::kAvx2; }
 inline bool HasAvx512() { return BestIsa() >= Isa::kAvx512; }
 
-// Whether the kernels may store their results with non-temporal (streaming) stores: on unless
-// the environment variable JAXSPARSE_CPU_STREAM is "0" (so tests and benchmarks can run the
-// cached-store path too). A layer's output is written once and read by the next layer, so
-// skipping the read for ownership of every line measured faster in ResNet-50 on a 2-core
-// AVX-512 EPYC, for small outputs as well as those larger than L3 (docs/library.md).
-inline bool StreamStores() {
-  static const bool on = [] {
-    const char* v = std::getenv("JAXSPARSE_CPU_STREAM");
-    return v == nullptr || std::string(v) != "0";
+// The last-level (L3) cache's size in bytes as Linux reports it for cpu0 (what a VM's guest
+// sees, unlike glibc's sysconf, which can report the host's), or 0 when it is not known.
+inline int64_t L3CacheBytes() {
+  static const int64_t bytes = [] {
+    for (int i = 0; i < 8; ++i) {
+      const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i);
+      std::FILE* lf = std::fopen((dir + "/level").c_str(), "r");
+      if (lf == nullptr) break;
+      int level = 0;
+      const bool got_level = std::fscanf(lf, "%d", &level) == 1;
+      std::fclose(lf);
+      if (!got_level || level != 3) continue;
+      std::FILE* sf = std::fopen((dir + "/size").c_str(), "r");
+      if (sf == nullptr) return int64_t{0};
+      long long size = 0;
+      char unit = 0;
+      const int n = std::fscanf(sf, "%lld%c", &size, &unit);
+      std::fclose(sf);
+      if (n < 1) return int64_t{0};
+      return static_cast<int64_t>(size) * (unit == 'K' ? 1024 : unit == 'M' ? 1 << 20 : 1);
+    }
+    return int64_t{0};
   }();
-  return on;
+  return bytes;
 }
 
-// Whether y (n floats per pixel row) can take vector-aligned streaming stores: 64-byte
-// aligned rows, every vector at a multiple of 16 floats.
-inline bool CanStream(const float* y, int64_t n) {
-  return StreamStores() && reinterpret_cast<uintptr_t>(y) % 64 == 0 && n % 16 == 0;
+// When the kernels store their results with non-temporal (streaming) stores, from the
+// environment variable JAXSPARSE_CPU_STREAM: "0" never, "1" always, unset (or anything else)
+// when the call's activations (input, output, residual) are larger than half of L3 (always if
+// L3's size is not known; the same share compiler/microbatch.py keeps a micro-batch within).
+// Such an output does not stay in cache for the next layer, so skipping the read for
+// ownership of every line is faster; one that fits (a micro-batched model's activations) is
+// read back from L3 by the next layer, where a streaming store would send it to memory.
+enum class StreamMode { kNever, kAlways, kLargerThanL3 };
+
+inline StreamMode StreamStores() {
+  static const StreamMode mode = [] {
+    const char* v = std::getenv("JAXSPARSE_CPU_STREAM");
+    const std::string s = v == nullptr ? "" : v;
+    return s == "0" ? StreamMode::kNever : s == "1" ? StreamMode::kAlways
+                                                    : StreamMode::kLargerThanL3;
+  }();
+  return mode;
+}
+
+// Whether y (n floats per pixel row) takes vector-aligned streaming stores: 64-byte aligned
+// rows, every vector at a multiple of 16 floats, and StreamStores() says so for a call that
+// reads `activation_bytes` of x (and residual) and writes y.
+inline bool CanStream(const float* y, int64_t n, int64_t activation_bytes) {
+  const StreamMode mode = StreamStores();
+  if (mode == StreamMode::kNever || reinterpret_cast<uintptr_t>(y) % 64 != 0 || n % 16 != 0)
+    return false;
+  const int64_t l3 = L3CacheBytes();
+  return mode == StreamMode::kAlways || l3 == 0 || 2 * activation_bytes > l3;
 }
 
 // Runs fn(i) for i in [0, n) on the caller and the thread pool's workers (dynamic

@@ -210,7 +210,7 @@ __attribute__((target("avx512f"))) void ChannelsAvx512(const Conv& g, const EllW
 // Writes the tile's result out (N, TP) into the NHWC rows of pixels [p0, p0 + npx) of y with
 // the epilogue applied in registers: 8 channels x 8 pixels blocks transpose into y rows of
 // stride N. Both halves of a 64-byte line of a row are written one after the other, so
-// `stream` (non-temporal stores, CanStream(y, N)) writes whole lines.
+// `stream` (non-temporal stores, CanStream) writes whole lines.
 __attribute__((target("avx2,fma"))) void StoreAvx2(const Conv& g, const float* out,
                                                    const Epilogue& e, bool stream, int64_t p0,
                                                    int64_t npx, float* y) {
@@ -247,7 +247,7 @@ void Run(ffi::ThreadPool& pool, const Conv& g, const EllWeight& w, const Epilogu
   const int64_t P = g.pixels(), tiles = (P + TP - 1) / TP;
   const std::vector<float> zeros(g.C, 0.0f);
   const bool avx2 = HasAvx2Fma(), avx512 = avx2 && HasAvx512();
-  const bool stream = avx2 && CanStream(y, g.N);
+  const bool stream = avx2 && CanStream(y, g.N, ActivationBytes(g, e));
   ParallelFor(pool, tiles, [&](int64_t t) {
     thread_local AlignedBuffer panel_buf, out_buf;
     float* const panel_ptr = panel_buf.Get(g.K() * TP);
