@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsparse.compiler import engine, layers  # noqa: F401  (registers the layer rule)
+from jaxsparse.compiler import microbatch
 from jaxsparse.compiler import policy as policy_lib
 from jaxsparse.compiler.interpreter import MISSING_RULE, Context, eval_jaxpr
 from jaxsparse.compiler.packed import is_rewritten, nbytes
@@ -99,7 +100,8 @@ def align_masks(variables: Any, masks: Any) -> dict[str, np.ndarray]:
 class SparseModel:
     """A compiled sparse function. Call it as ``sp(sp.variables, *args)``; it is jittable
     and vmappable. It is specialised to the shapes and dtypes of the example inputs given to
-    :func:`sparsify` (another batch size needs another ``sparsify``, or ``jax.vmap``).
+    :func:`sparsify` (another batch size needs another ``sparsify``, or ``jax.vmap``); a
+    micro-batched model runs that batch in chunks (``report.micro_batch`` examples each).
 
     Attributes:
         variables: ``{"model": the variables with packed/sliced weights, "folded": constant
@@ -113,24 +115,32 @@ class SparseModel:
     _out_tree: Any
     _plan: dict
     _options: policy_lib.Options
+    _micro: microbatch.MicroBatch | None = None
 
     def __call__(self, variables: dict, *args: Any) -> Any:
         leaves = jax.tree_util.tree_flatten_with_path(variables["model"],
                                                       is_leaf=is_rewritten)[0]
         vals = [WRef(path_str(p), v, None) if is_rewritten(v) or np.ndim(v) >= 2 else v
                 for p, v in leaves]
-        ctx = Context(compiling=False, plan=self._plan,
-                      folded=variables.get("folded", {}), options=self._options)
         flat_args = jax.tree.leaves(args)
-        expected = [(v.aval.shape, v.aval.dtype) for v in
-                    self._jaxpr.jaxpr.invars[len(leaves):]]
+        mb = self._micro
+        expected = [((mb.batch, *v.aval.shape[1:]) if mb and mb.chunks > 1 else v.aval.shape,
+                     v.aval.dtype) for v in self._jaxpr.jaxpr.invars[len(leaves):]]
         got = [(tuple(np.shape(a)), jnp.result_type(a)) for a in flat_args]
         if got != expected:
             raise ValueError(f"this SparseModel was compiled for inputs {expected} (shape, dtype) "
                              f"but got {got}; call js.sparsify again with example inputs of the "
                              f"new shape (jax.vmap over extra leading axes works).")
-        outs = eval_jaxpr(ctx, self._jaxpr.jaxpr, list(self._jaxpr.consts), vals + flat_args)
-        return jax.tree.unflatten(self._out_tree, [ctx.plain(o) for o in outs])
+
+        def run(*chunk):  # One micro-batch (or the whole batch).
+            ctx = Context(compiling=False, plan=self._plan,
+                          folded=variables.get("folded", {}), options=self._options)
+            outs = eval_jaxpr(ctx, self._jaxpr.jaxpr, list(self._jaxpr.consts),
+                              vals + list(chunk))
+            return [ctx.plain(o) for o in outs]
+
+        outs = run(*flat_args) if mb is None else microbatch.run_in_chunks(run, flat_args, mb)
+        return jax.tree.unflatten(self._out_tree, outs)
 
 
 def affine_folds(seen: dict[str, list], notes: dict[str, str],
@@ -158,7 +168,8 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
             backend: str = "auto", policy: str = "auto",
             calibrate: bool = False, platform: str | None = None,
             missing_rule: str = "error", interpret: bool = False,
-            fold_batchnorm: bool = True) -> SparseModel:
+            fold_batchnorm: bool = True,
+            micro_batch: int | str | None = microbatch.AUTO) -> SparseModel:
     """Rewrites the masked function ``apply_fn(variables * masks, *args)`` to skip its zeros.
 
     Every ``conv_general_dilated`` and ``dot_general`` whose weight is a leaf of ``variables``
@@ -206,13 +217,24 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
             after them go into the kernel's epilogue too (applied before the output is
             stored: no pass over memory of their own). A layer whose raw output is also read
             elsewhere keeps its ops. The report's rows say what was folded.
+        micro_batch: run the batch (the leading axis of every input) this many examples at a
+            time, so that each layer's activations stay in cache for the next layer (see
+            ``compiler/microbatch.py``): an int dividing the batch, None (the whole batch at
+            once), or ``"auto"`` (on ``cpu``: the largest divisor of the batch whose largest
+            layer input and output fit in half of L3; the whole batch on other platforms or
+            when it fits). The pass first proves on the jaxpr that every output row depends
+            on that input row alone (an inference-mode network); where it cannot, ``"auto"``
+            keeps the whole batch and the report says why. The layers are compiled (and
+            calibrated) at the micro-batch's shape; ``report.micro_batch`` says what was chosen.
 
     Returns:
         A :class:`SparseModel` ``sp``; ``sp(sp.variables, *args)`` equals
         ``apply_fn(apply_masks(variables, masks), *args)``.
 
     Raises:
-        ValueError: for a bad backend, policy, platform, missing_rule or masks.
+        ValueError: for a bad backend, policy, platform, missing_rule, masks or micro_batch
+            (an int that does not divide the batch, or a function whose rows the pass cannot
+            prove independent).
         UnsupportedPrimitiveError: a sliced activation reaches a primitive without a rule
             (``missing_rule="error"``).
     """
@@ -223,6 +245,7 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
     if missing_rule not in MISSING_RULE:
         raise ValueError(f"missing_rule={missing_rule!r} is not valid; use one of "
                          f"{MISSING_RULE}.")
+    microbatch.check_request(micro_batch)
     t0 = time.perf_counter()
     mask_of = align_masks(variables, masks)
     flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
@@ -231,9 +254,13 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
     leaves = [np.where(mask_of[p], np.asarray(v), np.zeros((), np.asarray(v).dtype))
               if p in mask_of else np.asarray(v) for p, v in zip(paths, (v for _, v in flat),
                                                                strict=True)]
-    closed, _, out_shape = engine.trace(apply_fn, jax.tree.unflatten(treedef, leaves),
-                                        *example_args)
+    masked = jax.tree.unflatten(treedef, leaves)
+    closed, _, out_shape = engine.trace(apply_fn, masked, *example_args)
     out_tree = jax.tree.structure(out_shape)
+    mb = split_batch(closed, len(paths), example_args, micro_batch, platform)
+    if mb.chunks > 1:  # The layers are compiled for one chunk.
+        example_args = microbatch.split_args(example_args, mb)
+        closed = engine.trace(apply_fn, masked, *example_args)[0]
     on_gpu = platform == "cuda" and target_platform(None) == "cuda"
     opts = policy_lib.Options(policy, impl, platform, calibrate, note,
                           precompress=on_gpu and cusparselt.available(),
@@ -278,5 +305,22 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
         kernels += f"; cuSPARSELt 2:4: {cusparselt.status().reason}"
     report = CompileReport(rows, time.perf_counter() - t0, backend, policy, kernels,
                            nbytes(variables), nbytes(sp_vars),
-                           tuple(sorted(ctx.densified.items())), ctx.pools_as_maxima)
-    return SparseModel(sp_vars, report, closed, out_tree, ctx.plan, opts)
+                           tuple(sorted(ctx.densified.items())), ctx.pools_as_maxima,
+                           mb.batch, mb.size, mb.note)
+    return SparseModel(sp_vars, report, closed, out_tree, ctx.plan, opts,
+                       mb if mb.chunks > 1 else None)
+
+
+def split_batch(closed: Any, n_weights: int, example_args: tuple, micro_batch: int | str | None,
+                platform: str) -> microbatch.MicroBatch:
+    """The micro-batch of a :func:`sparsify` call (see ``compiler/microbatch.choose``):
+    ``closed`` is the function traced on the whole batch, its first ``n_weights`` invars the
+    weights.
+
+    Raises:
+        ValueError: for an int ``micro_batch`` the batch or the function does not allow.
+    """
+    batch, batch_why = microbatch.batch_of(example_args)
+    why, row_bytes = (None, 0) if micro_batch is None or batch is None else \
+        microbatch.why_not_separable(closed, n_weights, batch)
+    return microbatch.choose(micro_batch, batch, batch_why, why, row_bytes, platform)

@@ -127,6 +127,9 @@ class CompileReport:
     model_bytes_after: int = 0
     densified: tuple[tuple[str, int], ...] = ()  # (primitive, count): missing_rule="densify".
     pools_as_maxima: int = 0  # Max pools run as the maximum of strided slices (cpu).
+    batch: int = 0  # The example inputs' batch (0: not known).
+    micro_batch: int = 0  # Examples per run of the layers (the rows describe one such run).
+    micro_batch_note: str = ""  # Why that many (compiler/microbatch.choose).
 
     def _total(self, field: str) -> float:
         return sum(getattr(r, field) for r in self.rows)
@@ -165,7 +168,8 @@ class CompileReport:
                 "model_bytes_before": self.model_bytes_before,
                 "model_bytes_after": self.model_bytes_after,
                 "densified": dict(self.densified),
-                "pools_as_maxima": self.pools_as_maxima,
+                "pools_as_maxima": self.pools_as_maxima, "batch": self.batch,
+                "micro_batch": self.micro_batch, "micro_batch_note": self.micro_batch_note,
                 "layers": [r.as_dict() for r in self.rows]}
 
     def markdown(self) -> str:
@@ -197,6 +201,10 @@ class CompileReport:
                      f"policy {self.policy}; pass took {self.pass_seconds:.2f} s")
         if self.kernels:
             lines.append(f"kernels: {self.kernels}")
+        if self.micro_batch_note:
+            lines.append(f"micro-batch: {self.micro_batch_note}" + (
+                f" (the layers above are those of one run of {self.micro_batch})"
+                if self.micro_batch < self.batch else ""))
         if self.pools_as_maxima:
             lines.append(f"max pools as the maximum of strided slices (XLA's CPU reduce_window "
                          f"is slower): {self.pools_as_maxima}")
