@@ -27,6 +27,8 @@ flags.DEFINE_list("baselines", "onnxruntime,openvino",
                   "External dense runtimes timed beside (extra 'baselines'); empty for none.")
 flags.DEFINE_bool("calibrate", True, "Compile every model with calibrate=True: each layer "
                   "on the kernel measured fastest at its shape (dense layers included).")
+flags.DEFINE_string("micro_batch", "auto", "js.sparsify's micro_batch for every JAX model: "
+                    "'auto' (on a CPU, chunks whose activations stay in L3), 'none' or a count.")
 flags.DEFINE_bool("layer_table", False, "Also report every measured layer (calibrate=True).")
 flags.DEFINE_integer("warmup", 2, "Untimed batches after compilation.")
 flags.DEFINE_integer("num_batches", 10, "Timed batches per variant.")
@@ -50,7 +52,8 @@ def main(argv):
     c.bench.update(batch_size=FLAGS.batch_size, warmup=FLAGS.warmup,
                    num_batches=FLAGS.num_batches)
     c.speed.update(backend=FLAGS.backend, calibrate=FLAGS.calibrate,
-                   layer_table=FLAGS.layer_table, results_dir=FLAGS.out,
+                   micro_batch=FLAGS.micro_batch, layer_table=FLAGS.layer_table,
+                   results_dir=FLAGS.out,
                    baselines=tuple(FLAGS.baselines))
     try:
         rep = run_speed(c, FLAGS.logdir)

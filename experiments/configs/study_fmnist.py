@@ -41,10 +41,13 @@ def get_config():
     # dense layers of the optimized dense model included); a per-layer timing table; a folder
     # for the date-stamped results files ("": only the workdir's report); the external dense
     # runtimes timed beside the JAX models (extra "baselines"; a runtime that is not
-    # installed gets a row saying so; () for none).
+    # installed gets a row saying so; () for none); js.sparsify's micro_batch for every JAX
+    # model ("auto", "none" or a count; external runtimes are also timed in chunks of each
+    # micro-batch a JAX model used).
     c.speed = ml_collections.ConfigDict(dict(backend="auto", calibrate=True, layer_table=False,
                                              results_dir="",
-                                             baselines=("onnxruntime", "openvino")))
+                                             baselines=("onnxruntime", "openvino"),
+                                             micro_batch="auto"))
     c.variants = [
         variant("nm24_oneshot", "one_shot", "2:4"),
         variant("nm24_srste", "sr_ste", "2:4"),

@@ -13,7 +13,11 @@ masked model instead; accuracy comes from a trained study (``mode="train"``).
 
 With ``speed.baselines`` (extra ``baselines``) the same dense weights, exported to ONNX, run in
 ONNX Runtime and OpenVINO alternating with the JAX models (:mod:`~jaxsparse.study.baselines`);
-every row also gets its speedup over the fastest dense runtime of the run.
+every row also gets its speedup over the fastest dense runtime of the run. Every JAX model is
+compiled with ``js.sparsify(micro_batch=speed.micro_batch)`` (``"auto"``: on a CPU the batch
+runs in chunks whose activations stay in L3); each external runtime is timed on the whole batch
+and also in chunks of every micro-batch a JAX model used, so the fastest dense runtime has the
+same option.
 
 Writes ``report.json``, ``report.md`` and TensorBoard scalars to ``workdir``; with
 ``speed.results_dir`` also ``bench_sparse_<model>_<platform>_<date>.{json,md}`` there.
@@ -21,6 +25,7 @@ Writes ``report.json``, ``report.md`` and TensorBoard scalars to ``workdir``; wi
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import sys
@@ -115,22 +120,40 @@ def _measured_layers(report: js.CompileReport) -> str:
     return ""
 
 
+def micro_batch_of(config: ml_collections.ConfigDict) -> int | str | None:
+    """``js.sparsify``'s ``micro_batch`` from ``config.speed.micro_batch`` (``"auto"``,
+    ``"none"`` or a positive count; absent: ``"auto"``).
+
+    Raises:
+        ValueError: for any other value.
+    """
+    text = str(config.speed.get("micro_batch", "auto")).strip().lower()
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise ValueError(f"speed.micro_batch={config.speed.get('micro_batch')!r} is not valid; use "
+                     f"'auto', 'none' or a positive number of examples dividing the batch.")
+
+
 def _compile_variant(config: ml_collections.ConfigDict, v: ml_collections.ConfigDict,
                      exp: Experiment, x: jax.Array, calibrate: bool) -> tuple[Any, dict]:
     """Prunes and compiles one variant (``calibrate``: ``js.sparsify(calibrate=True)``):
     ``(SparseModel, its report row)``."""
     masks = random_weight_masks(config, v, exp, x)
+    micro = micro_batch_of(config)
     sp, pass_s, err = compile_checked(exp, masks, x, backend=config.speed.backend,
-                                      policy=v.policy, calibrate=calibrate)
+                                      policy=v.policy, calibrate=calibrate, micro_batch=micro)
     layers = ""
     if config.speed.layer_table and v.pattern != "channel":
         report = sp.report if calibrate and v.policy == "auto" else js.sparsify(
             exp.apply_fn, exp.variables, masks, x, backend=config.speed.backend,
-            policy="auto", calibrate=True).report
+            policy="auto", calibrate=True, micro_batch=micro).report
         layers = _measured_layers(report)
     ok = err <= TOLERANCE[config.base.precision]
     say(f"[speed] {v.name}: pass {pass_s:.2f} s, FLOPs ratio {sp.report.flops_ratio:.3f}, "
-        f"max rel. error {err:.2e}{'' if ok else ' (MISMATCH with the masked model)'}.")
+        f"max rel. error {err:.2e}{'' if ok else ' (MISMATCH with the masked model)'}; "
+        f"micro-batch: {sp.report.micro_batch_note}.")
     return sp, {"variant": v.name, "pattern": v.pattern,
                 "sparsity": js.measured_sparsity(masks),
                 "policy": v.policy, "pass_seconds": pass_s,
@@ -142,34 +165,44 @@ def _err(row: dict[str, Any]) -> str:
     return f"{row['max_rel_error']:.1e}" + ("" if row["verified"] else " MISMATCH")
 
 
-def _baseline_cells(b: dict[str, Any]) -> list[str]:
-    name = f"{b['runtime']} dense" + (f" ({b['version']})" if b["version"] else "")
+def _runtime_name(b: dict[str, Any], batch: int) -> str:
+    """``"openvino dense"``, or ``"openvino dense, 2 at a time"`` for a chunked run."""
+    mb = b.get("micro_batch", batch)
+    return f"{b['runtime']} dense" + (f", {mb} at a time" if mb != batch else "")
+
+
+def _baseline_cells(b: dict[str, Any], batch: int) -> list[str]:
+    name = _runtime_name(b, batch) + (f" ({b['version']})" if b["version"] else "")
+    mb = str(b.get("micro_batch", batch))
     if b.get("images_per_sec") is None:
-        return [name, "-", "-", "-", "1.000", "-", b["why"], "-", "-", "-", "-", "-", "-"]
-    return [name, "-", "-", "-", "1.000", "-", f"{b['images_per_sec']:.2f}",
+        return [name, "-", "-", "-", "1.000", "-", mb, b["why"], "-", "-", "-", "-", "-", "-"]
+    return [name, "-", "-", "-", "1.000", "-", mb, f"{b['images_per_sec']:.2f}",
             f"{b['speedup']:.2f}x", f"{b['speedup_vs_written']:.2f}x",
             f"{b['vs_fastest_dense']:.2f}x", f"{b['latency_ms_p50']:.1f}", "-", _err(b)]
 
 
 def _markdown(rep: dict[str, Any]) -> str:
-    dense, opt = rep["dense"], rep["dense_optimized"]
+    dense, opt, bs = rep["dense"], rep["dense_optimized"], rep["batch_size"]
+
+    def micro(r):
+        return str(r["report"].get("micro_batch") or bs)
     cells = [["dense (as written)", "-", "-", "-", "1.000", f"{dense['weights_mib']:.1f}",
-              f"{dense['images_per_sec']:.2f}", f"{dense['speedup']:.2f}x", "1.00x",
+              str(bs), f"{dense['images_per_sec']:.2f}", f"{dense['speedup']:.2f}x", "1.00x",
               f"{dense['vs_fastest_dense']:.2f}x", f"{dense['latency_ms_p50']:.1f}", "-", "-"],
              ["dense (optimized: BatchNorm folded)", "-", "-", "-", "1.000",
-              f"{opt['weights_mib']:.1f}", f"{opt['images_per_sec']:.2f}", "1.00x",
+              f"{opt['weights_mib']:.1f}", micro(opt), f"{opt['images_per_sec']:.2f}", "1.00x",
               f"{opt['speedup_vs_written']:.2f}x", f"{opt['vs_fastest_dense']:.2f}x",
               f"{opt['latency_ms_p50']:.1f}", f"{opt['pass_seconds']:.2f}", _err(opt)]]
-    cells += [_baseline_cells(b) for b in rep["baselines"]]
+    cells += [_baseline_cells(b, bs) for b in rep["baselines"]]
     for r in rep["variants"]:
         lo, hi = r["speedup_range"]
         cells.append([r["variant"], r["pattern"], f"{r['sparsity']:.3f}", r["policy"],
                       f"{r['flops_ratio']:.3f}", f"{r['report']['bytes_after'] / 2**20:.1f}",
-                      f"{r['images_per_sec']:.2f}", f"{r['speedup']:.2f}x [{lo:.2f}-{hi:.2f}]",
+                      micro(r), f"{r['images_per_sec']:.2f}", f"{r['speedup']:.2f}x [{lo:.2f}-{hi:.2f}]",
                       f"{r['speedup_vs_written']:.2f}x", f"{r['vs_fastest_dense']:.2f}x",
                       f"{r['latency_ms_p50']:.1f}", f"{r['pass_seconds']:.2f}", _err(r)])
     header = ["variant", "pattern", "sparsity", "policy", "FLOPs ratio", "weights MiB",
-              "images/s", "speedup vs optimized dense [IQR]", "vs dense as written",
+              "micro-batch", "images/s", "speedup vs optimized dense [IQR]", "vs dense as written",
               "vs fastest dense runtime", "p50 ms", "pass s", "max rel. error"]
     fastest = rep["fastest_dense"]
     threads = {b["threads"] for b in rep["baselines"] if b.get("images_per_sec") is not None}
@@ -187,6 +220,10 @@ def _markdown(rep: dict[str, Any]) -> str:
              f"runtimes run the same weights exported to ONNX (checked against the JAX model), "
              f"in the same process, alternating with the JAX models"
              + (f", {threads.pop()} threads" if len(threads) == 1 else "")
+             + "; micro-batch: the examples each run of a model's layers takes (js.sparsify's "
+               "micro_batch: a batch split so each layer's activations stay in cache); every "
+               "external runtime is timed on the whole batch and in chunks of each micro-batch "
+               "a JAX model used, so the fastest dense runtime has the same option"
              + f"; {host_memory.sentence(rep.get('host_memory'))}.",
              "", f"Command: `{rep['command']}`"
              + "".join(f" with `{k}={v}`" for k, v in rep.get("process_env", {}).items()),
@@ -201,20 +238,32 @@ def _markdown(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _baselines(names: tuple[str, ...], exp: Experiment, x: jax.Array,
-               workdir: str) -> list[baselines_lib.Baseline]:
-    """The external runtimes ``names``, ready to time (float32 only)."""
+def _baselines(names: tuple[str, ...], exp: Experiment, x: jax.Array, workdir: str,
+               chunk: int | None = None) -> list[baselines_lib.Baseline]:
+    """The external runtimes ``names``, ready to time on ``x`` (float32 only); with ``chunk``,
+    each runs the batch ``chunk`` examples at a time (exported at that batch), as a
+    micro-batched JAX model does."""
     if not names:
         return []
     if exp.dtype != jax.numpy.float32:
         return [baselines_lib.Baseline(n, baselines_lib.version(n), None,
                                        "not run: the ONNX export is float32 only")
                 for n in names]
-    say(f"[speed] exporting the dense model to ONNX for {', '.join(names)}.")
+    part = x if chunk is None else x[:chunk]
+    say(f"[speed] exporting the dense model to ONNX for {', '.join(names)}"
+        + (f" at batch {chunk}, to run {chunk} examples at a time." if chunk else "."))
     os.makedirs(workdir, exist_ok=True)
-    return baselines_lib.prepare(names, lambda: export_onnx(
-        lambda v, a: exp.apply_fn(v, a), exp.variables, x),
-        save_to=os.path.join(workdir, "dense.onnx"))
+    out = baselines_lib.prepare(names, lambda: export_onnx(
+        lambda v, a: exp.apply_fn(v, a), exp.variables, part),
+        save_to=os.path.join(workdir, f"dense{'' if chunk is None else f'_{chunk}'}.onnx"))
+    if chunk is None:
+        return out
+    return [b if b.run is None else dataclasses.replace(b, run=_in_chunks(b.run, chunk))
+            for b in out]
+
+
+def _in_chunks(run: Any, chunk: int) -> Any:
+    return lambda a: np.concatenate([run(a[i:i + chunk]) for i in range(0, len(a), chunk)])
 
 
 def _write(rep: dict[str, Any], text: str, folder: str, stem: str) -> None:
@@ -243,8 +292,11 @@ def run_speed(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
                          f"{BACKENDS}.")
     runtimes = baselines_lib.check_runtimes(config.speed.get("baselines", ()))
     calibrate = bool(config.speed.get("calibrate", False))
-    exp = experiment_lib.build(base_cfg, load_data=False)
     bs = config.bench.batch_size
+    micro = micro_batch_of(config)
+    if isinstance(micro, int) and bs % micro:
+        raise ValueError(f"speed.micro_batch={micro} does not divide bench.batch_size={bs}.")
+    exp = experiment_lib.build(base_cfg, load_data=False)
     x = jax.random.normal(jax.random.key(base_cfg.seed), (bs, *exp.image_shape), exp.dtype)
     fns, args, rows = [jax.jit(lambda v, x: exp.apply_fn(v, x))], [(exp.variables, x)], []
     say("[speed] dense_optimized: the dense model compiled without masks (BatchNorm folded"
@@ -252,30 +304,46 @@ def run_speed(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
            else "") + "), the speed baseline.")
     x_np, ref = np.asarray(x), fns[0](*args[0])  # The dense output: computed once.
     opt, opt_s, opt_err = compile_checked(exp, None, x, reference=ref,
-                                          backend=config.speed.backend, calibrate=calibrate)
+                                          backend=config.speed.backend, calibrate=calibrate,
+                                          micro_batch=micro)
+    say(f"[speed] dense_optimized: micro-batch: {opt.report.micro_batch_note}.")
     fns.append(jax.jit(opt))
     args.append((opt.variables, x))
-    externals, ext_rows = _baselines(runtimes, exp, x, workdir), []
-    for b in externals:
-        row = {"runtime": b.runtime, "version": b.version, "why": b.why, "threads": b.threads}
-        if b.run is not None:
-            err = relative_error(b.run(x_np), ref)
-            row.update(max_rel_error=err, verified=err <= TOLERANCE[base_cfg.precision])
-            say(f"[speed] {b.runtime} {b.version}: max rel. error {err:.2e} against the JAX "
-                f"model" + ("." if row["verified"] else " (MISMATCH)."))
-            fns.append(b.run)
-            args.append((x_np,))
-        else:
-            say(f"[speed] {b.runtime}: {b.why}.")
-        ext_rows.append(row)
-    n_ext = sum(b.run is not None for b in externals)
+    var_fns, var_args = [], []
     for i, v in enumerate(variants):
         say(f"[speed] variant {i + 1}/{len(variants)}: {v.name} ({v.pattern}, policy "
             f"{v.policy}): pruning random weights and compiling.")
         sp, row = _compile_variant(config, v, exp, x, calibrate)
-        fns.append(jax.jit(sp))
-        args.append((sp.variables, x))
+        var_fns.append(jax.jit(sp))
+        var_args.append((sp.variables, x))
         rows.append(row)
+    # The external runtimes on the whole batch and in chunks of every micro-batch a JAX model
+    # ran: the fastest dense runtime gets the same option.
+    used = {r["report"]["micro_batch"] for r in rows} | {opt.report.micro_batch}
+    chunks = sorted(used - {bs})
+    externals = [(None, b) for b in _baselines(runtimes, exp, x, workdir)] + [
+        (c, b) for c in chunks for b in _baselines(runtimes, exp, x, workdir, chunk=c)]
+    ext_rows = []
+    for chunk, b in externals:
+        row = {"runtime": b.runtime, "version": b.version, "why": b.why, "threads": b.threads,
+               "micro_batch": chunk or bs}
+        if b.run is not None:
+            err = relative_error(b.run(x_np), ref)
+            row.update(max_rel_error=err, verified=err <= TOLERANCE[base_cfg.precision])
+            say(f"[speed] {b.runtime} {b.version}"
+                + (f", {chunk} examples at a time" if chunk else "")
+                + f": max rel. error {err:.2e} against the JAX model"
+                + ("." if row["verified"] else " (MISMATCH)."))
+            fns.append(b.run)
+            args.append((x_np,))
+        elif chunk is None:
+            say(f"[speed] {b.runtime}: {b.why}.")
+        else:
+            continue  # Not installed: said once, for the whole batch.
+        ext_rows.append(row)
+    n_ext = sum("max_rel_error" in r for r in ext_rows)
+    fns += var_fns
+    args += var_args
     say(f"[speed] timing {len(fns)} models back to back, batch {bs}.")
     timings = benchmark(fns, args, bs, warmup=config.bench.warmup,
                         num_batches=config.bench.num_batches)
@@ -283,7 +351,7 @@ def run_speed(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     ext_t, var_t = timings[2:2 + n_ext], timings[2 + n_ext:]
     timed_ext = [r for r in ext_rows if "max_rel_error" in r]
     dense_runs = [("dense (as written)", dense), ("dense (optimized)", opt_t)] + [
-        (f"{r['runtime']} dense", t) for r, t in zip(timed_ext, ext_t, strict=True)
+        (_runtime_name(r, bs), t) for r, t in zip(timed_ext, ext_t, strict=True)
         if r["verified"]]
     fastest_name, fastest = max(dense_runs, key=lambda nt: nt[1].images_per_sec)
 
@@ -323,7 +391,8 @@ def run_speed(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     writer.scalars(0, {"speed/dense/images_per_sec": dense.images_per_sec,
                        "speed/dense_optimized/images_per_sec": opt_t.images_per_sec})
     for r in timed_ext:
-        writer.scalars(0, {f"speed/{r['runtime']}/images_per_sec": r["images_per_sec"]})
+        tag = r["runtime"] + ("" if r["micro_batch"] == bs else f"_{r['micro_batch']}_at_a_time")
+        writer.scalars(0, {f"speed/{tag}/images_per_sec": r["images_per_sec"]})
     for r in rows:
         writer.scalars(0, {f"speed/{r['variant']}/{k}": r[k] for k in
                            ("images_per_sec", "speedup", "flops_ratio", "pass_seconds")})

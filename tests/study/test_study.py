@@ -227,3 +227,39 @@ def test_speedup_spread_is_the_iqr_of_per_repetition_ratios():
     assert (lo, hi) == (2.0, 4.0)  # numpy's linear percentiles of [1, 2, 3, 4, 8].
     assert lo <= 3.0 <= hi  # The median ratio lies in it; the mean (3.6) need not.
     assert report_lib.speedup_median(dense_ms, variant_ms) == 3.0
+
+
+def test_speed_study_micro_batched_times_the_runtimes_in_the_same_chunks(tmp_path):
+    """speed.micro_batch: every JAX model runs the batch in chunks, and each installed external
+    runtime is timed both on the whole batch and in those chunks."""
+    config = study_smoke.get_config()
+    config.mode = "speed"
+    config.base.data.name = "synthetic"
+    config.speed.calibrate = False
+    config.speed.micro_batch = "16"
+    config.variants = config.variants[1:]
+    config.bench.update(num_batches=3, warmup=1)
+    rep = run_speed(config, str(tmp_path / "w"))
+    assert rep["dense_optimized"]["report"]["micro_batch"] == 16
+    assert all(r["report"]["micro_batch"] == 16 and r["verified"] for r in rep["variants"])
+    table = (tmp_path / "w" / "report.md").read_text()
+    assert "| micro-batch |" in table and "16 of 64 examples at a time" in \
+        rep["variants"][0]["report"]["micro_batch_note"]
+    for name in ("onnxruntime", "openvino"):
+        rows = [b for b in rep["baselines"] if b["runtime"] == name]
+        if baselines.version(name) is None:
+            assert len(rows) == 1 and rows[0]["why"].startswith("not installed")
+            continue
+        assert [b["micro_batch"] for b in rows] == [64, 16]
+        assert all(b["verified"] for b in rows)
+        assert f"| {name} dense, 16 at a time ({rows[1]['version']}) |" in table
+
+
+@pytest.mark.parametrize("value", ["3", "two", "0"])
+def test_speed_study_rejects_a_bad_micro_batch_before_compiling(tmp_path, value):
+    config = study_smoke.get_config()
+    config.mode = "speed"
+    config.base.data.name = "synthetic"
+    config.speed.micro_batch = value
+    with pytest.raises(ValueError, match="speed.micro_batch"):
+        run_speed(config, str(tmp_path / "w"))
