@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsparse.compiler import engine, layers  # noqa: F401  (registers the layer rule)
-from jaxsparse.compiler import microbatch
+from jaxsparse.compiler import costs, microbatch
 from jaxsparse.compiler import policy as policy_lib
 from jaxsparse.compiler.interpreter import MISSING_RULE, Context, eval_jaxpr
 from jaxsparse.compiler.packed import is_rewritten, nbytes
@@ -220,12 +220,15 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
         micro_batch: run the batch (the leading axis of every input) this many examples at a
             time, so that each layer's activations stay in cache for the next layer (see
             ``compiler/microbatch.py``): an int dividing the batch, None (the whole batch at
-            once), or ``"auto"`` (on ``cpu``: the largest divisor of the batch whose largest
-            layer input and output fit in half of L3; the whole batch on other platforms or
-            when it fits). The pass first proves on the jaxpr that every output row depends
-            on that input row alone (an inference-mode network); where it cannot, ``"auto"``
-            keeps the whole batch and the report says why. The layers are compiled (and
-            calibrated) at the micro-batch's shape; ``report.micro_batch`` says what was chosen.
+            once), or ``"auto"``: on ``cpu`` with ``calibrate=True``, the model is compiled
+            both for the whole batch and for the largest divisor of it whose largest layer
+            input and output fit in half of L3, both are timed, and the faster is returned (a
+            split pays only where the layers are bound by memory traffic); the whole batch
+            without ``calibrate``, on other platforms, or when the batch fits anyway. The pass
+            first proves on the jaxpr that every output row depends on that input row alone
+            (an inference-mode network); where it cannot, ``"auto"`` keeps the whole batch
+            and the report says why. The layers are compiled (and calibrated) at the
+            micro-batch's shape; ``report.micro_batch`` says what was chosen and why.
 
     Returns:
         A :class:`SparseModel` ``sp``; ``sp(sp.variables, *args)`` equals
@@ -257,7 +260,12 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
     masked = jax.tree.unflatten(treedef, leaves)
     closed, _, out_shape = engine.trace(apply_fn, masked, *example_args)
     out_tree = jax.tree.structure(out_shape)
-    mb = split_batch(closed, len(paths), example_args, micro_batch, platform)
+    mb = split_batch(closed, len(paths), example_args, micro_batch, platform, calibrate)
+    if mb.measure:  # "auto" proposes a split: keep it only where it measures faster.
+        return _measured_split(mb, t0, apply_fn, variables, masks, example_args, backend=backend,
+                               policy=policy, calibrate=calibrate, platform=platform,
+                               missing_rule=missing_rule, interpret=interpret,
+                               fold_batchnorm=fold_batchnorm)
     if mb.chunks > 1:  # The layers are compiled for one chunk.
         example_args = microbatch.split_args(example_args, mb)
         closed = engine.trace(apply_fn, masked, *example_args)[0]
@@ -312,7 +320,7 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
 
 
 def split_batch(closed: Any, n_weights: int, example_args: tuple, micro_batch: int | str | None,
-                platform: str) -> microbatch.MicroBatch:
+                platform: str, calibrate: bool = True) -> microbatch.MicroBatch:
     """The micro-batch of a :func:`sparsify` call (see ``compiler/microbatch.choose``):
     ``closed`` is the function traced on the whole batch, its first ``n_weights`` invars the
     weights.
@@ -323,4 +331,28 @@ def split_batch(closed: Any, n_weights: int, example_args: tuple, micro_batch: i
     batch, batch_why = microbatch.batch_of(example_args)
     why, row_bytes = (None, 0) if micro_batch is None or batch is None else \
         microbatch.why_not_separable(closed, n_weights, batch)
-    return microbatch.choose(micro_batch, batch, batch_why, why, row_bytes, platform)
+    return microbatch.choose(micro_batch, batch, batch_why, why, row_bytes, platform, calibrate)
+
+
+def _measured_split(mb: microbatch.MicroBatch, t0: float, apply_fn: Callable[..., Any],
+                    variables: Any, masks: Any, example_args: tuple, **kwargs: Any,
+                    ) -> SparseModel:
+    """``micro_batch="auto"`` under ``calibrate=True``: the model compiled for the whole batch
+    and for chunks of ``mb.size``, timed in turn on the example inputs; the faster one, its
+    report saying both times."""
+    whole = sparsify(apply_fn, variables, masks, *example_args, micro_batch=None, **kwargs)
+    split = sparsify(apply_fn, variables, masks, *example_args, micro_batch=mb.size, **kwargs)
+    flat = jax.tree.leaves(example_args)
+    # Warmed up longer than a layer: a whole model's first runs after it is compiled are
+    # slower (buffers and weights touched anew), by more than the gap measured.
+    t_whole, t_split = costs.measure([(lambda v, *a, m=m: m(v, *a), (m.variables, *flat))
+                                      for m in (whole, split)], reps=7, warmup=3)
+    times = f"measured {t_split:.1f} ms in chunks against {t_whole:.1f} ms whole"
+    if t_split < t_whole:
+        best, note = split, f"{mb.note}; {times}"
+    else:
+        best, note = whole, f"the whole batch: {times} (chunks of {mb.size} would keep the " \
+                            f"largest layer's activations in L3)"
+    best.report = dataclasses.replace(best.report, micro_batch_note=note,
+                                      pass_seconds=time.perf_counter() - t0)
+    return best

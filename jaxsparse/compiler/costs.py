@@ -24,7 +24,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -168,22 +168,29 @@ def _once(fn: Callable, args: tuple) -> float:
     return 1e3 * (time.perf_counter() - t0)
 
 
+def measure(calls: Sequence[tuple[Callable, tuple]], reps: int = 5, warmup: int = 1,
+            ) -> list[float]:
+    """The median ms of each ``fn(*args)`` of ``calls``: all jitted and run ``warmup`` times
+    in turn, then timed in turn, ``reps`` rounds.
+
+    The arguments are placed on the device once first: a host (numpy) array would be copied
+    in on every call, adding the same time to each and pulling their ratio towards 1 (for a
+    1x1 256->64 conv of ResNet-50's layer1 at batch 16 it read 57 ms for a kernel that runs
+    in 8).
+    """
+    jitted = [(jax.jit(fn), tuple(jax.device_put(a) for a in args)) for fn, args in calls]
+    for _ in range(max(warmup, 1)):
+        for fn, args in jitted:
+            jax.block_until_ready(fn(*args))
+    times: list[list[float]] = [[] for _ in jitted]
+    for _ in range(reps):
+        for t, (fn, args) in zip(times, jitted, strict=True):
+            t.append(_once(fn, args))
+    return [float(np.median(t)) for t in times]
+
+
 def measure_pair(dense: Callable, sparse: Callable, x: jax.Array, reps: int = 5,
                  extra: tuple = ()) -> tuple[float, float]:
-    """``(dense ms, sparse ms)`` medians of ``f(x, *extra)``: both jitted and warmed up, then
-    timed alternately.
-
-    ``x`` (and ``extra``: e.g. an epilogue's bias and residual) is placed on the device once
-    first: a host (numpy) array would be copied in on every call, adding the same time to
-    both and pulling the ratio towards 1 (for a 1x1 256->64 conv of ResNet-50's layer1 at
-    batch 16 it read 57 ms for a kernel that runs in 8).
-    """
-    dense, sparse = jax.jit(dense), jax.jit(sparse)
-    args = tuple(jax.device_put(a) for a in (x, *extra))
-    jax.block_until_ready(dense(*args))
-    jax.block_until_ready(sparse(*args))
-    td, ts = [], []
-    for _ in range(reps):
-        td.append(_once(dense, args))
-        ts.append(_once(sparse, args))
-    return float(np.median(td)), float(np.median(ts))
+    """``(dense ms, sparse ms)``: :func:`measure` of ``f(x, *extra)`` for both."""
+    td, ts = measure([(dense, (x, *extra)), (sparse, (x, *extra))], reps)
+    return td, ts

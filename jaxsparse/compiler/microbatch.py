@@ -45,11 +45,14 @@ class MicroBatch:
         size: examples per chunk (``batch`` when the batch is not split).
         batch: the batch size it was compiled for (the example inputs' leading axis).
         note: why this size (for the report).
+        measure: a split ``"auto"`` proposes, to be timed against the whole batch before it
+            is kept.
     """
 
     size: int
     batch: int
     note: str
+    measure: bool = False
 
     @property
     def chunks(self) -> int:
@@ -332,16 +335,20 @@ def check_request(micro_batch: int | str | None) -> None:
 
 
 def choose(micro_batch: int | str | None, batch: int | None, batch_why: str, why: str | None,
-           row_bytes: int, platform: str, cache_bytes: int | None = None) -> MicroBatch:
+           row_bytes: int, platform: str, calibrate: bool = True,
+           cache_bytes: int | None = None) -> MicroBatch:
     """The micro-batch of a compile.
 
     Args:
         micro_batch: None (the whole batch), ``"auto"`` (on ``cpu``: the largest divisor of
-            the batch whose largest layer input and output fit in :data:`CACHE_SHARE` of L3;
-            the whole batch elsewhere, or when it fits anyway), or an int dividing the batch.
+            the batch whose largest layer input and output fit in :data:`CACHE_SHARE` of L3,
+            marked ``measure`` when ``calibrate``; the whole batch without ``calibrate``,
+            elsewhere, or when it fits anyway), or an int dividing the batch.
         batch, batch_why: :func:`batch_of` of the example inputs.
         why, row_bytes: :func:`why_not_separable` of the function.
         platform: the platform compiled for.
+        calibrate: whether the compile measures (``"auto"`` splits only what is measured:
+            a split only pays where the layers are bound by memory traffic).
         cache_bytes: L3's size (default: :func:`l3_cache_bytes`).
 
     Raises:
@@ -369,8 +376,13 @@ def choose(micro_batch: int | str | None, batch: int | None, batch_why: str, why
             return MicroBatch(whole, whole, "the whole batch: its largest layer's activations "
                                             + ("fit" if fits else "do not fit even for one "
                                                "example") + f" ({mib})")
-        return MicroBatch(fits[-1], whole, f"{fits[-1]} of {whole} examples at a time: the "
-                                           f"largest layer's activations stay in L3 ({mib})")
+        m = fits[-1]
+        if not calibrate:
+            return MicroBatch(whole, whole, f"the whole batch: chunks of {m} would keep the "
+                                            f"largest layer's activations in L3 ({mib}); "
+                                            f"calibrate=True measures whether they run faster")
+        return MicroBatch(m, whole, f"{m} of {whole} examples at a time: the largest layer's "
+                                    f"activations stay in L3 ({mib})", measure=True)
     m = int(micro_batch)
     if batch is None or whole % m:
         valid = [d for d in range(1, whole + 1) if whole % d == 0]

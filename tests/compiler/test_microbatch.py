@@ -84,13 +84,23 @@ def test_auto_takes_the_largest_divisor_that_fits_half_of_l3(row_mib, cache_mib,
     assert ("at a time" in mb.note) == (size < 16)
 
 
+def test_auto_without_calibrate_keeps_the_whole_batch_and_says_what_it_would_measure():
+    mb = microbatch.choose("auto", 16, "", None, int(4.6 * MIB), "cpu", calibrate=False,
+                           cache_bytes=32 * MIB)
+    assert (mb.size, mb.measure) == (16, False) and "calibrate=True measures" in mb.note
+    mb = microbatch.choose("auto", 16, "", None, int(4.6 * MIB), "cpu", cache_bytes=32 * MIB)
+    assert (mb.size, mb.measure) == (2, True)
+    assert not microbatch.choose(2, 16, "", None, MIB, "cpu", cache_bytes=32 * MIB).measure
+
+
 def test_auto_keeps_the_whole_batch_where_it_cannot_or_should_not_split():
-    assert microbatch.choose("auto", 16, "", None, 5 * MIB, "tpu", 32 * MIB).size == 16
-    mb = microbatch.choose("auto", 16, "", "sub mixes", 5 * MIB, "cpu", 32 * MIB)
+    assert microbatch.choose("auto", 16, "", None, 5 * MIB, "tpu",
+                             cache_bytes=32 * MIB).size == 16
+    mb = microbatch.choose("auto", 16, "", "sub mixes", 5 * MIB, "cpu", cache_bytes=32 * MIB)
     assert mb.size == 16 and "sub mixes" in mb.note
     mb = microbatch.choose("auto", 16, "", None, 5 * MIB, "cpu", cache_bytes=0)
     assert mb.size == 16 and "not known" in mb.note
-    assert microbatch.choose(None, 16, "", None, 5 * MIB, "cpu", 32 * MIB).size == 16
+    assert microbatch.choose(None, 16, "", None, 5 * MIB, "cpu", cache_bytes=32 * MIB).size == 16
 
 
 @pytest.mark.parametrize("request_,match", [
@@ -100,7 +110,7 @@ def test_auto_keeps_the_whole_batch_where_it_cannot_or_should_not_split():
 ])
 def test_bad_requests_raise_one_clear_error(request_, match):
     with pytest.raises(ValueError, match=match):
-        microbatch.choose(request_, 16, "", None, MIB, "cpu", 32 * MIB)
+        microbatch.choose(request_, 16, "", None, MIB, "cpu", cache_bytes=32 * MIB)
 
 
 def test_an_explicit_size_on_a_function_that_mixes_rows_raises():
@@ -132,6 +142,21 @@ def test_sparsify_auto_on_small_activations_keeps_the_whole_batch(monkeypatch):
     assert (sp.report.batch, sp.report.micro_batch) == (4, 4)
     assert "the whole batch: its largest layer's activations fit" in str(sp.report)
     assert "scan" not in str(jax.make_jaxpr(sp)(sp.variables, x))
+
+
+def test_auto_with_calibrate_keeps_the_split_only_if_it_measures_faster(monkeypatch):
+    """An L3 so small that "auto" proposes chunks of 2: both models are compiled and timed;
+    the one kept equals the masked model and its report gives both times."""
+    apply_fn, variables, x = _batch_of_4()
+    closed, _, _ = engine.trace(apply_fn, variables, x)
+    _, row_bytes = microbatch.why_not_separable(closed, len(jax.tree.leaves(variables)), 4)
+    monkeypatch.setattr(microbatch, "l3_cache_bytes", lambda: int(2 * 2.5 * row_bytes))
+    masks = js.prune(variables["params"], "block:8x8", 0.5)
+    sp = js.sparsify(apply_fn, variables, masks, x, calibrate=True)
+    r = sp.report
+    assert r.micro_batch in (2, 4) and "measured" in r.micro_batch_note
+    assert ("2 of 4 examples at a time" in r.micro_batch_note) == (r.micro_batch == 2)
+    assert_close(jax.jit(sp)(sp.variables, x), masked_reference(apply_fn, variables, masks)(x))
 
 
 def test_a_micro_batched_model_checks_the_whole_batch_shape():
