@@ -329,8 +329,9 @@ def split_batch(closed: Any, n_weights: int, example_args: tuple, micro_batch: i
         ValueError: for an int ``micro_batch`` the batch or the function does not allow.
     """
     batch, batch_why = microbatch.batch_of(example_args)
-    why, row_bytes = (None, 0) if micro_batch is None or batch is None else \
-        microbatch.why_not_separable(closed, n_weights, batch)
+    wanted = micro_batch is not None and (micro_batch != microbatch.AUTO or platform == "cpu")
+    why, row_bytes = microbatch.why_not_separable(closed, n_weights, batch) \
+        if wanted and batch is not None else (None, 0)
     return microbatch.choose(micro_batch, batch, batch_why, why, row_bytes, platform, calibrate)
 
 
