@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsparse.compiler import engine, layers  # noqa: F401  (registers the layer rule)
-from jaxsparse.compiler import costs, microbatch
+# Importing layers registers the layer rule (F401).
+from jaxsparse.compiler import costs, engine, layers, microbatch  # noqa: F401
 from jaxsparse.compiler import policy as policy_lib
 from jaxsparse.compiler.interpreter import MISSING_RULE, Context, eval_jaxpr
 from jaxsparse.compiler.packed import is_rewritten, nbytes

@@ -198,7 +198,8 @@ def _markdown(rep: dict[str, Any]) -> str:
         lo, hi = r["speedup_range"]
         cells.append([r["variant"], r["pattern"], f"{r['sparsity']:.3f}", r["policy"],
                       f"{r['flops_ratio']:.3f}", f"{r['report']['bytes_after'] / 2**20:.1f}",
-                      micro(r), f"{r['images_per_sec']:.2f}", f"{r['speedup']:.2f}x [{lo:.2f}-{hi:.2f}]",
+                      micro(r), f"{r['images_per_sec']:.2f}",
+                      f"{r['speedup']:.2f}x [{lo:.2f}-{hi:.2f}]",
                       f"{r['speedup_vs_written']:.2f}x", f"{r['vs_fastest_dense']:.2f}x",
                       f"{r['latency_ms_p50']:.1f}", f"{r['pass_seconds']:.2f}", _err(r)])
     header = ["variant", "pattern", "sparsity", "policy", "FLOPs ratio", "weights MiB",
