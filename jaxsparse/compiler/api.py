@@ -115,7 +115,7 @@ class SparseModel:
     _out_tree: Any
     _plan: dict
     _options: policy_lib.Options
-    _micro: microbatch.MicroBatch | None = None
+    _micro: microbatch.MicroBatch
 
     def __call__(self, variables: dict, *args: Any) -> Any:
         leaves = jax.tree_util.tree_flatten_with_path(variables["model"],
@@ -124,7 +124,7 @@ class SparseModel:
                 for p, v in leaves]
         flat_args = jax.tree.leaves(args)
         mb = self._micro
-        expected = [((mb.batch, *v.aval.shape[1:]) if mb and mb.chunks > 1 else v.aval.shape,
+        expected = [((mb.batch, *v.aval.shape[1:]) if mb.chunks > 1 else v.aval.shape,
                      v.aval.dtype) for v in self._jaxpr.jaxpr.invars[len(leaves):]]
         got = [(tuple(np.shape(a)), jnp.result_type(a)) for a in flat_args]
         if got != expected:
@@ -139,7 +139,7 @@ class SparseModel:
                               vals + list(chunk))
             return [ctx.plain(o) for o in outs]
 
-        outs = run(*flat_args) if mb is None else microbatch.run_in_chunks(run, flat_args, mb)
+        outs = microbatch.run_in_chunks(run, flat_args, mb)
         return jax.tree.unflatten(self._out_tree, outs)
 
 
@@ -259,30 +259,61 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
                                                                strict=True)]
     masked = jax.tree.unflatten(treedef, leaves)
     closed, _, out_shape = engine.trace(apply_fn, masked, *example_args)
-    out_tree = jax.tree.structure(out_shape)
-    mb = split_batch(closed, len(paths), example_args, micro_batch, platform, calibrate)
-    if mb.measure:  # "auto" proposes a split: keep it only where it measures faster.
-        return _measured_split(mb, t0, apply_fn, variables, masks, example_args, backend=backend,
-                               policy=policy, calibrate=calibrate, platform=platform,
-                               missing_rule=missing_rule, interpret=interpret,
-                               fold_batchnorm=fold_batchnorm)
-    if mb.chunks > 1:  # The layers are compiled for one chunk.
-        example_args = microbatch.split_args(example_args, mb)
-        closed = engine.trace(apply_fn, masked, *example_args)[0]
     on_gpu = platform == "cuda" and target_platform(None) == "cuda"
     opts = policy_lib.Options(policy, impl, platform, calibrate, note,
                           precompress=on_gpu and cusparselt.available(),
                           missing_rule=missing_rule, interpret=interpret)
+    kernels = f"impl {impl!r}{' (Pallas interpreter)' if interpret else ''} on {platform}"
+    if note and platform == "cpu":
+        kernels += f"; CPU kernels not used: {note}"
+    if platform == "cuda":
+        kernels += f"; cuSPARSELt 2:4: {cusparselt.status().reason}"
+    src = _Source(paths, leaves, mask_of, treedef, jax.tree.structure(out_shape), opts,
+                  fold_batchnorm, (backend, policy, kernels, nbytes(variables)), t0)
+
+    def compile_for(mb: microbatch.MicroBatch) -> SparseModel:
+        if mb.chunks == 1:
+            return _rewrite(src, closed, example_args, mb)
+        args = microbatch.split_args(example_args, mb)  # The layers are compiled for one chunk.
+        return _rewrite(src, engine.trace(apply_fn, masked, *args)[0], args, mb)
+
+    mb = split_batch(closed, len(paths), example_args, micro_batch, platform, calibrate)
+    if mb.measure:  # "auto" proposes a split: keep it only where it measures faster.
+        return _measured_split(mb, compile_for, example_args, t0)
+    return compile_for(mb)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """What :func:`sparsify` prepares once for every rewrite of its function: the masked weight
+    leaves (numpy, in ``jax.tree.leaves`` order, with their paths and masks), the trees to
+    rebuild, the options, and the report's header (backend, policy, kernels, model bytes)."""
+
+    paths: list[str]
+    leaves: list
+    mask_of: dict[str, np.ndarray]
+    treedef: Any
+    out_tree: Any
+    opts: policy_lib.Options
+    fold_batchnorm: bool
+    header: tuple[str, str, str, int]
+    t0: float
+
+
+def _rewrite(src: _Source, closed: Any, example_args: tuple,
+             mb: microbatch.MicroBatch) -> SparseModel:
+    """The rewrite of ``closed`` (the function traced on ``example_args``: the whole batch,
+    or one chunk of ``mb``): passes until the folds and every clash are settled."""
     forced: frozenset[str] = frozenset()
     folds: dict[str, tuple] = {}
     notes: dict[str, str] = {}
-    analyze = fold_batchnorm  # First pass: find the per-channel affines after each layer.
+    analyze = src.fold_batchnorm  # First pass: find the per-channel affines after each layer.
     measured: dict = {}  # calibrate=True: each layer timed once, whatever the pass.
     while True:
-        ctx = Context(compiling=True, plan={}, options=opts, forced_dense=forced,
+        ctx = Context(compiling=True, plan={}, options=src.opts, forced_dense=forced,
                       analyze=analyze, folds=folds, measured=measured)
-        vals = [WRef(p, v, mask_of.get(p)) if np.ndim(v) >= 2 else v
-                for p, v in zip(paths, leaves, strict=True)]
+        vals = [WRef(p, v, src.mask_of.get(p)) if np.ndim(v) >= 2 else v
+                for p, v in zip(src.paths, src.leaves, strict=True)]
 
         def trace(*args, ctx=ctx, vals=vals):
             # Weights stay concrete numpy (closure constants), inputs are traced: the layer
@@ -303,20 +334,15 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
     # One report row per planned layer, in the same order: each says why its ops stayed.
     rows = tuple(dataclasses.replace(r, fold_note=notes.get(key, ""))
                  for key, r in zip(ctx.plan, ctx.rows, strict=True))
-    new_leaves = [ctx.rewritten.get(p, v) for p, v in zip(paths, leaves, strict=True)]
-    sp_vars = jax.tree.map(jnp.asarray, {"model": jax.tree.unflatten(treedef, new_leaves),
+    new_leaves = [ctx.rewritten.get(p, v) for p, v in zip(src.paths, src.leaves, strict=True)]
+    sp_vars = jax.tree.map(jnp.asarray, {"model": jax.tree.unflatten(src.treedef, new_leaves),
                                          "folded": dict(ctx.folded)})
-    kernels = f"impl {impl!r}{' (Pallas interpreter)' if interpret else ''} on {platform}"
-    if note and platform == "cpu":
-        kernels += f"; CPU kernels not used: {note}"
-    if platform == "cuda":
-        kernels += f"; cuSPARSELt 2:4: {cusparselt.status().reason}"
-    report = CompileReport(rows, time.perf_counter() - t0, backend, policy, kernels,
-                           nbytes(variables), nbytes(sp_vars),
+    backend, policy, kernels, model_bytes = src.header
+    report = CompileReport(rows, time.perf_counter() - src.t0, backend, policy, kernels,
+                           model_bytes, nbytes(sp_vars),
                            tuple(sorted(ctx.densified.items())), ctx.pools_as_maxima,
                            mb.batch, mb.size, mb.note)
-    return SparseModel(sp_vars, report, closed, out_tree, ctx.plan, opts,
-                       mb if mb.chunks > 1 else None)
+    return SparseModel(sp_vars, report, closed, src.out_tree, ctx.plan, src.opts, mb)
 
 
 def split_batch(closed: Any, n_weights: int, example_args: tuple, micro_batch: int | str | None,
@@ -335,14 +361,14 @@ def split_batch(closed: Any, n_weights: int, example_args: tuple, micro_batch: i
     return microbatch.choose(micro_batch, batch, batch_why, why, row_bytes, platform, calibrate)
 
 
-def _measured_split(mb: microbatch.MicroBatch, t0: float, apply_fn: Callable[..., Any],
-                    variables: Any, masks: Any, example_args: tuple, **kwargs: Any,
-                    ) -> SparseModel:
+def _measured_split(mb: microbatch.MicroBatch,
+                    compile_for: Callable[[microbatch.MicroBatch], SparseModel],
+                    example_args: tuple, t0: float) -> SparseModel:
     """``micro_batch="auto"`` under ``calibrate=True``: the model compiled for the whole batch
     and for chunks of ``mb.size``, timed in turn on the example inputs; the faster one, its
     report saying both times."""
-    whole = sparsify(apply_fn, variables, masks, *example_args, micro_batch=None, **kwargs)
-    split = sparsify(apply_fn, variables, masks, *example_args, micro_batch=mb.size, **kwargs)
+    whole = compile_for(microbatch.MicroBatch(mb.batch, mb.batch, ""))
+    split = compile_for(dataclasses.replace(mb, measure=False))
     flat = jax.tree.leaves(example_args)
     # Warmed up longer than a layer: a whole model's first runs after it is compiled are
     # slower (buffers and weights touched anew), by more than the gap measured.

@@ -97,7 +97,7 @@ def _elementwise(ctx: _Walk, eqn, invals: list) -> list:
         return _fail(ctx, eqn, "combines activations whose batch axes differ")
     (a,) = axes
     for var, v in zip(eqn.invars, invals, strict=True):
-        if not isinstance(v, _Rows) and var.aval.ndim and a in _varying(v, var.aval):
+        if not isinstance(v, _Rows) and a in _varying(v, var.aval):
             return _fail(ctx, eqn, "combines an activation with a constant that varies along "
                                    "the batch axis")
     return [_Rows(a)] * len(eqn.outvars)
@@ -324,6 +324,10 @@ def batch_of(example_args: Any) -> tuple[int | None, str]:
     return shapes[0][0], ""
 
 
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
 def check_request(micro_batch: int | str | None) -> None:
     """Raises ValueError unless ``micro_batch`` is None, ``"auto"`` or a positive int."""
     if micro_batch is None or micro_batch == AUTO:
@@ -371,7 +375,7 @@ def choose(micro_batch: int | str | None, batch: int | None, batch_why: str, why
             return MicroBatch(whole, whole, "the whole batch: L3's size is not known")
         budget = CACHE_SHARE * cache
         mib = f"{row_bytes / 2**20:.2f} MiB per example, {budget / 2**20:.0f} MiB of L3"
-        fits = [d for d in range(1, whole + 1) if whole % d == 0 and d * row_bytes <= budget]
+        fits = [d for d in _divisors(whole) if d * row_bytes <= budget]
         if not fits or fits[-1] == whole:
             return MicroBatch(whole, whole, "the whole batch: its largest layer's activations "
                                             + ("fit" if fits else "do not fit even for one "
@@ -385,10 +389,9 @@ def choose(micro_batch: int | str | None, batch: int | None, batch_why: str, why
                                     f"activations stay in L3 ({mib})", measure=True)
     m = int(micro_batch)
     if batch is None or whole % m:
-        valid = [d for d in range(1, whole + 1) if whole % d == 0]
         raise ValueError(f"micro_batch={m} does not divide the batch "
                          f"{batch if batch is not None else '(none: ' + batch_why + ')'}; "
-                         f"use one of {valid}, 'auto' or None.")
+                         f"use one of {_divisors(whole)}, 'auto' or None.")
     if blocker and m != whole:
         raise ValueError(f"micro_batch={m} cannot split this function's batch: {blocker}.")
     return MicroBatch(m, whole, f"{m} of {whole} examples at a time (micro_batch={m})")

@@ -213,14 +213,14 @@ inline int64_t L3CacheBytes() {
 // Such an output does not stay in cache for the next layer, so skipping the read for
 // ownership of every line is faster; one that fits (a micro-batched model's activations) is
 // read back from L3 by the next layer, where a streaming store would send it to memory.
-enum class StreamMode { kNever, kAlways, kLargerThanL3 };
+enum class StreamMode { kNever, kAlways, kLargerThanHalfL3 };
 
 inline StreamMode StreamStores() {
   static const StreamMode mode = [] {
     const char* v = std::getenv("JAXSPARSE_CPU_STREAM");
     const std::string s = v == nullptr ? "" : v;
     return s == "0" ? StreamMode::kNever : s == "1" ? StreamMode::kAlways
-                                                    : StreamMode::kLargerThanL3;
+                                                    : StreamMode::kLargerThanHalfL3;
   }();
   return mode;
 }
