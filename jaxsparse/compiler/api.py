@@ -17,7 +17,7 @@ from jaxsparse.compiler import policy as policy_lib
 from jaxsparse.compiler.interpreter import MISSING_RULE, Context, eval_jaxpr
 from jaxsparse.compiler.packed import is_rewritten, nbytes
 from jaxsparse.compiler.report import CompileReport
-from jaxsparse.compiler.values import WRef
+from jaxsparse.compiler.values import Sliced, WRef
 from jaxsparse.kernels.cpu import library as cpu_library
 from jaxsparse.kernels.gpu import cusparselt
 from jaxsparse.primitives.block_sparse_dot import IMPLS, check_impl
@@ -96,12 +96,63 @@ def align_masks(variables: Any, masks: Any) -> dict[str, np.ndarray]:
     return out
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Carry:
+    """A channel-sliced value passed from one stage of a model to the next: only its kept
+    channels cross, and the next stage takes them as the same :class:`Sliced` value."""
+
+    axis: int
+    keep: np.ndarray
+    full: int
+    fill: np.ndarray
+
+    def wrap(self, data: Any) -> Sliced:
+        return Sliced(data, self.axis, self.keep, self.full, self.fill)
+
+    def shape(self, aval: Any) -> jax.ShapeDtypeStruct:
+        """The crossing data's shape and dtype, of the full value's ``aval``."""
+        shape = list(aval.shape)
+        shape[self.axis] = len(self.keep)
+        return jax.ShapeDtypeStruct(tuple(shape), aval.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stage:
+    """A part of a compiled model: ``jaxpr`` (the rewritten function's trace, weights first)
+    run in chunks of ``micro``, its layers' plan keys numbered from ``counter``; ``carry_in``
+    the sliced value it takes from the stage before (None: plain inputs), ``carry_out``
+    whether it hands the next stage its output's kept channels only."""
+
+    jaxpr: Any
+    micro: microbatch.MicroBatch
+    counter: int = 0
+    carry_in: _Carry | None = None
+    carry_out: bool = False
+
+    def evaluate(self, ctx: Context, vals: list, args: list,
+                 on_carry: Callable[[_Carry], None] | None = None) -> list:
+        """The stage's outputs on ``args`` (plain; or the kept channels of a sliced output,
+        compiling with ``on_carry`` (told its :class:`_Carry`) or running a ``carry_out``
+        stage)."""
+        ins = [self.carry_in.wrap(args[0])] if self.carry_in is not None else list(args)
+        outs = eval_jaxpr(ctx, self.jaxpr.jaxpr, list(self.jaxpr.consts), vals + ins)
+        if on_carry is not None or self.carry_out:
+            v = ctx.resolve(outs[0])
+            if isinstance(v, Sliced) and (self.carry_out or isinstance(v.fill, np.ndarray)):
+                if on_carry is not None:
+                    on_carry(_Carry(v.axis, np.asarray(v.keep), v.full, v.fill))
+                return [v.data]
+            outs = [v]
+        return [ctx.plain(o) for o in outs]
+
+
 @dataclasses.dataclass(eq=False)
 class SparseModel:
     """A compiled sparse function. Call it as ``sp(sp.variables, *args)``; it is jittable
     and vmappable. It is specialised to the shapes and dtypes of the example inputs given to
     :func:`sparsify` (another batch size needs another ``sparsify``, or ``jax.vmap``); a
-    micro-batched model runs that batch in chunks (``report.micro_batch`` examples each).
+    micro-batched model runs that batch in chunks (``report.micro_batch`` examples each),
+    all of it or its first layers (then the rest on the whole batch).
 
     Attributes:
         variables: ``{"model": the variables with packed/sliced weights, "folded": constant
@@ -111,11 +162,10 @@ class SparseModel:
 
     variables: dict
     report: CompileReport
-    _jaxpr: Any
+    _stages: tuple[_Stage, ...]
     _out_tree: Any
     _plan: dict
     _options: policy_lib.Options
-    _micro: microbatch.MicroBatch
 
     def __call__(self, variables: dict, *args: Any) -> Any:
         leaves = jax.tree_util.tree_flatten_with_path(variables["model"],
@@ -123,23 +173,23 @@ class SparseModel:
         vals = [WRef(path_str(p), v, None) if is_rewritten(v) or np.ndim(v) >= 2 else v
                 for p, v in leaves]
         flat_args = jax.tree.leaves(args)
-        mb = self._micro
-        expected = [((mb.batch, *v.aval.shape[1:]) if mb.chunks > 1 else v.aval.shape,
-                     v.aval.dtype) for v in self._jaxpr.jaxpr.invars[len(leaves):]]
+        first = self._stages[0]
+        expected = [((first.micro.batch, *v.aval.shape[1:]), v.aval.dtype)
+                    for v in first.jaxpr.jaxpr.invars[len(leaves):]]
         got = [(tuple(np.shape(a)), jnp.result_type(a)) for a in flat_args]
         if got != expected:
             raise ValueError(f"this SparseModel was compiled for inputs {expected} (shape, dtype) "
                              f"but got {got}; call js.sparsify again with example inputs of the "
                              f"new shape (jax.vmap over extra leading axes works).")
+        outs = flat_args
+        for stage in self._stages:
+            def run(*chunk, stage=stage):  # One micro-batch (or the whole batch).
+                ctx = Context(compiling=False, plan=self._plan,
+                              folded=variables.get("folded", {}), options=self._options,
+                              counter=stage.counter)
+                return stage.evaluate(ctx, vals, list(chunk))
 
-        def run(*chunk):  # One micro-batch (or the whole batch).
-            ctx = Context(compiling=False, plan=self._plan,
-                          folded=variables.get("folded", {}), options=self._options)
-            outs = eval_jaxpr(ctx, self._jaxpr.jaxpr, list(self._jaxpr.consts),
-                              vals + list(chunk))
-            return [ctx.plain(o) for o in outs]
-
-        outs = microbatch.run_in_chunks(run, flat_args, mb)
+            outs = microbatch.run_in_chunks(run, outs, stage.micro)
         return jax.tree.unflatten(self._out_tree, outs)
 
 
@@ -222,9 +272,12 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
             ``compiler/microbatch.py``): an int dividing the batch, None (the whole batch at
             once), or ``"auto"``: on ``cpu`` with ``calibrate=True``, the model is compiled
             both for the whole batch and for the largest divisor of it whose largest layer
-            input and output fit in half of L3, both are timed, and the faster is returned (a
-            split pays only where the layers are bound by memory traffic); the whole batch
-            without ``calibrate``, on other platforms, or when the batch fits anyway. The pass
+            input and output fit in half of L3, and, where the layers' times measured at both
+            sizes say so, a third time with only its first layers in chunks (up to the end of
+            a residual block; the rest on the whole batch, where chunks would cost the later
+            layers their weight reuse); all are timed and the fastest is returned (a split
+            pays only where the layers are bound by memory traffic); the whole batch without
+            ``calibrate``, on other platforms, or when the batch fits anyway. The pass
             first proves on the jaxpr that every output row depends on that input row alone
             (an inference-mode network); where it cannot, ``"auto"`` keeps the whole batch
             and the report says why. The layers are compiled (and calibrated) at the
@@ -271,15 +324,24 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
     src = _Source(paths, leaves, mask_of, treedef, jax.tree.structure(out_shape), opts,
                   fold_batchnorm, (backend, policy, kernels, nbytes(variables)), t0)
 
-    def compile_for(mb: microbatch.MicroBatch) -> SparseModel:
+    def compile_for(mb: microbatch.MicroBatch) -> SparseModel | None:
         if mb.chunks == 1:
             return _rewrite(src, closed, example_args, mb)
         args = microbatch.split_args(example_args, mb)  # The layers are compiled for one chunk.
-        return _rewrite(src, engine.trace(apply_fn, masked, *args)[0], args, mb)
+        small = engine.trace(apply_fn, masked, *args)[0]
+        if mb.until is None:
+            return _rewrite(src, small, args, mb)
+        # The first layers in chunks, the rest on the whole batch: the head traced on a chunk,
+        # the tail on the whole batch, cut at the same point of the same equations.
+        if mb.until not in engine.cuts(small, len(paths)):
+            return None
+        return _rewrite(src, engine.split(small, len(paths), mb.until)[0], args, mb,
+                        tail=engine.split(closed, len(paths), mb.until)[1])
 
     mb = split_batch(closed, len(paths), example_args, micro_batch, platform, calibrate)
     if mb.measure:  # "auto" proposes a split: keep it only where it measures faster.
-        return _measured_split(mb, compile_for, example_args, t0)
+        return _measured_split(mb, compile_for, example_args, t0,
+                               lambda: microbatch.layers_before(closed, len(paths), mb.batch))
     return compile_for(mb)
 
 
@@ -300,10 +362,57 @@ class _Source:
     t0: float
 
 
-def _rewrite(src: _Source, closed: Any, example_args: tuple,
-             mb: microbatch.MicroBatch) -> SparseModel:
-    """The rewrite of ``closed`` (the function traced on ``example_args``: the whole batch,
-    or one chunk of ``mb``): passes until the folds and every clash are settled."""
+def _rewrite(src: _Source, closed: Any, example_args: tuple, mb: microbatch.MicroBatch,
+             tail: Any = None) -> SparseModel | None:
+    """The rewrite of ``closed``, the function traced on ``example_args`` (the whole batch or
+    one chunk of ``mb``); with ``tail``, ``closed`` is the head of a cut function
+    (:func:`~jaxsparse.compiler.engine.split`) and ``tail`` the rest traced on the whole
+    batch, taking the crossing value (only its kept channels, where it is sliced). None when
+    a weight is rewritten on both sides of the cut (there is one rewritten copy of it)."""
+    carried: list[_Carry] = []
+    head = _Stage(closed, mb)
+    ctx, notes = _rewrite_stage(src, head, example_args,
+                                carried.append if tail is not None else None)
+    parts = [(ctx, notes, dataclasses.replace(head, carry_out=bool(carried)))]
+    if tail is not None:
+        carry = carried[-1] if carried else None  # The last pass's.
+        cross = tail.jaxpr.invars[-1].aval
+        arg = carry.shape(cross) if carry else jax.ShapeDtypeStruct(cross.shape, cross.dtype)
+        stage = _Stage(tail, microbatch.MicroBatch(mb.batch, mb.batch, ""), ctx.counter, carry)
+        tail_ctx, tail_notes = _rewrite_stage(src, stage, (arg,))
+        if tail_ctx.rewritten.keys() & ctx.rewritten.keys():
+            return None
+        parts.append((tail_ctx, tail_notes, stage))
+    rewritten = {p: w for c, _, _ in parts for p, w in c.rewritten.items()}
+    # One report row per planned layer, in the same order: each says why its ops stayed and
+    # how many times a call runs it (the chunks of its stage).
+    rows = tuple(dataclasses.replace(r, fold_note=notes.get(key, ""), runs=stage.micro.chunks)
+                 for c, notes, stage in parts
+                 for key, r in zip(c.plan, c.rows, strict=True))
+    new_leaves = [rewritten.get(p, v) for p, v in zip(src.paths, src.leaves, strict=True)]
+    folded = {k: v for c, _, _ in parts for k, v in c.folded.items()}
+    sp_vars = jax.tree.map(jnp.asarray, {"model": jax.tree.unflatten(src.treedef, new_leaves),
+                                         "folded": folded})
+    densified: dict[str, int] = {}
+    for c, _, _ in parts:
+        for name, n in c.densified.items():
+            densified[name] = densified.get(name, 0) + n
+    backend, policy, kernels, model_bytes = src.header
+    report = CompileReport(rows, time.perf_counter() - src.t0, backend, policy, kernels,
+                           model_bytes, nbytes(sp_vars), tuple(sorted(densified.items())),
+                           sum(c.pools_as_maxima for c, _, _ in parts), mb.batch, mb.size,
+                           mb.note)
+    plan = {k: v for c, _, _ in parts for k, v in c.plan.items()}
+    return SparseModel(sp_vars, report, tuple(stage for _, _, stage in parts), src.out_tree,
+                       plan, src.opts)
+
+
+def _rewrite_stage(src: _Source, stage: _Stage, example_args: tuple,
+                   on_carry: Callable[[_Carry], None] | None = None,
+                   ) -> tuple[Context, dict[str, str]]:
+    """One stage's passes, until the folds and every clash are settled: ``(the last pass's
+    context, why each layer's ops were not folded)``; its layers' keys count from
+    ``stage.counter`` (``on_carry``: see :meth:`_Stage.evaluate`)."""
     forced: frozenset[str] = frozenset()
     folds: dict[str, tuple] = {}
     notes: dict[str, str] = {}
@@ -311,15 +420,14 @@ def _rewrite(src: _Source, closed: Any, example_args: tuple,
     measured: dict = {}  # calibrate=True: each layer timed once, whatever the pass.
     while True:
         ctx = Context(compiling=True, plan={}, options=src.opts, forced_dense=forced,
-                      analyze=analyze, folds=folds, measured=measured)
+                      analyze=analyze, folds=folds, measured=measured, counter=stage.counter)
         vals = [WRef(p, v, src.mask_of.get(p)) if np.ndim(v) >= 2 else v
                 for p, v in zip(src.paths, src.leaves, strict=True)]
 
         def trace(*args, ctx=ctx, vals=vals):
             # Weights stay concrete numpy (closure constants), inputs are traced: the layer
             # rules read weights and channel constants directly.
-            return [ctx.plain(o) for o in eval_jaxpr(ctx, closed.jaxpr, list(closed.consts),
-                                                     vals + list(args))]
+            return stage.evaluate(ctx, vals, list(args), on_carry)
 
         jax.make_jaxpr(trace)(*jax.tree.leaves(example_args))
         clash = (ctx.conflicts | (ctx.materialized & set(ctx.rewritten))) - forced
@@ -329,20 +437,8 @@ def _rewrite(src: _Source, closed: Any, example_args: tuple,
                 forced = forced | clash
                 continue
         if not clash:
-            break
+            return ctx, notes
         forced = forced | clash
-    # One report row per planned layer, in the same order: each says why its ops stayed.
-    rows = tuple(dataclasses.replace(r, fold_note=notes.get(key, ""))
-                 for key, r in zip(ctx.plan, ctx.rows, strict=True))
-    new_leaves = [ctx.rewritten.get(p, v) for p, v in zip(src.paths, src.leaves, strict=True)]
-    sp_vars = jax.tree.map(jnp.asarray, {"model": jax.tree.unflatten(src.treedef, new_leaves),
-                                         "folded": dict(ctx.folded)})
-    backend, policy, kernels, model_bytes = src.header
-    report = CompileReport(rows, time.perf_counter() - src.t0, backend, policy, kernels,
-                           model_bytes, nbytes(sp_vars),
-                           tuple(sorted(ctx.densified.items())), ctx.pools_as_maxima,
-                           mb.batch, mb.size, mb.note)
-    return SparseModel(sp_vars, report, closed, src.out_tree, ctx.plan, src.opts, mb)
 
 
 def split_batch(closed: Any, n_weights: int, example_args: tuple, micro_batch: int | str | None,
@@ -361,25 +457,47 @@ def split_batch(closed: Any, n_weights: int, example_args: tuple, micro_batch: i
     return microbatch.choose(micro_batch, batch, batch_why, why, row_bytes, platform, calibrate)
 
 
+def _layer_ms(row: Any) -> float:
+    """A layer's measured time on the kernel chosen (0 where it was not measured)."""
+    t = row.timing
+    if t is None or t.measured_dense_ms is None or t.measured_sparse_ms is None:
+        return 0.0
+    return min(t.measured_dense_ms, t.measured_sparse_ms)
+
+
 def _measured_split(mb: microbatch.MicroBatch,
-                    compile_for: Callable[[microbatch.MicroBatch], SparseModel],
-                    example_args: tuple, t0: float) -> SparseModel:
+                    compile_for: Callable[[microbatch.MicroBatch], SparseModel | None],
+                    example_args: tuple, t0: float,
+                    points: Callable[[], tuple[list[int], list[int]]]) -> SparseModel:
     """``micro_batch="auto"`` under ``calibrate=True``: the model compiled for the whole batch
-    and for chunks of ``mb.size``, timed in turn on the example inputs; the faster one, its
-    report saying both times."""
-    whole = compile_for(microbatch.MicroBatch(mb.batch, mb.batch, ""))
-    split = compile_for(dataclasses.replace(mb, measure=False))
+    and for chunks of ``mb.size``; where the layers' times measured in both say that running
+    only the first layers in chunks is faster still (:func:`microbatch.best_cut` over
+    ``points()``), that model too; all timed in turn on the example inputs. The fastest, its
+    report saying every time."""
+    whole = compile_for(microbatch.MicroBatch(mb.batch, mb.batch, "the whole batch"))
+    chunked = compile_for(dataclasses.replace(mb, measure=False))
+    models = [(whole, "whole"), (chunked, "in chunks")]
+    if len(whole.report.rows) == len(chunked.report.rows):
+        cuts, layers = points()
+        k = microbatch.best_cut(cuts, layers, [_layer_ms(r) for r in whole.report.rows],
+                                [_layer_ms(r) for r in chunked.report.rows], mb.chunks)
+        head = None if k is None else compile_for(dataclasses.replace(
+            mb, measure=False, until=k, note=f"{mb.note}, for the layers that measured faster "
+                                             f"so; the rest on the whole batch"))
+        if head is not None:
+            models.append((head, "with the first layers in chunks"))
     flat = jax.tree.leaves(example_args)
     # Warmed up longer than a layer: a whole model's first runs after it is compiled are
     # slower (buffers and weights touched anew), by more than the gap measured.
-    t_whole, t_split = costs.measure([(lambda v, *a, m=m: m(v, *a), (m.variables, *flat))
-                                      for m in (whole, split)], reps=7, warmup=3)
-    times = f"measured {t_split:.1f} ms in chunks against {t_whole:.1f} ms whole"
-    if t_split < t_whole:
-        best, note = split, f"{mb.note}; {times}"
-    else:
-        best, note = whole, f"the whole batch: {times} (chunks of {mb.size} would keep the " \
-                            f"largest layer's activations in L3)"
-    best.report = dataclasses.replace(best.report, micro_batch_note=note,
+    times = costs.measure([(lambda v, *a, m=m: m(v, *a), (m.variables, *flat))
+                           for m, _ in models], reps=7, warmup=3)
+    said = "; ".join(f"{t:.1f} ms {label}" for t, (_, label) in zip(times, models,
+                                                                     strict=True))
+    best = models[int(np.argmin(times))][0]
+    r = best.report
+    chunked_rows = [row.name for row in r.rows if row.runs > 1]
+    through = f" (through {chunked_rows[-1]})" if 0 < len(chunked_rows) < len(r.rows) else ""
+    best.report = dataclasses.replace(r, micro_batch_note=f"{r.micro_batch_note}{through}; "
+                                                          f"measured {said}",
                                       pass_seconds=time.perf_counter() - t0)
     return best

@@ -6,8 +6,9 @@ and has a rule per primitive it understands. Equations whose inputs are all untr
 ``domain.untracked``; call-like equations (``jit``, ``custom_jvp_call``, ...) with tracked
 inputs and no rule of their own are inlined, so rules reach inside them; a tracked input at a
 primitive with no rule goes to ``domain.no_rule`` (the rewrite raises an error naming the
-primitive; the analysis stops following the value). This module is the only one that iterates
-``jaxpr.eqns``.
+primitive; the analysis stops following the value). :func:`cuts` and :func:`split` cut a
+jaxpr in two where one value crosses (micro-batching runs the head in chunks). This module is
+the only one that iterates ``jaxpr.eqns``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-from jax.extend.core import Literal, Primitive
+from jax.extend.core import ClosedJaxpr, Literal, Primitive
 
 Rule = Callable[[Any, Any, list], list]  # rule(ctx, eqn, invals) -> outvals
 
@@ -112,3 +113,68 @@ def run(domain: Domain, ctx: Any, jaxpr, consts: list, args: list) -> list:
         for var, val in zip(eqn.outvars, outvals, strict=True):
             env[var] = val
     return [read(v) for v in jaxpr.outvars]
+
+
+def cuts(closed: Any, n_weights: int) -> list[int]:
+    """The points ``k`` (0 < k < number of equations) where the top-level equations of
+    ``closed`` (whose first ``n_weights`` invars are weights) split in two with one value
+    passing from the first ``k`` to the rest: between two residual blocks of a network, not
+    inside one (where the block's input waits for the residual add). Weights are read on
+    either side and do not count."""
+    jaxpr, eqns = closed.jaxpr, closed.jaxpr.eqns
+    born: dict = {v: -1 for v in jaxpr.invars[n_weights:]}  # Defined before equation 0.
+    last: dict = {}
+    for i, eqn in enumerate(eqns):
+        for v in eqn.invars:
+            if not isinstance(v, Literal) and v in born:
+                last[v] = i
+        born.update((v, i) for v in eqn.outvars)
+    for v in jaxpr.outvars:
+        if not isinstance(v, Literal) and v in born:
+            last[v] = len(eqns)
+    live = [0] * (len(eqns) + 2)  # live[k]: values born before equation k, read at or after.
+    for v, u in last.items():
+        live[born[v] + 1] += 1
+        live[u + 1] -= 1
+    out, n = [], 0
+    for k in range(len(eqns)):
+        n += live[k]
+        if k > 0 and n == 1:
+            out.append(k)
+    return out
+
+
+def split(closed: Any, n_weights: int, k: int) -> tuple[Any, Any]:
+    """``(head, tail)``: ``closed`` cut at point ``k`` of :func:`cuts`. ``head`` runs the
+    first ``k`` equations on all of its invars and returns the one value that crosses;
+    ``tail`` takes the weights and that value and runs the rest to the original outputs.
+
+    Raises:
+        ValueError: if ``k`` is not one of :func:`cuts`.
+    """
+    if k not in cuts(closed, n_weights):
+        raise ValueError(f"{k} is not a point where one value crosses (see engine.cuts).")
+    jaxpr = closed.jaxpr
+    head_eqns, tail_eqns = jaxpr.eqns[:k], jaxpr.eqns[k:]
+    made = set(jaxpr.invars[n_weights:]) | {v for e in head_eqns for v in e.outvars}
+    read = [v for e in tail_eqns for v in e.invars] + list(jaxpr.outvars)
+    (cross,) = {v for v in read if not isinstance(v, Literal) and v in made}
+    weights = list(jaxpr.invars[:n_weights])
+
+    def part(invars, outvars, eqns, names, results):
+        info = jaxpr.debug_info
+        if info is not None and hasattr(info, "_replace"):
+            info = info._replace(arg_names=names, result_paths=results)
+        else:
+            info = None
+        return ClosedJaxpr(jaxpr.replace(invars=invars, outvars=outvars, eqns=eqns,
+                                         debug_info=info), closed.consts)
+
+    names = tuple(getattr(jaxpr.debug_info, "arg_names", None) or
+                  ("",) * len(jaxpr.invars))
+    head = part(list(jaxpr.invars), [cross], head_eqns, names, ("cut",))
+    results = tuple(getattr(jaxpr.debug_info, "result_paths", None) or
+                    ("",) * len(jaxpr.outvars))
+    tail = part(weights + [cross], list(jaxpr.outvars), tail_eqns,
+                names[:n_weights] + ("cut",), results)
+    return head, tail

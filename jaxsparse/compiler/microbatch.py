@@ -47,12 +47,17 @@ class MicroBatch:
         note: why this size (for the report).
         measure: a split ``"auto"`` proposes, to be timed against the whole batch before it
             is kept.
+        until: the split runs only the first ``until`` top-level equations of the traced
+            function in chunks (up to a cut of :func:`~jaxsparse.compiler.engine.cuts`,
+            chosen by :func:`best_cut`: the layers that measured faster in chunks) and the
+            rest on the whole batch; None: all of it in chunks.
     """
 
     size: int
     batch: int
     note: str
     measure: bool = False
+    until: int | None = None
 
     @property
     def chunks(self) -> int:
@@ -71,6 +76,7 @@ class _Walk:
     batch: int
     why: str | None = None
     layer_row_bytes: int = 0  # The largest layer's input + output bytes per example.
+    layers: int = 0  # Conv/dot layers of an activation by a constant, in the order run.
 
 
 def _varying(v: Any, aval: Any) -> frozenset[int]:
@@ -187,6 +193,7 @@ def _layer_bytes(ctx: _Walk, eqn, rows_of: int) -> None:
     size = sum(math.prod(v.aval.shape) * v.aval.dtype.itemsize
                for v in (eqn.invars[0], eqn.outvars[0]))
     ctx.layer_row_bytes = max(ctx.layer_row_bytes, -(-size // rows_of))
+    ctx.layers += 1
 
 
 def _conv(ctx: _Walk, eqn, invals: list) -> list:
@@ -277,11 +284,7 @@ DOMAIN = engine.Domain(
 )
 
 
-def why_not_separable(closed: Any, n_weights: int, batch: int) -> tuple[str | None, int]:
-    """``(why not, bytes)``: why the outputs of ``closed`` (a closed jaxpr whose first
-    ``n_weights`` invars are weights and the rest inputs batched on axis 0) may not be
-    computed a chunk of the batch at a time (None: every output row depends on that row of
-    the inputs alone), and the largest conv/dot layer's input and output bytes per example."""
+def _walk(closed: Any, n_weights: int, batch: int) -> _Walk:
     ctx = _Walk(batch)
     args = closed.jaxpr.invars
     ins = [frozenset(range(v.aval.ndim)) for v in args[:n_weights]] + [_Rows(0)] * (
@@ -293,7 +296,16 @@ def why_not_separable(closed: Any, n_weights: int, batch: int) -> tuple[str | No
             if not isinstance(o, _Rows) or o.axis != 0:
                 ctx.why = f"output {i} {var.aval.str_short()} is not batched on its first axis"
                 break
-    return ctx.why, ctx.layer_row_bytes
+    return ctx
+
+
+def why_not_separable(closed: Any, n_weights: int, batch: int) -> tuple[str | None, int]:
+    """``(why not, bytes)``: why the outputs of ``closed`` (a closed jaxpr whose first
+    ``n_weights`` invars are weights and the rest inputs batched on axis 0) may not be
+    computed a chunk of the batch at a time (None: every output row depends on that row of
+    the inputs alone), and the largest conv/dot layer's input and output bytes per example."""
+    walk = _walk(closed, n_weights, batch)
+    return walk.why, walk.layer_row_bytes
 
 
 def l3_cache_bytes() -> int | None:
@@ -395,6 +407,46 @@ def choose(micro_batch: int | str | None, batch: int | None, batch_why: str, why
     if blocker and m != whole:
         raise ValueError(f"micro_batch={m} cannot split this function's batch: {blocker}.")
     return MicroBatch(m, whole, f"{m} of {whole} examples at a time (micro_batch={m})")
+
+
+def _block_ends(points: list[int]) -> list[int]:
+    """The last point of every run of consecutive cuts (a block's add and its ReLU have a cut
+    between them; the later one keeps the ReLU with the block's last layer)."""
+    return [k for k in points if k + 1 not in points]
+
+
+def layers_before(closed: Any, n_weights: int, batch: int) -> tuple[list[int], list[int]]:
+    """``(points, layers)``: the block ends of ``closed`` where a split can go back to the
+    whole batch (:func:`~jaxsparse.compiler.engine.cuts`, the last of consecutive ones; the
+    head's rows proved independent, its output batched on axis 0), and how many conv/dot
+    layers run before each."""
+    points, counts = [], []
+    for k in _block_ends(engine.cuts(closed, n_weights)):
+        walk = _walk(engine.split(closed, n_weights, k)[0], n_weights, batch)
+        if walk.why is None:
+            points.append(k)
+            counts.append(walk.layers)
+    return points, counts
+
+
+def best_cut(points: list[int], layers: list[int], whole_ms: list[float],
+             chunk_ms: list[float], chunks: int) -> int | None:
+    """The point (of :func:`layers_before`) that splits a model fastest by its layers' measured
+    times: the layers before it on ``chunks`` chunks (``chunk_ms``: one chunk's time of each
+    layer), the rest on the whole batch (``whole_ms``). None unless it is predicted faster
+    than both all chunks and the whole batch."""
+    n = len(whole_ms)
+    if len(chunk_ms) != n or not points:
+        return None
+
+    def predicted(m: int) -> float:
+        return chunks * sum(chunk_ms[:m]) + sum(whole_ms[m:])
+
+    inside = [(predicted(m), k) for k, m in zip(points, layers, strict=True) if 0 < m < n]
+    if not inside:
+        return None
+    t, k = min(inside)
+    return k if t < min(predicted(0), predicted(n)) else None
 
 
 def split_args(args: Any, mb: MicroBatch) -> Any:

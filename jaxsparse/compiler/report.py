@@ -31,8 +31,9 @@ PRIMITIVES = {"nm": "nm_dot", "block": "block_sparse_dot"}
 
 @dataclasses.dataclass(frozen=True)
 class CompiledLayer:
-    """One conv or dense layer of a compile report. FLOPs are multiply-adds x 2 at the
-    example batch; bytes are the stored weight (dense, or packed values + indices).
+    """One conv or dense layer of a compile report. FLOPs are multiply-adds x 2 of one run
+    of the layer (on the example batch, or on one chunk of a micro-batched model: ``runs``
+    times per call); bytes are the stored weight (dense, or packed values + indices).
 
     Attributes:
         lowering: ``"unchanged"`` (the original op runs), ``"dense"`` (a dense conv/dot on
@@ -48,6 +49,8 @@ class CompiledLayer:
         epilogue: the ops after those that its kernel applies before storing the output
             (``"add"``: a residual, ``"relu"``), so they cost no pass over memory.
         why: the reason for the lowering.
+        runs: how many times one call of the model runs the layer (the chunks of the part
+            of a micro-batched model it is in; 1: on the whole batch).
     """
 
     name: str
@@ -68,6 +71,7 @@ class CompiledLayer:
     affine_folded: int = 0  # Per-channel affine ops after it (a BatchNorm) folded into it.
     fold_note: str = ""  # Why the ops after it were not folded, when there were some.
     epilogue: tuple[str, ...] = ()  # Residual add / ReLU fused into its kernel.
+    runs: int = 1  # Times a call runs it: a micro-batched layer, once per chunk.
 
     @property
     def sparse(self) -> bool:
@@ -128,11 +132,12 @@ class CompileReport:
     densified: tuple[tuple[str, int], ...] = ()  # (primitive, count): missing_rule="densify".
     pools_as_maxima: int = 0  # Max pools run as the maximum of strided slices (cpu).
     batch: int = 0  # The example inputs' batch (0: not known).
-    micro_batch: int = 0  # Examples per run of the layers (the rows describe one such run).
+    micro_batch: int = 0  # Examples per run of the micro-batched layers (rows with runs > 1).
     micro_batch_note: str = ""  # Why that many (compiler/microbatch.choose).
 
     def _total(self, field: str) -> float:
-        return sum(getattr(r, field) for r in self.rows)
+        return sum(getattr(r, field) * (r.runs if field.startswith("flops") else 1)
+                   for r in self.rows)
 
     @property
     def flops_before(self) -> float:
@@ -202,9 +207,11 @@ class CompileReport:
         if self.kernels:
             lines.append(f"kernels: {self.kernels}")
         if self.micro_batch_note:
+            chunked = sum(r.runs > 1 for r in self.rows)
             lines.append(f"micro-batch: {self.micro_batch_note}" + (
-                f" (the layers above are those of one run of {self.micro_batch})"
-                if self.micro_batch < self.batch else ""))
+                f" ({chunked} of the {len(self.rows)} layers above run "
+                f"{self.batch // self.micro_batch} times a call, on {self.micro_batch} "
+                f"examples)" if chunked else ""))
         if self.pools_as_maxima:
             lines.append(f"max pools as the maximum of strided slices (XLA's CPU reduce_window "
                          f"is slower): {self.pools_as_maxima}")
@@ -215,11 +222,14 @@ class CompileReport:
         return "\n".join(lines)
 
     def timing_markdown(self) -> str:
-        """Per-layer measured times (``calibrate=True``): dense XLA vs the sparse kernel, with
-        GFLOP/s (dense: the layer's FLOPs; kernel: the FLOPs it actually runs)."""
-        header = ["layer", "shape", "pattern", "dense ms", "sparse ms", "dense GFLOP/s",
-                  "kernel GFLOP/s", "speedup", "chosen"]
-        cells = [[r.name, shape(r.shape), r.pattern, f"{r.timing.measured_dense_ms:.2f}",
+        """Per-layer measured times (``calibrate=True``) of one run of each layer on its
+        examples (a chunk where micro-batched): dense XLA vs the sparse kernel, with GFLOP/s
+        (dense: the layer's FLOPs; kernel: the FLOPs it actually runs)."""
+        header = ["layer", "shape", "pattern", "examples", "dense ms", "sparse ms",
+                  "dense GFLOP/s", "kernel GFLOP/s", "speedup", "chosen"]
+        cells = [[r.name, shape(r.shape), r.pattern,
+                  str(self.batch // r.runs) if self.batch else "",
+                  f"{r.timing.measured_dense_ms:.2f}",
                   f"{r.timing.measured_sparse_ms:.2f}",
                   f"{r.flops_before / r.timing.measured_dense_ms / 1e6:.1f}",
                   f"{r.timing.sparse_flops / r.timing.measured_sparse_ms / 1e6:.1f}",

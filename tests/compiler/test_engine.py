@@ -110,3 +110,37 @@ def test_sparsify_with_pallas_interpreter():
     assert "Pallas interpreter" in sp.report.kernels
     with pytest.raises(ValueError, match="needs backend='pallas', not 'xla'"):
         js.sparsify(fn, p, masks, x, backend="xla", interpret=True)
+
+
+def _blocks(v, x):
+    """Two residual blocks: the one value between them is the only cut inside the blocks'
+    span (the first block's input waits for its add)."""
+    h = x
+    for w in (v["a"], v["b"]):
+        h = jax.nn.relu(h @ w + h)
+    return h.sum(axis=1)
+
+
+def test_cuts_are_where_one_value_crosses_and_the_parts_compose_to_the_function():
+    v = {"a": jnp.eye(4) * 0.5, "b": jnp.ones((4, 4))}
+    x = jax.random.normal(jax.random.key(0), (3, 4))
+    closed, _, _ = engine.trace(_blocks, v, x)
+    n_weights = len(jax.tree.leaves(v))
+    points = engine.cuts(closed, n_weights)
+    eqns = closed.jaxpr.eqns
+    names = [e.primitive.name for e in eqns]
+    dots = [i for i, name in enumerate(names) if name == "dot_general"]
+    # Inside a block (after its dot, before its add) the block's input is live too.
+    assert not any(d < k <= d + 1 for d in dots for k in points)
+    assert any(dots[0] < k <= dots[1] for k in points)  # Between the blocks.
+    for k in points:
+        head, tail = engine.split(closed, n_weights, k)
+        assert len(head.jaxpr.eqns) + len(tail.jaxpr.eqns) == len(eqns)
+        leaves = jax.tree.leaves(v)
+        mid = jax.core.eval_jaxpr(head.jaxpr, head.consts, *leaves, x)
+        assert len(mid) == 1
+        got = jax.core.eval_jaxpr(tail.jaxpr, tail.consts, *leaves, *mid)[0]
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(_blocks(v, x)))
+    inside = dots[0] + 1
+    with pytest.raises(ValueError, match="not a point where one value crosses"):
+        engine.split(closed, n_weights, inside)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jaxsparse as js
-from jaxsparse.compiler import engine, microbatch
+from jaxsparse.compiler import costs, engine, microbatch
 from tests.helpers import assert_close, masked_reference, resnet
 
 
@@ -180,3 +180,71 @@ def test_sparsify_refuses_to_split_a_batch_statistics_model():
     assert sp.report.micro_batch == 4 and "not independent" in sp.report.micro_batch_note
     np.testing.assert_allclose(np.asarray(sp(sp.variables, x)), np.asarray(fn(W, x)), rtol=1e-5,
                                atol=1e-6)
+
+
+def _small_l3(monkeypatch, variables, x):
+    """An L3 so small that "auto" proposes chunks of 2 for the batch of 4."""
+    closed, _, _ = engine.trace(_batch_of_4()[0], variables, x)
+    _, row_bytes = microbatch.why_not_separable(closed, len(jax.tree.leaves(variables)), 4)
+    monkeypatch.setattr(microbatch, "l3_cache_bytes", lambda: int(2 * 2.5 * row_bytes))
+
+
+def test_layers_before_counts_the_layers_at_each_block_end():
+    apply_fn, variables, x = _batch_of_4()
+    closed, _, _ = engine.trace(apply_fn, variables, x)
+    n = len(jax.tree.leaves(variables))
+    points, layers = microbatch.layers_before(closed, n, 4)
+    cuts = engine.cuts(closed, n)
+    assert points and all(k in cuts and k + 1 not in cuts for k in points)
+    assert layers == sorted(layers) and layers[-1] == 18  # The tiny ResNet's 18 conv/dots.
+    assert 1 in layers and 5 in layers  # After the stem; after the first block (4 convs).
+
+
+@pytest.mark.parametrize("chunk_ms,want", [
+    # Layers 0-1 faster in chunks (2 x 1 < 3), layers 2-3 slower (2 x 2 > 1): cut after 2.
+    ([1, 1, 2, 2], 20),
+    ([0.25] * 4, None),  # Every layer faster in chunks: all of it in chunks, no cut.
+    ([2, 2, 2, 2], None),  # None faster: the whole batch.
+])
+def test_best_cut_splits_where_the_measured_layers_say(chunk_ms, want):
+    whole_ms = [3.0, 3.0, 1.0, 1.0]
+    assert microbatch.best_cut([10, 20, 30], [1, 2, 3], whole_ms, chunk_ms, 2) == want
+    assert microbatch.best_cut([10], [1], whole_ms, chunk_ms[:3], 2) is None  # Rows differ.
+
+
+@pytest.mark.parametrize("pattern", [None, "block:8x8", "unstructured", "channel"])
+def test_auto_can_run_the_first_layers_in_chunks_and_the_rest_whole(monkeypatch, pattern):
+    """With times that favour it, "auto" keeps the model whose first stage runs in chunks of
+    2 and the rest on the whole batch: equal to the masked model, its rows saying which
+    layers run twice a call, its FLOPs those of the whole batch."""
+    apply_fn, variables, x = _batch_of_4()
+    _small_l3(monkeypatch, variables, x)
+    seen = []
+
+    def cut_in_the_middle(points, layers, whole_ms, chunk_ms, chunks):
+        seen.append((len(whole_ms), len(chunk_ms), chunks))
+        return points[len(points) // 2]
+
+    monkeypatch.setattr(microbatch, "best_cut", cut_in_the_middle)
+    # Every measurement: each later candidate faster (sparse over dense, split over whole).
+    monkeypatch.setattr(costs, "measure", lambda calls, *a, **k: [3.0, 2.0, 1.0][:len(calls)])
+    masks = None if pattern is None else js.prune(variables["params"], pattern, 0.5)
+    policy = "sparse" if pattern in ("block:8x8", "unstructured") else "auto"
+    sp = js.sparsify(apply_fn, variables, masks, x, calibrate=True, policy=policy)
+    ref = apply_fn(variables, x) if masks is None else \
+        masked_reference(apply_fn, variables, masks)(x)
+    assert_close(jax.jit(sp)(sp.variables, x), ref)
+    r = sp.report
+    runs = [row.runs for row in r.rows]
+    first = runs.index(1)
+    assert 0 < first < len(runs) and set(runs[:first]) == {2} and set(runs[first:]) == {1}
+    assert (r.batch, r.micro_batch) == (4, 2)
+    assert "with the first layers in chunks" in r.micro_batch_note
+    assert f"through {r.rows[first - 1].name}" in r.micro_batch_note
+    assert f"{first} of the {len(runs)} layers above run 2 times a call" in str(r)
+    assert str(jax.make_jaxpr(sp)(sp.variables, x)).count("scan[") == 1
+    assert seen == [(len(runs), len(runs), 2)]
+    whole = js.sparsify(apply_fn, variables, masks, x, calibrate=True, policy=policy,
+                        micro_batch=None)
+    assert r.flops_before == pytest.approx(whole.report.flops_before)
+    assert r.flops_after == pytest.approx(whole.report.flops_after)
