@@ -145,7 +145,7 @@ def _compile_variant(config: ml_collections.ConfigDict, v: ml_collections.Config
     sp, pass_s, err = compile_checked(exp, masks, x, backend=config.speed.backend,
                                       policy=v.policy, calibrate=calibrate, micro_batch=micro)
     layers = ""
-    if config.speed.layer_table and v.pattern != "channel":
+    if config.speed.layer_table:
         report = sp.report if calibrate and v.policy == "auto" else js.sparsify(
             exp.apply_fn, exp.variables, masks, x, backend=config.speed.backend,
             policy="auto", calibrate=True, micro_batch=micro).report

@@ -203,7 +203,8 @@ def test_layers_before_counts_the_layers_at_each_block_end():
 @pytest.mark.parametrize("chunk_ms,want", [
     # Layers 0-1 faster in chunks (2 x 1 < 3), layers 2-3 slower (2 x 2 > 1): cut after 2.
     ([1, 1, 2, 2], 20),
-    ([0.25] * 4, None),  # Every layer faster in chunks: all of it in chunks, no cut.
+    # Every layer faster in chunks: the best cut is still timed beside all-chunks.
+    ([0.25] * 4, 30),
     ([2, 2, 2, 2], None),  # None faster: the whole batch.
 ])
 def test_best_cut_splits_where_the_measured_layers_say(chunk_ms, want):
