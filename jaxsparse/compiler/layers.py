@@ -260,7 +260,7 @@ def decide(ctx: Context, key: str, eqn, x: Any, w: WRef) -> LayerPlan:
                                                       *fused)
         td, ts = ctx.measured[key, cand, fused]
         timing = dataclasses.replace(timing, measured_dense_ms=td, measured_sparse_ms=ts,
-                                     sparse_flops=after * frac)
+                                     sparse_flops=after * frac, dense_flops=after)
         low = "block" if ts < costs.MAX_RATIO * td else "dense"
         what = f"the C++ kernel at full density ({cand.pattern} blocks)" if full_density \
             else "sparse"
