@@ -490,7 +490,7 @@ def _measured_split(mb: microbatch.MicroBatch,
     # Warmed up longer than a layer: a whole model's first runs after it is compiled are
     # slower (buffers and weights touched anew), by more than the gap measured.
     times = costs.measure([(lambda v, *a, m=m: m(v, *a), (m.variables, *flat))
-                           for m, _ in models], reps=7, warmup=3)
+                           for m, _ in models], reps=11, warmup=4)
     said = "; ".join(f"{t:.1f} ms {label}" for t, (_, label) in zip(times, models,
                                                                      strict=True))
     best = models[int(np.argmin(times))][0]
