@@ -369,17 +369,14 @@ def _rewrite(src: _Source, closed: Any, example_args: tuple, mb: microbatch.Micr
     (:func:`~jaxsparse.compiler.engine.split`) and ``tail`` the rest traced on the whole
     batch, taking the crossing value (only its kept channels, where it is sliced). None when
     a weight is rewritten on both sides of the cut (there is one rewritten copy of it)."""
-    carried: list[_Carry] = []
     head = _Stage(closed, mb)
-    ctx, notes = _rewrite_stage(src, head, example_args,
-                                carried.append if tail is not None else None)
-    parts = [(ctx, notes, dataclasses.replace(head, carry_out=bool(carried)))]
+    ctx, notes, carry = _rewrite_stage(src, head, example_args, carry=tail is not None)
+    parts = [(ctx, notes, dataclasses.replace(head, carry_out=carry is not None))]
     if tail is not None:
-        carry = carried[-1] if carried else None  # The last pass's.
         cross = tail.jaxpr.invars[-1].aval
         arg = carry.shape(cross) if carry else jax.ShapeDtypeStruct(cross.shape, cross.dtype)
         stage = _Stage(tail, microbatch.MicroBatch(mb.batch, mb.batch, ""), ctx.counter, carry)
-        tail_ctx, tail_notes = _rewrite_stage(src, stage, (arg,))
+        tail_ctx, tail_notes, _ = _rewrite_stage(src, stage, (arg,))
         if tail_ctx.rewritten.keys() & ctx.rewritten.keys():
             return None
         parts.append((tail_ctx, tail_notes, stage))
@@ -407,27 +404,28 @@ def _rewrite(src: _Source, closed: Any, example_args: tuple, mb: microbatch.Micr
                        plan, src.opts)
 
 
-def _rewrite_stage(src: _Source, stage: _Stage, example_args: tuple,
-                   on_carry: Callable[[_Carry], None] | None = None,
-                   ) -> tuple[Context, dict[str, str]]:
+def _rewrite_stage(src: _Source, stage: _Stage, example_args: tuple, carry: bool = False,
+                   ) -> tuple[Context, dict[str, str], _Carry | None]:
     """One stage's passes, until the folds and every clash are settled: ``(the last pass's
-    context, why each layer's ops were not folded)``; its layers' keys count from
-    ``stage.counter`` (``on_carry``: see :meth:`_Stage.evaluate`)."""
+    context, why each layer's ops were not folded, the last pass's sliced output as a
+    :class:`_Carry` when ``carry`` asks for one and it is sliced)``; its layers' keys count
+    from ``stage.counter``."""
     forced: frozenset[str] = frozenset()
     folds: dict[str, tuple] = {}
     notes: dict[str, str] = {}
     analyze = src.fold_batchnorm  # First pass: find the per-channel affines after each layer.
     measured: dict = {}  # calibrate=True: each layer timed once, whatever the pass.
     while True:
+        carried: list[_Carry] = []  # This pass's.
         ctx = Context(compiling=True, plan={}, options=src.opts, forced_dense=forced,
                       analyze=analyze, folds=folds, measured=measured, counter=stage.counter)
         vals = [WRef(p, v, src.mask_of.get(p)) if np.ndim(v) >= 2 else v
                 for p, v in zip(src.paths, src.leaves, strict=True)]
 
-        def trace(*args, ctx=ctx, vals=vals):
+        def trace(*args, ctx=ctx, vals=vals, tell=carried.append if carry else None):
             # Weights stay concrete numpy (closure constants), inputs are traced: the layer
             # rules read weights and channel constants directly.
-            return stage.evaluate(ctx, vals, list(args), on_carry)
+            return stage.evaluate(ctx, vals, list(args), tell)
 
         jax.make_jaxpr(trace)(*jax.tree.leaves(example_args))
         clash = (ctx.conflicts | (ctx.materialized & set(ctx.rewritten))) - forced
@@ -437,7 +435,7 @@ def _rewrite_stage(src: _Source, stage: _Stage, example_args: tuple,
                 forced = forced | clash
                 continue
         if not clash:
-            return ctx, notes
+            return ctx, notes, (carried[-1] if carried else None)
         forced = forced | clash
 
 
