@@ -12,12 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 
 # Importing layers registers the layer rule (F401).
-from jaxsparse.compiler import costs, engine, layers, microbatch  # noqa: F401
+from jaxsparse.compiler import costs, engine, layers, microbatch, stages  # noqa: F401
 from jaxsparse.compiler import policy as policy_lib
-from jaxsparse.compiler.interpreter import MISSING_RULE, Context, eval_jaxpr
+from jaxsparse.compiler.interpreter import MISSING_RULE, Context
 from jaxsparse.compiler.packed import is_rewritten, nbytes
 from jaxsparse.compiler.report import CompileReport
-from jaxsparse.compiler.values import Sliced, WRef
+from jaxsparse.compiler.values import WRef
 from jaxsparse.kernels.cpu import library as cpu_library
 from jaxsparse.kernels.gpu import cusparselt
 from jaxsparse.primitives.block_sparse_dot import IMPLS, check_impl
@@ -96,56 +96,6 @@ def align_masks(variables: Any, masks: Any) -> dict[str, np.ndarray]:
     return out
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class _Carry:
-    """A channel-sliced value passed from one stage of a model to the next: only its kept
-    channels cross, and the next stage takes them as the same :class:`Sliced` value."""
-
-    axis: int
-    keep: np.ndarray
-    full: int
-    fill: np.ndarray
-
-    def wrap(self, data: Any) -> Sliced:
-        return Sliced(data, self.axis, self.keep, self.full, self.fill)
-
-    def shape(self, aval: Any) -> jax.ShapeDtypeStruct:
-        """The crossing data's shape and dtype, of the full value's ``aval``."""
-        shape = list(aval.shape)
-        shape[self.axis] = len(self.keep)
-        return jax.ShapeDtypeStruct(tuple(shape), aval.dtype)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Stage:
-    """A part of a compiled model: ``jaxpr`` (the rewritten function's trace, weights first)
-    run in chunks of ``micro``, its layers' plan keys numbered from ``counter``; ``carry_in``
-    the sliced value it takes from the stage before (None: plain inputs), ``carry_out``
-    whether it hands the next stage its output's kept channels only."""
-
-    jaxpr: Any
-    micro: microbatch.MicroBatch
-    counter: int = 0
-    carry_in: _Carry | None = None
-    carry_out: bool = False
-
-    def evaluate(self, ctx: Context, vals: list, args: list,
-                 on_carry: Callable[[_Carry], None] | None = None) -> list:
-        """The stage's outputs on ``args`` (plain; or the kept channels of a sliced output,
-        compiling with ``on_carry`` (told its :class:`_Carry`) or running a ``carry_out``
-        stage)."""
-        ins = [self.carry_in.wrap(args[0])] if self.carry_in is not None else list(args)
-        outs = eval_jaxpr(ctx, self.jaxpr.jaxpr, list(self.jaxpr.consts), vals + ins)
-        if on_carry is not None or self.carry_out:
-            v = ctx.resolve(outs[0])
-            if isinstance(v, Sliced) and (self.carry_out or isinstance(v.fill, np.ndarray)):
-                if on_carry is not None:
-                    on_carry(_Carry(v.axis, np.asarray(v.keep), v.full, v.fill))
-                return [v.data]
-            outs = [v]
-        return [ctx.plain(o) for o in outs]
-
-
 @dataclasses.dataclass(eq=False)
 class SparseModel:
     """A compiled sparse function. Call it as ``sp(sp.variables, *args)``; it is jittable
@@ -162,7 +112,7 @@ class SparseModel:
 
     variables: dict
     report: CompileReport
-    _stages: tuple[_Stage, ...]
+    _stages: tuple[stages.Stage, ...]
     _out_tree: Any
     _plan: dict
     _options: policy_lib.Options
@@ -341,7 +291,7 @@ def sparsify(apply_fn: Callable[..., Any], variables: Any, masks: Any, *example_
     mb = split_batch(closed, len(paths), example_args, micro_batch, platform, calibrate)
     if mb.measure:  # "auto" proposes a split: keep it only where it measures faster.
         return _measured_split(mb, compile_for, example_args, t0,
-                               lambda: microbatch.layers_before(closed, len(paths), mb.batch))
+                               lambda: stages.layers_before(closed, len(paths), mb.batch))
     return compile_for(mb)
 
 
@@ -369,13 +319,14 @@ def _rewrite(src: _Source, closed: Any, example_args: tuple, mb: microbatch.Micr
     (:func:`~jaxsparse.compiler.engine.split`) and ``tail`` the rest traced on the whole
     batch, taking the crossing value (only its kept channels, where it is sliced). None when
     a weight is rewritten on both sides of the cut (there is one rewritten copy of it)."""
-    head = _Stage(closed, mb)
+    head = stages.Stage(closed, mb)
     ctx, notes, carry = _rewrite_stage(src, head, example_args, carry=tail is not None)
     parts = [(ctx, notes, dataclasses.replace(head, carry_out=carry is not None))]
     if tail is not None:
         cross = tail.jaxpr.invars[-1].aval
         arg = carry.shape(cross) if carry else jax.ShapeDtypeStruct(cross.shape, cross.dtype)
-        stage = _Stage(tail, microbatch.MicroBatch(mb.batch, mb.batch, ""), ctx.counter, carry)
+        whole = microbatch.MicroBatch(mb.batch, mb.batch, "")
+        stage = stages.Stage(tail, whole, ctx.counter, carry)
         tail_ctx, tail_notes, _ = _rewrite_stage(src, stage, (arg,))
         if tail_ctx.rewritten.keys() & ctx.rewritten.keys():
             return None
@@ -404,19 +355,19 @@ def _rewrite(src: _Source, closed: Any, example_args: tuple, mb: microbatch.Micr
                        plan, src.opts)
 
 
-def _rewrite_stage(src: _Source, stage: _Stage, example_args: tuple, carry: bool = False,
-                   ) -> tuple[Context, dict[str, str], _Carry | None]:
+def _rewrite_stage(src: _Source, stage: stages.Stage, example_args: tuple, carry: bool = False,
+                   ) -> tuple[Context, dict[str, str], stages.Carry | None]:
     """One stage's passes, until the folds and every clash are settled: ``(the last pass's
     context, why each layer's ops were not folded, the last pass's sliced output as a
-    :class:`_Carry` when ``carry`` asks for one and it is sliced)``; its layers' keys count
-    from ``stage.counter``."""
+    :class:`~jaxsparse.compiler.stages.Carry` when ``carry`` asks for one and it is
+    sliced)``; its layers' keys count from ``stage.counter``."""
     forced: frozenset[str] = frozenset()
     folds: dict[str, tuple] = {}
     notes: dict[str, str] = {}
     analyze = src.fold_batchnorm  # First pass: find the per-channel affines after each layer.
     measured: dict = {}  # calibrate=True: each layer timed once, whatever the pass.
     while True:
-        carried: list[_Carry] = []  # This pass's.
+        carried: list[stages.Carry] = []  # This pass's.
         ctx = Context(compiling=True, plan={}, options=src.opts, forced_dense=forced,
                       analyze=analyze, folds=folds, measured=measured, counter=stage.counter)
         vals = [WRef(p, v, src.mask_of.get(p)) if np.ndim(v) >= 2 else v
@@ -469,7 +420,7 @@ def _measured_split(mb: microbatch.MicroBatch,
                     points: Callable[[], tuple[list[int], list[int]]]) -> SparseModel:
     """``micro_batch="auto"`` under ``calibrate=True``: the model compiled for the whole batch
     and for chunks of ``mb.size``; where the layers' times measured in both say that running
-    only the first layers in chunks is faster still (:func:`microbatch.best_cut` over
+    only the first layers in chunks is faster still (:func:`stages.best_cut` over
     ``points()``), that model too; all timed in turn on the example inputs. The fastest, its
     report saying every time."""
     whole = compile_for(microbatch.MicroBatch(mb.batch, mb.batch, "the whole batch"))
@@ -477,7 +428,7 @@ def _measured_split(mb: microbatch.MicroBatch,
     models = [(whole, "whole"), (chunked, "in chunks")]
     if len(whole.report.rows) == len(chunked.report.rows):
         cuts, layers = points()
-        k = microbatch.best_cut(cuts, layers, [_layer_ms(r) for r in whole.report.rows],
+        k = stages.best_cut(cuts, layers, [_layer_ms(r) for r in whole.report.rows],
                                 [_layer_ms(r) for r in chunked.report.rows], mb.chunks)
         head = None if k is None else compile_for(dataclasses.replace(
             mb, measure=False, until=k, note=f"{mb.note}, for the layers that measured faster "

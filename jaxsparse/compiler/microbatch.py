@@ -284,7 +284,9 @@ DOMAIN = engine.Domain(
 )
 
 
-def _walk(closed: Any, n_weights: int, batch: int) -> _Walk:
+def walk(closed: Any, n_weights: int, batch: int) -> _Walk:
+    """The rows walk of ``closed`` (see :func:`why_not_separable`): its ``why``, the largest
+    layer's bytes per example and how many conv/dot layers it ran."""
     ctx = _Walk(batch)
     args = closed.jaxpr.invars
     ins = [frozenset(range(v.aval.ndim)) for v in args[:n_weights]] + [_Rows(0)] * (
@@ -304,8 +306,8 @@ def why_not_separable(closed: Any, n_weights: int, batch: int) -> tuple[str | No
     ``n_weights`` invars are weights and the rest inputs batched on axis 0) may not be
     computed a chunk of the batch at a time (None: every output row depends on that row of
     the inputs alone), and the largest conv/dot layer's input and output bytes per example."""
-    walk = _walk(closed, n_weights, batch)
-    return walk.why, walk.layer_row_bytes
+    w = walk(closed, n_weights, batch)
+    return w.why, w.layer_row_bytes
 
 
 def l3_cache_bytes() -> int | None:
@@ -407,47 +409,6 @@ def choose(micro_batch: int | str | None, batch: int | None, batch_why: str, why
     if blocker and m != whole:
         raise ValueError(f"micro_batch={m} cannot split this function's batch: {blocker}.")
     return MicroBatch(m, whole, f"{m} of {whole} examples at a time (micro_batch={m})")
-
-
-def _block_ends(points: list[int]) -> list[int]:
-    """The last point of every run of consecutive cuts (a block's add and its ReLU have a cut
-    between them; the later one keeps the ReLU with the block's last layer)."""
-    return [k for k in points if k + 1 not in points]
-
-
-def layers_before(closed: Any, n_weights: int, batch: int) -> tuple[list[int], list[int]]:
-    """``(points, layers)``: the block ends of ``closed`` where a split can go back to the
-    whole batch (:func:`~jaxsparse.compiler.engine.cuts`, the last of consecutive ones; the
-    head's rows proved independent, its output batched on axis 0), and how many conv/dot
-    layers run before each."""
-    points, counts = [], []
-    for k in _block_ends(engine.cuts(closed, n_weights)):
-        walk = _walk(engine.split(closed, n_weights, k)[0], n_weights, batch)
-        if walk.why is None:
-            points.append(k)
-            counts.append(walk.layers)
-    return points, counts
-
-
-def best_cut(points: list[int], layers: list[int], whole_ms: list[float],
-             chunk_ms: list[float], chunks: int) -> int | None:
-    """The point (of :func:`layers_before`) that splits a model fastest by its layers' measured
-    times: the layers before it on ``chunks`` chunks (``chunk_ms``: one chunk's time of each
-    layer), the rest on the whole batch (``whole_ms``). None unless it is predicted faster
-    than the whole batch (a model worth timing beside the two others: single layers timed
-    alone differ from a model's run by more than the gaps between the three)."""
-    n = len(whole_ms)
-    if len(chunk_ms) != n or not points:
-        return None
-
-    def predicted(m: int) -> float:
-        return chunks * sum(chunk_ms[:m]) + sum(whole_ms[m:])
-
-    inside = [(predicted(m), k) for k, m in zip(points, layers, strict=True) if 0 < m < n]
-    if not inside:
-        return None
-    t, k = min(inside)
-    return k if t < predicted(0) else None
 
 
 def split_args(args: Any, mb: MicroBatch) -> Any:

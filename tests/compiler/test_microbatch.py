@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jaxsparse as js
-from jaxsparse.compiler import costs, engine, microbatch
+from jaxsparse.compiler import costs, engine, microbatch, stages
 from tests.helpers import assert_close, masked_reference, resnet
 
 
@@ -193,7 +193,7 @@ def test_layers_before_counts_the_layers_at_each_block_end():
     apply_fn, variables, x = _batch_of_4()
     closed, _, _ = engine.trace(apply_fn, variables, x)
     n = len(jax.tree.leaves(variables))
-    points, layers = microbatch.layers_before(closed, n, 4)
+    points, layers = stages.layers_before(closed, n, 4)
     cuts = engine.cuts(closed, n)
     assert points and all(k in cuts and k + 1 not in cuts for k in points)
     assert layers == sorted(layers) and layers[-1] == 18  # The tiny ResNet's 18 conv/dots.
@@ -209,8 +209,8 @@ def test_layers_before_counts_the_layers_at_each_block_end():
 ])
 def test_best_cut_splits_where_the_measured_layers_say(chunk_ms, want):
     whole_ms = [3.0, 3.0, 1.0, 1.0]
-    assert microbatch.best_cut([10, 20, 30], [1, 2, 3], whole_ms, chunk_ms, 2) == want
-    assert microbatch.best_cut([10], [1], whole_ms, chunk_ms[:3], 2) is None  # Rows differ.
+    assert stages.best_cut([10, 20, 30], [1, 2, 3], whole_ms, chunk_ms, 2) == want
+    assert stages.best_cut([10], [1], whole_ms, chunk_ms[:3], 2) is None  # Rows differ.
 
 
 @pytest.mark.parametrize("pattern", [None, "block:8x8", "unstructured", "channel"])
@@ -226,7 +226,7 @@ def test_auto_can_run_the_first_layers_in_chunks_and_the_rest_whole(monkeypatch,
         seen.append((len(whole_ms), len(chunk_ms), chunks))
         return points[len(points) // 2]
 
-    monkeypatch.setattr(microbatch, "best_cut", cut_in_the_middle)
+    monkeypatch.setattr(stages, "best_cut", cut_in_the_middle)
     # Every measurement: each later candidate faster (sparse over dense, split over whole).
     monkeypatch.setattr(costs, "measure", lambda calls, *a, **k: [3.0, 2.0, 1.0][:len(calls)])
     masks = None if pattern is None else js.prune(variables["params"], pattern, 0.5)
